@@ -1,0 +1,79 @@
+"""Stable error codes of the ``/sdk/*`` protocol, shared by the vault and the SDK.
+
+An error response is a JSON object ``{"error": <code>, "message": <text>, ...}`` with
+code-specific fields beside them. The HTTP status paired with each code is part of the
+contract: the public ``alter-sdk`` client picks its exception class from the pair, so the
+vault must send exactly these.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Every error code the vault emits. Values never change once released."""
+
+    # Authentication of the calling app (401 unless noted).
+    INVALID_KEY = "invalid_key"
+    KEY_REVOKED = "key_revoked"
+    KEY_EXPIRED = "key_expired"
+    KEY_ROTATED_GRACE_EXPIRED = "key_rotated_grace_expired"
+    INVALID_SIGNATURE = "invalid_signature"
+    STALE_REQUEST = "stale_request"
+    REPLAYED_REQUEST = "replayed_request"
+    # Grants and credentials.
+    GRANT_NOT_FOUND = "grant_not_found"
+    GRANT_REVOKED = "grant_revoked"
+    GRANT_EXPIRED = "grant_expired"
+    AMBIGUOUS_GRANT = "ambiguous_grant"
+    CREDENTIAL_NOT_SET = "credential_not_set"
+    CREDENTIAL_CORRUPT = "credential_corrupt"
+    SECRET_NOT_FOUND = "secret_not_found"
+    BLOCKED_DESTINATION = "blocked_destination"
+    POLICY_DENIED = "policy_denied"
+    JWT_VALIDATION_ERROR = "jwt_validation_error"
+    IDP_NOT_CONFIGURED = "idp_not_configured"
+    UNSUPPORTED_PRINCIPAL = "unsupported_principal"
+    # Generic request problems.
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # The vault itself.
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    SEALED = "sealed"
+    INTERNAL_ERROR = "internal_error"
+
+
+#: The HTTP status each code is sent with.
+STATUS_BY_CODE: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_KEY: 401,
+    ErrorCode.KEY_REVOKED: 401,
+    ErrorCode.KEY_EXPIRED: 401,
+    ErrorCode.KEY_ROTATED_GRACE_EXPIRED: 401,
+    ErrorCode.INVALID_SIGNATURE: 401,
+    ErrorCode.STALE_REQUEST: 401,
+    ErrorCode.REPLAYED_REQUEST: 401,
+    ErrorCode.GRANT_NOT_FOUND: 404,
+    ErrorCode.GRANT_REVOKED: 403,
+    ErrorCode.GRANT_EXPIRED: 403,
+    ErrorCode.AMBIGUOUS_GRANT: 409,
+    ErrorCode.CREDENTIAL_NOT_SET: 409,
+    ErrorCode.CREDENTIAL_CORRUPT: 500,
+    ErrorCode.SECRET_NOT_FOUND: 404,
+    ErrorCode.BLOCKED_DESTINATION: 403,
+    ErrorCode.POLICY_DENIED: 403,
+    ErrorCode.JWT_VALIDATION_ERROR: 401,
+    ErrorCode.IDP_NOT_CONFIGURED: 400,
+    ErrorCode.UNSUPPORTED_PRINCIPAL: 422,
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.AUDIT_UNAVAILABLE: 503,
+    ErrorCode.STORAGE_UNAVAILABLE: 503,
+    ErrorCode.SEALED: 503,
+    ErrorCode.INTERNAL_ERROR: 500,
+}

@@ -1,0 +1,1 @@
+"""HTTP routes, split by audience: ``/sdk/*`` for apps (signed), operations endpoints."""

@@ -1,0 +1,113 @@
+"""The authentication stack of the ``/sdk/*`` audience: API key, signature, nonce."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from grantvault._key_format import is_valid_key
+from grantvault._signing import HEADER_ACTOR_ID, HEADER_CALLER, HEADER_CALLER_TYPE, HEADER_CONTEXT
+from grantvault.types.errors import ErrorCode
+from grantvault_server.auth.api_keys import KeyRecord, check_key_state
+from grantvault_server.auth.signing import verify_signature
+from grantvault_server.errors import VaultError
+from grantvault_server.services.apps import App, lookup_key
+from grantvault_server.services.vault import Vault
+from grantvault_server.storage.sql import insert_ignore
+from grantvault_server.storage.tables import request_nonces
+
+
+def get_vault(request: Request) -> Vault:
+    vault: Vault = request.app.state.vault
+    return vault
+
+
+VaultDep = Annotated[Vault, Depends(get_vault)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated app behind a signed request, and the audit actor it is recorded as."""
+
+    app: App
+    key: KeyRecord
+    actor: dict[str, Any]
+
+
+def _invalid_key(message: str) -> VaultError:
+    return VaultError(ErrorCode.INVALID_KEY, message)
+
+
+def _actor(key: KeyRecord, actor_headers: dict[str, str]) -> dict[str, Any]:
+    actor: dict[str, Any] = {"type": "api_key", "key_id": key.id, "key_prefix": key.key_prefix}
+    if caller := actor_headers.get(HEADER_CALLER):
+        actor["caller"] = caller[:255]
+    if caller_type := actor_headers.get(HEADER_CALLER_TYPE):
+        actor["caller_type"] = caller_type[:32]
+    if actor_id := actor_headers.get(HEADER_ACTOR_ID):
+        actor["actor_id"] = actor_id[:64]
+    if raw := actor_headers.get(HEADER_CONTEXT):
+        try:
+            context = json.loads(raw) if len(raw) <= 4096 else None
+        except ValueError:
+            context = None
+        if isinstance(context, dict):
+            actor["context"] = {str(k)[:64]: str(v)[:512] for k, v in list(context.items())[:20]}
+    return actor
+
+
+async def authenticate(request: Request, vault: VaultDep) -> Caller:
+    """Verify key, signature, clock and nonce, in that order; raise the typed 401 otherwise."""
+    presented = request.headers.get("x-api-key", "")
+    if not presented:
+        raise _invalid_key(
+            "The x-api-key header is missing; create a key with `grantvault keys create`."
+        )
+    if not is_valid_key(presented):
+        raise _invalid_key("The API key is malformed (expected alter_rk_<22>_<6>); copy it again.")
+    body = await request.body()
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    target = request.url.path + (f"?{query}" if query else "")
+    async with vault.db.read() as conn:
+        key = await lookup_key(conn, presented)
+    if key is None:
+        raise _invalid_key("The API key is not known to this vault.")
+    verified = verify_signature(
+        api_key=presented,
+        method=request.method,
+        target=target,
+        body=body,
+        headers=request.headers,
+        now=time.time(),
+        skew_seconds=vault.settings.clock_skew_seconds,
+    )
+    now = datetime.now(UTC)
+    check_key_state(key, now)
+    # Nonces live in the database so that a replay to another replica is refused too; they
+    # are kept for twice the skew window, longer than any timestamp that could still pass.
+    async with vault.db.write() as conn:
+        fresh = await insert_ignore(
+            conn,
+            request_nonces,
+            {
+                "key_id": key.id,
+                "nonce": verified.nonce,
+                "expires_at": now + timedelta(seconds=2 * vault.settings.clock_skew_seconds),
+            },
+        )
+    if not fresh:
+        raise VaultError(
+            ErrorCode.REPLAYED_REQUEST, "This request was already received (nonce reused)."
+        )
+    request.state.audit_actor = key.key_prefix
+    return Caller(
+        app=App(key.app_id, key.app_name, now), key=key, actor=_actor(key, verified.actor)
+    )
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -1,0 +1,109 @@
+"""Request bodies of the ``/sdk/*`` routes: strict (unknown keys are rejected with 422)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+ShortText = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestTarget(_Strict):
+    method: HttpMethod
+    url: Annotated[str, StringConstraints(min_length=1, max_length=65_536)]
+
+
+class TokenBody(_Strict):
+    grant_id: UUID | None = None
+    provider_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    reason: ShortText | None = None
+    request: RequestTarget
+    user_token: Annotated[str, StringConstraints(max_length=16_384)] | None = None
+    app_user_id: Annotated[str, StringConstraints(max_length=255)] | None = None
+    account: Annotated[str, StringConstraints(max_length=255)] | None = None
+    label: Annotated[str, StringConstraints(max_length=255)] | None = None
+
+
+class GrantPolicyBody(_Strict):
+    expires_at: datetime | None = None
+    max_ttl_seconds: int | None = Field(default=None, gt=0)
+    default_ttl_seconds: int | None = Field(default=None, gt=0)
+
+
+class SystemPrincipalBody(_Strict):
+    type: Literal["system"]
+    label: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+
+class UserPrincipalBody(_Strict):
+    type: Literal["user"]
+    user_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    label: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+
+class GroupPrincipalBody(_Strict):
+    type: Literal["group"]
+    external_group_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    idp_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    label: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+
+class AgentPrincipalBody(_Strict):
+    type: Literal["agent"]
+    agent_id: str | None = None
+    label: str | None = None
+
+
+Principal = Annotated[
+    SystemPrincipalBody | UserPrincipalBody | GroupPrincipalBody | AgentPrincipalBody,
+    Field(discriminator="type"),
+]
+
+
+class CreateGrantBody(_Strict):
+    principal: Principal
+    grant_policy: GrantPolicyBody | None = None
+    credential_id: UUID | None = None
+
+
+class ListGrantsBody(_Strict):
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+    provider_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    status: Literal["active", "revoked", "expired"] | None = None
+    account: Annotated[str, StringConstraints(max_length=255)] | None = None
+    label: Annotated[str, StringConstraints(max_length=255)] | None = None
+    user_token: Annotated[str, StringConstraints(max_length=16_384)] | None = None
+
+
+class RevokeBody(_Strict):
+    reason: Annotated[str, StringConstraints(max_length=512)] | None = None
+    user_token: Annotated[str, StringConstraints(max_length=16_384)] | None = None
+
+
+class ApiCallAuditBody(BaseModel):
+    """The SDK's post-call row. Lenient on extra keys (newer SDKs may add some), bounded in size."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    grant_id: UUID
+    provider_id: Annotated[str, StringConstraints(max_length=255)] | None = None
+    token_generation: UUID | None = None
+    method: Annotated[str, StringConstraints(max_length=16)]
+    url: Annotated[str, StringConstraints(max_length=65_536)]
+    request_headers: dict[str, Any] | None = None
+    request_body: Any = None
+    response_status: int = Field(default=0, ge=0, le=999)
+    response_headers: dict[str, Any] | None = None
+    response_body: Any = None
+    latency_ms: int = Field(default=0, ge=0)
+    reason: ShortText | None = None
+    context: dict[str, Any] | None = None

@@ -1,0 +1,208 @@
+"""The ``/sdk/*`` routes spoken by the ``grantvault`` SDK and the public ``alter-sdk`` client.
+
+Every route here depends on :func:`api.deps.authenticate` (key, signature, nonce) and works
+inside the caller's app only: ids of another app answer exactly like unknown ids.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from grantvault.types.errors import ErrorCode
+from grantvault.types.wire import (
+    CreateGrantResult,
+    RevokeGrantResult,
+    TokenResponse,
+    UnifiedGrantListResult,
+)
+from grantvault_server.api.deps import CallerDep, VaultDep
+from grantvault_server.api.schemas import (
+    ApiCallAuditBody,
+    CreateGrantBody,
+    GroupPrincipalBody,
+    ListGrantsBody,
+    RevokeBody,
+    SystemPrincipalBody,
+    TokenBody,
+)
+from grantvault_server.audit import chain
+from grantvault_server.audit.chain import AuditRecord
+from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.audit.redact import redact_headers, redact_url
+from grantvault_server.errors import InvalidInput, VaultError
+from grantvault_server.services import grants as grant_service, tokens
+from grantvault_server.services.secrets import load_secret
+
+router = APIRouter(prefix="/sdk", tags=["sdk"])
+
+MAX_AUDIT_BODY = 10_000
+
+
+def _no_user_tokens(user_token: str | None) -> None:
+    if user_token is not None:
+        raise VaultError(
+            ErrorCode.IDP_NOT_CONFIGURED,
+            "This vault does not verify end-user tokens yet; omit user_token.",
+        )
+
+
+@router.post("/token", response_model=TokenResponse, response_model_exclude_none=True)
+async def post_token(
+    body: TokenBody, caller: CallerDep, vault: VaultDep, request: Request
+) -> dict[str, Any]:
+    """Resolve a grant and return its credential with injection instructions."""
+    if (body.grant_id is None) == (body.provider_id is None):
+        raise InvalidInput("Send exactly one of grant_id and provider_id.")
+    try:
+        result = await tokens.retrieve(
+            vault,
+            caller.app,
+            caller.actor,
+            tokens.TokenRequest(
+                method=body.request.method,
+                url=body.request.url,
+                grant_id=str(body.grant_id) if body.grant_id else None,
+                provider_id=body.provider_id,
+                label=body.label,
+                reason=body.reason,
+                user_token=body.user_token,
+            ),
+        )
+    except VaultError:
+        request.app.state.metrics.retrievals.labels("denied").inc()
+        raise
+    request.app.state.metrics.retrievals.labels("success").inc()
+    return result
+
+
+@router.post(
+    "/managed-secrets/{managed_secret_id}/grants",
+    response_model=CreateGrantResult,
+)
+async def post_managed_secret_grant(
+    managed_secret_id: str, body: CreateGrantBody, caller: CallerDep, vault: VaultDep
+) -> dict[str, Any]:
+    """Grant a principal the use of a managed secret."""
+    async with vault.db.read() as conn:
+        secret = await load_secret(conn, caller.app, managed_secret_id)
+    principal = body.principal
+    if isinstance(principal, SystemPrincipalBody):
+        principal_type, principal_id, idp_id = "system", None, None
+    elif isinstance(principal, GroupPrincipalBody):
+        principal_type, principal_id, idp_id = (
+            "group",
+            principal.external_group_id,
+            principal.idp_id,
+        )
+    elif principal.type == "user":
+        raise VaultError(
+            ErrorCode.IDP_NOT_CONFIGURED,
+            "User principals need the app's identity provider, which this vault does not "
+            "verify yet; grant to a group or the system, or use `grantvault grants create "
+            "--principal user --subject <id>` as an operator.",
+        )
+    else:
+        raise VaultError(
+            ErrorCode.UNSUPPORTED_PRINCIPAL,
+            "Agent principals are not supported by this vault yet; use system, user or group.",
+        )
+    policy = body.grant_policy or None
+    return await grant_service.create_grant(
+        vault,
+        caller.app,
+        secret,
+        caller.actor,
+        principal_type=principal_type,
+        principal_id=principal_id,
+        idp_id=idp_id,
+        label=principal.label,
+        policy=grant_service.GrantPolicy(
+            expires_at=policy.expires_at,
+            max_ttl_seconds=policy.max_ttl_seconds,
+            default_ttl_seconds=policy.default_ttl_seconds,
+        )
+        if policy
+        else None,
+        credential_id=str(body.credential_id) if body.credential_id else None,
+    )
+
+
+@router.post("/grants/list", response_model=UnifiedGrantListResult)
+async def post_grants_list(
+    body: ListGrantsBody, caller: CallerDep, vault: VaultDep
+) -> dict[str, Any]:
+    """List the app's grants (managed-secret grants; OAuth grants arrive with OAuth Connect)."""
+    _no_user_tokens(body.user_token)
+    return await grant_service.list_grants(
+        vault,
+        caller.app,
+        provider=body.provider_id,
+        status=body.status,
+        label=body.label,
+        limit=body.limit,
+        offset=body.offset,
+    )
+
+
+@router.post("/oauth/grants/{grant_id}/revoke", response_model=RevokeGrantResult)
+async def post_revoke_grant(
+    grant_id: str, body: RevokeBody, caller: CallerDep, vault: VaultDep
+) -> dict[str, Any]:
+    """Revoke a grant; the next retrieval with it answers ``grant_revoked``."""
+    _no_user_tokens(body.user_token)
+    return await grant_service.revoke_grant(
+        vault, caller.app, grant_id, caller.actor, reason=body.reason
+    )
+
+
+def _bounded(value: Any) -> Any:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text.encode()) > MAX_AUDIT_BODY:
+        return f"<body: {len(text.encode())} bytes>"
+    return value if isinstance(value, str | dict | list | int | bool) else text
+
+
+@router.post("/oauth/audit/api-call", status_code=202)
+async def post_api_call_audit(
+    body: ApiCallAuditBody, caller: CallerDep, vault: VaultDep
+) -> dict[str, Any]:
+    """Store the SDK's record of a provider call (credentials stripped again here)."""
+    async with vault.db.read() as conn:
+        grant = await grant_service.load_grant(conn, caller.app, str(body.grant_id))
+    details = {
+        "token_generation": str(body.token_generation) if body.token_generation else None,
+        "request_headers": redact_headers(body.request_headers),
+        "request_body": _bounded(body.request_body),
+        "response_status": body.response_status,
+        "response_headers": redact_headers(body.response_headers),
+        "response_body": _bounded(body.response_body),
+        "latency_ms": body.latency_ms,
+        "context": {str(k)[:64]: str(v)[:512] for k, v in list((body.context or {}).items())[:20]},
+    }
+    async with vault.db.write() as conn:
+        await chain.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=caller.app.id,
+                    event=AuditEvent.PROVIDER_API_CALL,
+                    outcome=Outcome.SUCCESS if 0 < body.response_status < 400 else Outcome.FAILURE,
+                    actor=caller.actor,
+                    reason=body.reason,
+                    grant_id=str(body.grant_id),
+                    provider_id=grant.slug,
+                    principal=grant_service.principal_label(
+                        grant.principal_type, grant.principal_id
+                    ),
+                    method=body.method.upper()[:16],
+                    url=redact_url(body.url),
+                    details=details,
+                )
+            ],
+        )
+    return {"accepted": True}

@@ -1,0 +1,165 @@
+"""The ASGI application factory: routers, lifespan, error handling, request middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from grantvault._version import __version__
+from grantvault_server.api import errors, ops, sdk
+from grantvault_server.config import Settings, load_settings
+from grantvault_server.errors import VaultError
+from grantvault_server.observability import Metrics
+from grantvault_server.services.vault import Vault
+from grantvault_server.storage.tables import request_nonces
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL_S = 60.0
+
+
+class RequestContextMiddleware:
+    """Request id, body-size limit and per-route metrics, as plain ASGI (cheap on the hot path)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await _reject_too_large(send, request_id, self.max_body_bytes)
+            self._observe(scope, 413, started)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise VaultError(
+                        _too_large_code(), f"The request body exceeds {self.max_body_bytes} bytes."
+                    )
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        finally:
+            self._observe(scope, status, started)
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+        self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+
+def _too_large_code() -> Any:
+    from grantvault.types.errors import ErrorCode
+
+    return ErrorCode.PAYLOAD_TOO_LARGE
+
+
+async def _reject_too_large(send: Send, request_id: str, limit: int) -> None:
+    body = (
+        b'{"error":"payload_too_large","message":"The request body exceeds '
+        + str(limit).encode()
+        + b' bytes."}'
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _housekeeping(vault: Vault) -> None:
+    """Drop expired nonces and pick up keyring changes (a rotation run by another process)."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        try:
+            async with vault.db.write() as conn:
+                await conn.execute(
+                    sa.delete(request_nonces).where(request_nonces.c.expires_at < datetime.now(UTC))
+                )
+            async with vault.db.read() as conn:
+                await vault.barrier.reload(conn)
+        except Exception:
+            log.warning("housekeeping failed; will retry", exc_info=True)
+
+
+def create_app(settings: Settings | None = None, *, vault: Vault | None = None) -> FastAPI:
+    """Build the application. Pass ``vault`` to share one already started (tests, CLI)."""
+    settings = settings or (vault.settings if vault else load_settings())
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = vault is None
+        active = vault or await Vault.start(settings)
+        app.state.vault = active
+        task = asyncio.create_task(_housekeeping(active))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if owned:
+                await active.close()
+
+    app = FastAPI(
+        title="Grantvault",
+        version=__version__,
+        description="Credential vault for apps and AI agents: the signed `/sdk/*` protocol "
+        "(compatible with the public alter-sdk client) and operations endpoints.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.metrics = metrics
+    if vault is not None:
+        app.state.vault = vault
+    errors.install(app)
+    app.include_router(sdk.router)
+    app.include_router(ops.router)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+    )
+    return app

@@ -1,0 +1,1 @@
+"""Audit: a closed vocabulary of events, written to a per-app hash chain before responses."""

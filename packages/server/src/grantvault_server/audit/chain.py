@@ -1,0 +1,159 @@
+"""Tamper-evident audit storage: each chain (one per app) is a SHA-256 hash chain.
+
+Every row stores the hash of its predecessor and its own hash over a canonical encoding of
+its fields; ``audit_heads`` keeps the last sequence number and hash. Editing a row breaks its
+hash, deleting or reordering breaks the sequence or the links, and truncating the tail
+disagrees with the head. Appends lock the head row, so replicas sharing one database extend
+the chain one at a time.
+
+The chain protects against edits by someone with database access but without the ability
+to rewrite the whole chain and head consistently; an export to write-once storage (the
+``audit export`` command) covers that case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.storage.sql import for_update, insert_ignore
+from grantvault_server.storage.tables import audit_events, audit_heads
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One event as the services describe it, before it is chained."""
+
+    chain: str
+    event: AuditEvent
+    outcome: Outcome
+    actor: dict[str, Any]
+    reason: str | None = None
+    principal: str | None = None
+    grant_id: str | None = None
+    provider_id: str | None = None
+    method: str | None = None
+    url: str | None = None
+    details: dict[str, Any] | None = None
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _hash(prev_hash: str, row: dict[str, Any]) -> str:
+    material = {k: row[k] for k in sorted(row) if k not in {"id", "hash"}}
+    material["occurred_at"] = _iso(row["occurred_at"])
+    material["prev_hash"] = prev_hash
+    encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _row(record: AuditRecord, seq: int, prev_hash: str) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "chain": record.chain,
+        "seq": seq,
+        "occurred_at": record.occurred_at.astimezone(UTC),
+        "event": record.event.value,
+        "outcome": record.outcome.value,
+        "reason": record.reason,
+        "actor": record.actor,
+        "principal": record.principal,
+        "grant_id": record.grant_id,
+        "provider_id": record.provider_id,
+        "method": record.method,
+        "url": record.url,
+        "details": record.details,
+        "prev_hash": prev_hash,
+    }
+    row["hash"] = _hash(prev_hash, row)
+    return row
+
+
+async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> None:
+    """Chain and insert ``records`` inside the caller's write transaction.
+
+    The caller's transaction is the unit of atomicity: the action and its audit rows commit
+    together or not at all.
+    """
+    by_chain: dict[str, list[AuditRecord]] = {}
+    for record in records:
+        by_chain.setdefault(record.chain, []).append(record)
+    rows: list[dict[str, Any]] = []
+    for chain in sorted(by_chain):  # fixed order: no lock-order deadlocks between replicas
+        await insert_ignore(conn, audit_heads, {"chain": chain, "seq": 0, "hash": GENESIS})
+        head = (
+            await conn.execute(
+                for_update(conn, sa.select(audit_heads).where(audit_heads.c.chain == chain))
+            )
+        ).one()
+        seq, prev = head.seq, head.hash
+        for record in by_chain[chain]:
+            seq += 1
+            row = _row(record, seq, prev)
+            prev = row["hash"]
+            rows.append(row)
+        await conn.execute(
+            sa.update(audit_heads).where(audit_heads.c.chain == chain).values(seq=seq, hash=prev)
+        )
+    if rows:
+        await conn.execute(sa.insert(audit_events), rows)
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    chain: str
+    seq: int | None
+    problem: str
+
+
+async def verify(conn: AsyncConnection, chain: str, *, batch: int = 1000) -> list[ChainProblem]:
+    """Walk one chain from the start and report every inconsistency found."""
+    problems: list[ChainProblem] = []
+    expected_seq, prev = 1, GENESIS
+    last_seq = 0
+    while True:
+        result = await conn.execute(
+            sa.select(audit_events)
+            .where(audit_events.c.chain == chain, audit_events.c.seq > last_seq)
+            .order_by(audit_events.c.seq)
+            .limit(batch)
+        )
+        rows = result.mappings().all()
+        if not rows:
+            break
+        for row in rows:
+            data = dict(row)
+            if data["seq"] != expected_seq:
+                problems.append(
+                    ChainProblem(chain, data["seq"], f"expected seq {expected_seq}: rows missing")
+                )
+            if data["prev_hash"] != prev:
+                problems.append(ChainProblem(chain, data["seq"], "link to previous row broken"))
+            if _hash(data["prev_hash"], data) != data["hash"]:
+                problems.append(ChainProblem(chain, data["seq"], "row content was modified"))
+            prev = data["hash"]
+            expected_seq = data["seq"] + 1
+            last_seq = data["seq"]
+    head = (await conn.execute(sa.select(audit_heads).where(audit_heads.c.chain == chain))).first()
+    if head is not None and (head.seq != last_seq or head.hash != prev):
+        problems.append(
+            ChainProblem(chain, head.seq, f"chain ends at seq {last_seq}; head says {head.seq}")
+        )
+    return problems
+
+
+async def chains(conn: AsyncConnection) -> list[str]:
+    result = await conn.execute(sa.select(audit_heads.c.chain).order_by(audit_heads.c.chain))
+    return [r.chain for r in result]

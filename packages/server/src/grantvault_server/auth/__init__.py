@@ -1,0 +1,1 @@
+"""Authentication of apps on the ``/sdk/*`` protocol: API keys and request signatures."""

@@ -1,0 +1,39 @@
+"""API key hashing and state checks (minting uses the SDK's shared key grammar)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from grantvault.types.errors import ErrorCode
+from grantvault_server.errors import VaultError
+
+
+def hash_key(api_key: str) -> str:
+    """SHA-256 of the key. Keys hold 110 random bits, so no salt or stretching is needed."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    app_id: str
+    app_name: str
+    key_prefix: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    grace_expires_at: datetime | None
+
+
+def check_key_state(key: KeyRecord, now: datetime) -> None:
+    """Raise the typed error for a key that may not be used at ``now``."""
+    if key.revoked_at is not None and key.revoked_at <= now:
+        raise VaultError(ErrorCode.KEY_REVOKED, "This API key was revoked; use an active key.")
+    if key.grace_expires_at is not None and key.grace_expires_at <= now:
+        raise VaultError(
+            ErrorCode.KEY_ROTATED_GRACE_EXPIRED,
+            "This API key was rotated and its overlap window has ended; use its successor.",
+        )
+    if key.expires_at is not None and key.expires_at <= now:
+        raise VaultError(ErrorCode.KEY_EXPIRED, "This API key has expired; create a new one.")

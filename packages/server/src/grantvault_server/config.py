@@ -1,0 +1,193 @@
+"""Server configuration: one ``Settings`` object, read once at start-up from ``GRANTVAULT_*``.
+
+Invalid configuration stops start-up with one message that says what to change
+(:class:`ConfigError`), instead of a traceback or a half-working server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MASTER_KEY_BYTES = 32
+MASTER_KEY_FILENAME = "master.key"
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the server. Environment variables carry the ``GRANTVAULT_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="GRANTVAULT_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("grantvault-data"),
+        description="Folder for the embedded database and the generated master key.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: SQLite file `grantvault.db` in the data dir. "
+        "PostgreSQL: `postgresql+asyncpg://user@host/db`.",
+    )
+    master_key: SecretStr | None = Field(
+        default=None, description="Master key: 32 bytes, base64 (standard or URL-safe)."
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="File holding the master key (base64). Mode 0600 expected."
+    )
+    host: str = Field(default="127.0.0.1", description="Listen address.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Listen port.")
+    public_base_url: str | None = Field(
+        default=None,
+        description="URL users and SDKs reach the server at. Default: http://host:port.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["json", "console"] = Field(default="json", description="Log line format.")
+    allow_http_hosts: list[str] = Field(
+        default_factory=list,
+        description="Destination hosts that may be called over plain http (for local testing, "
+        'e.g. `["127.0.0.1"]`). Everything else must be https.',
+    )
+    clock_skew_seconds: int = Field(
+        default=300, ge=30, le=900, description="Allowed clock skew of signed requests."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when running on the embedded default (SQLite file in the data dir)."""
+        return self.database_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'grantvault.db'}"
+
+    @property
+    def effective_public_base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation failure into one actionable :class:`ConfigError`."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"GRANTVAULT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"Invalid configuration: {problems}.") from None
+    url = settings.effective_database_url
+    if not (url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://"))):
+        raise ConfigError(
+            "GRANTVAULT_DATABASE_URL must start with `sqlite+aiosqlite://` or "
+            "`postgresql+asyncpg://`."
+        )
+    return settings
+
+
+@dataclass(frozen=True)
+class MasterKeySource:
+    """Where the master key came from, for messages (never the key itself)."""
+
+    key: bytes
+    origin: str
+    generated: bool = False
+
+
+def decode_master_key(text: str, origin: str) -> bytes:
+    """Decode a base64 master key and check its length."""
+    cleaned = text.strip()
+    try:
+        raw = base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), altchars=b"-_", validate=False)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != MASTER_KEY_BYTES:
+        raise ConfigError(
+            f"The master key from {origin} is not 32 bytes of base64. "
+            "Generate one with `grantvault master-key generate`."
+        )
+    return raw
+
+
+def generate_master_key_text() -> str:
+    """A fresh random master key, base64 encoded."""
+    return base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode()
+
+
+def write_key_file(path: Path, text: str) -> None:
+    """Write a key file atomically with mode 0600 (never readable by others, even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_master_key(settings: Settings, *, allow_generate: bool) -> MasterKeySource:
+    """Find the master key: env, then file, then (embedded default only) the data-dir key file.
+
+    Outside the embedded default there is no fallback: a vault that invented a key would
+    write data nobody can read after a restart.
+    """
+    if settings.master_key is not None:
+        return MasterKeySource(
+            decode_master_key(settings.master_key.get_secret_value(), "GRANTVAULT_MASTER_KEY"),
+            "GRANTVAULT_MASTER_KEY",
+        )
+    path = settings.master_key_file
+    if path is None and settings.is_embedded:
+        path = settings.data_dir / MASTER_KEY_FILENAME
+    if path is None:
+        raise ConfigError(
+            "No master key. Set GRANTVAULT_MASTER_KEY (base64) or GRANTVAULT_MASTER_KEY_FILE; "
+            "generate one with `grantvault master-key generate`."
+        )
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"The master key file {path} is readable by other users (mode {mode:o}); "
+                f"run `chmod 600 {path}`."
+            )
+        return MasterKeySource(decode_master_key(path.read_text(), str(path)), str(path))
+    if settings.master_key_file is not None or not allow_generate:
+        raise ConfigError(f"The master key file {path} does not exist.")
+    if (settings.data_dir / "grantvault.db").exists():
+        raise ConfigError(
+            f"The database in {settings.data_dir} exists but its master key file {path} is "
+            "missing. Restore the key file from your backup; a new key cannot read old data."
+        )
+    text = generate_master_key_text()
+    write_key_file(path, text)
+    return MasterKeySource(decode_master_key(text, str(path)), str(path), generated=True)

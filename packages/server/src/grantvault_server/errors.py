@@ -1,0 +1,42 @@
+"""The vault's error type: a stable code, an HTTP status and a message that says what to do.
+
+Deep code raises :class:`VaultError`; one exception handler (``api.errors``) turns it into the
+wire envelope ``{"error": code, "message": ..., **extra}``. Messages never contain secret
+values: they name the field or the id, never the content.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grantvault.types.errors import STATUS_BY_CODE, ErrorCode
+
+
+class VaultError(Exception):
+    """An error with a stable code; safe to show to the caller."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, status: int | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else STATUS_BY_CODE[code]
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code.value, "message": self.message, **self.extra}
+
+
+class NotFound(VaultError):
+    """Something does not exist in the caller's app (or exists in another app: same answer)."""
+
+    def __init__(self, what: str, ident: str, code: ErrorCode = ErrorCode.NOT_FOUND) -> None:
+        super().__init__(code, f"No {what} {ident!s} in this app.")
+
+
+class InvalidInput(VaultError):
+    """Input that can never succeed; the message names the field and the rule."""
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(ErrorCode.INVALID_REQUEST, message, **extra)

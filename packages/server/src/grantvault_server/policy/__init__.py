@@ -1,0 +1,1 @@
+"""Policy evaluation: the one seam every credential use passes through."""

@@ -1,0 +1,1 @@
+"""Providers as validated data: managed-secret templates and destination host rules."""

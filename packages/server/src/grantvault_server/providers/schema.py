@@ -1,0 +1,196 @@
+"""The schema of a managed secret: which credential fields it holds and how they are injected.
+
+Everything here is data validated with ``extra="forbid"``: a template file with a typo or an
+unknown key fails at start-up (and in the test that loads every template), never at the
+moment a request needs it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+AuthType = Literal["bearer", "header", "query", "basic", "sigv4"]
+
+HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+QUERY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
+HOST_RULE = re.compile(
+    r"^(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"(?::[0-9]{1,5})?$"
+)
+# Headers the public client refuses to inject (it would reject the whole token response).
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "host", "content-length", "content-type", "transfer-encoding", "connection",
+        "keep-alive", "upgrade", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "cookie", "set-cookie", "x-real-ip", "x-http-method-override", "x-method-override",
+        "www-authenticate", "strict-transport-security", "content-security-policy",
+    }
+)  # fmt: skip
+
+SIGV4_FIELDS = ("access_key_id", "secret_access_key", "session_token", "region", "service")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_header(name: str) -> str:
+    if len(name) > 60 or not HEADER_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid header name (letters, digits, '-'; max 60)")
+    lowered = name.lower()
+    if lowered in FORBIDDEN_HEADERS or lowered.startswith("x-forwarded-"):
+        raise ValueError(f"header {name!r} cannot carry a credential")
+    return name
+
+
+class CredentialField(_Strict):
+    """One secret field the operator supplies (``token``, ``username``, ``application_key``)."""
+
+    name: str
+    description: str = ""
+    required: bool = True
+    default: str | None = Field(
+        default=None, description="Value used when none is supplied (never a secret)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not FIELD_NAME.fullmatch(value):
+            raise ValueError("field names are lowercase letters, digits and '_' (max 32)")
+        return value
+
+
+class ExtraInjection(_Strict):
+    """A further header or query parameter filled from the token or another field."""
+
+    target: Literal["header", "query_param"]
+    key: str
+    source: str = Field(description='"token" or the name of another credential field')
+
+    @model_validator(mode="after")
+    def _key(self) -> ExtraInjection:
+        if self.target == "header":
+            _check_header(self.key)
+        elif not QUERY_NAME.fullmatch(self.key) or len(self.key) > 60:
+            raise ValueError(f"{self.key!r} is not a valid query parameter name")
+        return self
+
+
+class InjectionSpec(_Strict):
+    """How a managed secret's credential reaches the provider.
+
+    * ``bearer``: ``Authorization: Bearer <token>``.
+    * ``header``: ``<header>: <format with {token}>``.
+    * ``query``: the token in query parameter ``query_param``. The wire protocol always
+      injects one header too, so ``header``/``format`` name it (many APIs accept both).
+    * ``basic``: ``Authorization: Basic base64(username:password)``.
+    * ``sigv4``: AWS Signature Version 4, computed by the SDK from the access key pair.
+    """
+
+    auth: AuthType
+    header: str = "Authorization"
+    format: str = "Bearer {token}"
+    query_param: str | None = None
+    fields: tuple[CredentialField, ...] = ()
+    extra: tuple[ExtraInjection, ...] = ()
+    aws_region: str | None = None
+    aws_service: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_fields(cls, data: Any) -> Any:
+        """Supply the standard credential fields of the auth type when none are listed."""
+        if isinstance(data, dict) and not data.get("fields"):
+            auth = data.get("auth")
+            defaults: dict[str, list[dict[str, Any]]] = {
+                "basic": [{"name": "username"}, {"name": "password"}],
+                "sigv4": [
+                    {"name": "access_key_id"},
+                    {"name": "secret_access_key"},
+                    {"name": "session_token", "required": False},
+                ],
+            }
+            data = {**data, "fields": defaults.get(str(auth), [{"name": "token"}])}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InjectionSpec:
+        _check_header(self.header)
+        if self.auth == "sigv4":
+            if self.extra:
+                raise ValueError("sigv4 signs the whole request; extra injections would break it")
+        else:
+            if "{token}" not in self.format or len(self.format) > 200:
+                raise ValueError("format must contain {token} and be at most 200 characters")
+            if any(c in self.format for c in "\r\n\x00"):
+                raise ValueError("format must not contain control characters")
+        if self.auth == "bearer" and (self.header, self.format) != (
+            "Authorization",
+            "Bearer {token}",
+        ):
+            raise ValueError("bearer uses 'Authorization: Bearer {token}'; use auth 'header'")
+        if self.auth == "query":
+            if not self.query_param or not QUERY_NAME.fullmatch(self.query_param):
+                raise ValueError("query auth needs a valid query_param name")
+        elif self.query_param is not None:
+            raise ValueError("query_param is only used with auth 'query'")
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError("credential field names must be unique")
+        required = {
+            "basic": ("username", "password"),
+            "sigv4": ("access_key_id", "secret_access_key"),
+        }
+        for name in required.get(self.auth, ("token",)):
+            if name not in names:
+                raise ValueError(f"auth {self.auth!r} needs a credential field named {name!r}")
+        if self.auth == "sigv4" and not set(names) <= set(SIGV4_FIELDS):
+            raise ValueError(f"sigv4 fields are {', '.join(SIGV4_FIELDS)}")
+        if len(self.fields) > 10 or len(self.extra) > 10:
+            raise ValueError("at most 10 credential fields and 10 extra injections")
+        for inj in self.extra:
+            if inj.source != "token" and inj.source not in names:
+                raise ValueError(f"extra injection source {inj.source!r} is not a credential field")
+        return self
+
+
+class SecretTemplate(_Strict):
+    """A ready-made managed secret for a popular service."""
+
+    slug: str
+    name: str
+    description: str
+    docs_url: str | None = None
+    injection: InjectionSpec
+    allowed_hosts: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.fullmatch(value):
+            raise ValueError("slugs are 1-50 characters of a-z, 0-9 and '-'")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            check_host_rule(host)
+        return value
+
+
+def check_host_rule(rule: str) -> str:
+    """Validate one allowed-host rule: ``api.example.com``, ``*.example.com`` or ``host:port``."""
+    if rule != rule.lower() or not HOST_RULE.fullmatch(rule):
+        raise ValueError(
+            f"{rule!r} is not a host rule; use a lowercase host name, '*.domain' or 'host:port'"
+        )
+    if rule.startswith("*.") and rule.count(".") < 2:
+        raise ValueError(f"{rule!r} is too broad; a wildcard needs at least two labels after it")
+    return rule

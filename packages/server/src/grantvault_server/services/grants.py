@@ -1,0 +1,290 @@
+"""Grants: the right of one principal (system, user, group) to use one managed secret."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grantvault.types.errors import ErrorCode
+from grantvault_server.audit import chain
+from grantvault_server.audit.chain import AuditRecord
+from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.errors import InvalidInput, NotFound, VaultError
+from grantvault_server.services.apps import App, _iso
+from grantvault_server.services.secrets import ManagedSecret, credential_ids
+from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.storage.tables import grants, managed_secrets
+
+PRINCIPAL_TYPES = ("system", "user", "group")
+GRANT_STATUSES = ("active", "revoked", "expired")
+
+
+@dataclass(frozen=True)
+class GrantPolicy:
+    expires_at: datetime | None = None
+    max_ttl_seconds: int | None = None
+    default_ttl_seconds: int | None = None
+
+    def effective_expiry(self, now: datetime) -> datetime | None:
+        candidates = [t for t in (self.expires_at,) if t is not None]
+        if self.max_ttl_seconds:
+            candidates.append(now + timedelta(seconds=self.max_ttl_seconds))
+        if not candidates and self.default_ttl_seconds:
+            candidates.append(now + timedelta(seconds=self.default_ttl_seconds))
+        return min(candidates) if candidates else None
+
+
+def principal_label(principal_type: str, principal_id: str | None) -> str:
+    return principal_type if principal_id is None else f"{principal_type}:{principal_id}"
+
+
+def grant_status(row: Any, now: datetime) -> str:
+    if row.status == "revoked":
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return str(row.status)
+
+
+def grant_item(row: Any, now: datetime) -> dict[str, Any]:
+    """A grant as ``ManagedSecretGrantItem`` on the wire."""
+    return {
+        "grant_kind": "managed_secret",
+        "grant_id": row.id,
+        "managed_secret_id": row.managed_secret_id,
+        "managed_secret_slug": row.slug,
+        "managed_secret_name": row.name,
+        "label": row.label,
+        "status": grant_status(row, now),
+        "grant_policy": row.policy,
+        "expires_at": _iso(row.expires_at),
+        "grant_expires_at": _iso(row.expires_at),
+        "created_at": _iso(row.created_at),
+        "last_used_at": _iso(row.last_used_at),
+        "principal_type": row.principal_type,
+        "principal_id": row.principal_id,
+        "credential_id": row.credential_id,
+        "credential_kind": "developer",
+        "revoked_at": _iso(row.revoked_at),
+    }
+
+
+def _grant_select() -> sa.Select[Any]:
+    return sa.select(grants, managed_secrets.c.slug, managed_secrets.c.name).join(
+        managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id
+    )
+
+
+async def create_grant(
+    vault: Vault,
+    app: App,
+    secret: ManagedSecret,
+    actor: dict[str, Any],
+    *,
+    principal_type: str,
+    principal_id: str | None = None,
+    idp_id: str | None = None,
+    label: str | None = None,
+    policy: GrantPolicy | None = None,
+    credential_id: str | None = None,
+) -> dict[str, Any]:
+    if principal_type not in PRINCIPAL_TYPES:
+        raise InvalidInput(f"principal must be one of {', '.join(PRINCIPAL_TYPES)}.")
+    if principal_type == "system":
+        principal_id = None
+    elif not principal_id or len(principal_id) > 255:
+        raise InvalidInput(f"A {principal_type} grant needs its external id (1-255 characters).")
+    if label is not None and not (1 <= len(label) <= 255):
+        raise InvalidInput("Labels are 1-255 characters.")
+    policy = policy or GrantPolicy()
+    now = utcnow()
+    if policy.expires_at is not None and policy.expires_at <= now:
+        raise InvalidInput("grant_policy.expires_at must be in the future.")
+    for name in ("max_ttl_seconds", "default_ttl_seconds"):
+        value = getattr(policy, name)
+        if value is not None and value <= 0:
+            raise InvalidInput(f"grant_policy.{name} must be a positive number of seconds.")
+    expires_at = policy.effective_expiry(now)
+    grant_id = str(uuid.uuid4())
+    async with vault.db.write() as conn:
+        existing = await credential_ids(conn, secret.id)
+        if credential_id is not None and credential_id not in existing:
+            raise NotFound("credential", credential_id)
+        if credential_id is None and len(existing) > 1:
+            raise VaultError(
+                ErrorCode.INVALID_REQUEST,
+                "This secret holds several credentials; pass credential_id.",
+                status=409,
+                credentials=[{"credential_id": c, "label": None} for c in existing],
+            )
+        record = {
+            "expires_at": _iso(expires_at),
+            "max_ttl_seconds": policy.max_ttl_seconds,
+            "created_by": actor.get("key_prefix") or actor.get("user"),
+            "created_at": _iso(now),
+        }
+        await conn.execute(
+            sa.insert(grants).values(
+                id=grant_id,
+                app_id=app.id,
+                managed_secret_id=secret.id,
+                credential_id=credential_id,
+                principal_type=principal_type,
+                principal_id=principal_id,
+                idp_id=idp_id,
+                label=label,
+                status="active",
+                expires_at=expires_at,
+                policy=record,
+                created_by=record["created_by"],
+                created_at=now,
+            )
+        )
+        await chain.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=app.id,
+                    event=AuditEvent.GRANT_CREATED,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    principal=principal_label(principal_type, principal_id),
+                    grant_id=grant_id,
+                    provider_id=secret.slug,
+                    details={"expires_at": _iso(expires_at), "label": label},
+                )
+            ],
+        )
+    return {
+        "grant_id": grant_id,
+        "principal_type": principal_type,
+        "label": label,
+        "created_at": _iso(now),
+        "credential_id": credential_id,
+        "expires_at": _iso(expires_at),
+        "managed_secret_id": secret.id,
+    }
+
+
+async def load_grant(conn: AsyncConnection, app: App, grant_id: str) -> Any:
+    row = (
+        await conn.execute(
+            _grant_select().where(grants.c.app_id == app.id, grants.c.id == grant_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound("grant", grant_id, ErrorCode.GRANT_NOT_FOUND)
+    return row
+
+
+async def list_grants(
+    vault: Vault,
+    app: App,
+    *,
+    provider: str | None = None,
+    status: str | None = None,
+    label: str | None = None,
+    principal_type: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise InvalidInput("limit must be 1-1000 and offset at least 0.")
+    if status is not None and status not in GRANT_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(GRANT_STATUSES)}.")
+    now = utcnow()
+    stmt = _grant_select().where(grants.c.app_id == app.id)
+    if provider:
+        stmt = stmt.where(
+            sa.or_(managed_secrets.c.slug == provider, managed_secrets.c.id == provider)
+        )
+    if label is not None:
+        stmt = stmt.where(grants.c.label == label)
+    if principal_type is not None:
+        stmt = stmt.where(grants.c.principal_type == principal_type)
+    if status == "revoked":
+        stmt = stmt.where(grants.c.status == "revoked")
+    elif status == "expired":
+        stmt = stmt.where(grants.c.status == "active", grants.c.expires_at <= now)
+    elif status == "active":
+        stmt = stmt.where(
+            grants.c.status == "active",
+            sa.or_(grants.c.expires_at.is_(None), grants.c.expires_at > now),
+        )
+    async with vault.db.read() as conn:
+        total = (
+            await conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery()))
+        ).scalar_one()
+        rows = (
+            await conn.execute(
+                stmt.order_by(grants.c.created_at, grants.c.id).limit(limit).offset(offset)
+            )
+        ).all()
+    return {
+        "grants": [grant_item(r, now) for r in rows],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "has_more": offset + len(rows) < total,
+    }
+
+
+async def revoke_grant(
+    vault: Vault, app: App, grant_id: str, actor: dict[str, Any], *, reason: str | None = None
+) -> dict[str, Any]:
+    """Revoke a grant at once; revoking a revoked grant answers with its original time."""
+    if reason is not None and len(reason) > 512:
+        raise InvalidInput("reason is at most 512 characters.")
+    async with vault.db.write() as conn:
+        row = await load_grant(conn, app, grant_id)
+        if row.status == "revoked":
+            return {
+                "success": True,
+                "message": "Grant was already revoked.",
+                "grant_id": grant_id,
+                "revoked_at": _iso(row.revoked_at),
+            }
+        now = utcnow()
+        await conn.execute(
+            sa.update(grants)
+            .where(grants.c.id == grant_id)
+            .values(status="revoked", revoked_at=now, revoke_reason=reason)
+        )
+        await chain.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=app.id,
+                    event=AuditEvent.GRANT_REVOKED,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    reason=reason,
+                    principal=principal_label(row.principal_type, row.principal_id),
+                    grant_id=grant_id,
+                    provider_id=row.slug,
+                )
+            ],
+        )
+    return {
+        "success": True,
+        "message": "Grant revoked.",
+        "grant_id": grant_id,
+        "revoked_at": _iso(now),
+    }
+
+
+async def find_grant_any_app(vault: Vault, grant_id: str) -> App:
+    from grantvault_server.services.apps import find_app
+
+    async with vault.db.read() as conn:
+        row = (
+            await conn.execute(sa.select(grants.c.app_id).where(grants.c.id == grant_id))
+        ).first()
+        if row is None:
+            raise NotFound("grant", grant_id, ErrorCode.GRANT_NOT_FOUND)
+        return await find_app(conn, row.app_id)

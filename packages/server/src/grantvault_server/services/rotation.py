@@ -1,0 +1,268 @@
+"""Master-key rotation, online and resumable.
+
+1. A new master key is written next to the current one (``master.key.next``, mode 0600) or
+   supplied by the operator.
+2. One transaction wraps every existing data-key term with the new master key too, adds a
+   new term (wrapped by both keys) as the active term for new writes, and records the
+   rotation in ``keyring_state``. Servers still holding the old master key keep working:
+   every term is wrapped for both keys.
+3. The key files are swapped (``master.key`` -> ``master.key.prev``, ``.next`` -> ``master.key``).
+4. The re-encryption pass rewrites every encrypted column to the new term in batches, each
+   batch its own transaction; killed at any point, it resumes where rows still carry an old
+   term, and every row is readable with either key throughout.
+5. A last transaction drops the old master key's wrappings and clears the rotation state.
+
+Running ``grantvault master-key rotate`` again while a rotation is recorded resumes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grantvault_server.audit import chain
+from grantvault_server.audit.chain import AuditRecord
+from grantvault_server.audit.events import SYSTEM_CHAIN, AuditEvent, Outcome
+from grantvault_server.config import (
+    MASTER_KEY_FILENAME,
+    ConfigError,
+    Settings,
+    decode_master_key,
+    generate_master_key_text,
+    resolve_master_key,
+    write_key_file,
+)
+from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey, aad_for, now
+from grantvault_server.services.vault import Vault
+from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, data_keys, keyring_state
+
+Progress = Callable[[str, int], None]
+
+
+async def begin(barrier: Barrier, conn: AsyncConnection, new_master: MasterKey) -> int:
+    """Step 2: wrap all terms for ``new_master`` and start a new active term."""
+    old = barrier.master
+    await barrier.reload(conn)
+    rows = (
+        await conn.execute(sa.select(data_keys).where(data_keys.c.master_key_id == old.key_id))
+    ).all()
+    for row in rows:
+        dek = old.unwrap(row.term, row.wrapped)
+        await conn.execute(
+            sa.insert(data_keys).values(
+                term=row.term,
+                master_key_id=new_master.key_id,
+                wrapped=new_master.wrap(row.term, dek),
+                created_at=now(),
+            )
+        )
+    term = int(max(r.term for r in rows)) + 1
+    dek = AESGCM.generate_key(bit_length=256)
+    for master in (old, new_master):
+        await conn.execute(
+            sa.insert(data_keys).values(
+                term=term,
+                master_key_id=master.key_id,
+                wrapped=master.wrap(term, dek),
+                created_at=now(),
+            )
+        )
+    await conn.execute(
+        sa.update(keyring_state)
+        .where(keyring_state.c.id == 1)
+        .values(
+            active_term=term,
+            rotation_from=old.key_id,
+            rotation_to=new_master.key_id,
+            updated_at=now(),
+        )
+    )
+    await chain.append(
+        conn,
+        [
+            AuditRecord(
+                chain=SYSTEM_CHAIN,
+                event=AuditEvent.MASTER_KEY_ROTATION_STARTED,
+                outcome=Outcome.SUCCESS,
+                actor={"type": "operator", "via": "cli"},
+                details={
+                    "old_key_id": old.key_id,
+                    "new_key_id": new_master.key_id,
+                    "new_term": term,
+                },
+            )
+        ],
+    )
+    barrier.add_term(term, dek)
+    barrier.active_term = term
+    return term
+
+
+async def reencrypt_batch(barrier: Barrier, conn: AsyncConnection, batch: int) -> int:
+    """Re-encrypt up to ``batch`` rows still on an old term; returns how many were converted."""
+    converted = 0
+    for column in ENCRYPTED_COLUMNS:
+        table = column.table
+        col = table.c[column.column]
+        rows = (await conn.execute(sa.select(table.c.id, table.c.app_id, col))).all()
+        for row in rows:
+            blob: bytes = row[2]
+            if Barrier.term_of(blob) == barrier.active_term:
+                continue
+            aad = aad_for(table.name, row.app_id, row.id, column.column)
+            plaintext = await barrier.decrypt_fresh(conn, blob, aad)
+            await conn.execute(
+                sa.update(table)
+                .where(table.c.id == row.id, col == blob)
+                .values({column.column: barrier.encrypt(plaintext, aad)})
+            )
+            converted += 1
+            if converted >= batch:
+                return converted
+    return converted
+
+
+async def finish(barrier: Barrier, conn: AsyncConnection, old_key_id: str) -> None:
+    """Step 5: forget the old master key's wrappings once every row is on the new term."""
+    await conn.execute(sa.delete(data_keys).where(data_keys.c.master_key_id == old_key_id))
+    await conn.execute(
+        sa.update(keyring_state)
+        .where(keyring_state.c.id == 1)
+        .values(rotation_from=None, rotation_to=None, updated_at=now())
+    )
+    await chain.append(
+        conn,
+        [
+            AuditRecord(
+                chain=SYSTEM_CHAIN,
+                event=AuditEvent.MASTER_KEY_ROTATED,
+                outcome=Outcome.SUCCESS,
+                actor={"type": "operator", "via": "cli"},
+                details={
+                    "old_key_id": old_key_id,
+                    "new_key_id": barrier.master.key_id,
+                    "active_term": barrier.active_term,
+                },
+            )
+        ],
+    )
+
+
+async def state(conn: AsyncConnection) -> tuple[str | None, str | None]:
+    row = (await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))).one()
+    return row.rotation_from, row.rotation_to
+
+
+def swap_key_files(current: Path) -> None:
+    """Step 3: ``master.key`` -> ``master.key.prev``; ``master.key.next`` -> ``master.key``."""
+    nxt = current.with_name(current.name + ".next")
+    if not nxt.exists():
+        return
+    if current.exists():
+        current.replace(current.with_name(current.name + ".prev"))
+    nxt.replace(current)
+
+
+def ensure(condition: bool, message: str) -> None:
+    if not condition:
+        raise BarrierError(message)
+
+
+async def rotate(
+    settings: Settings,
+    *,
+    new_key_file: Path | None = None,
+    batch: int = 500,
+    stop_after: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a rotation end to end; see the module docstring for the steps."""
+    report = progress or (lambda _stage, _count: None)
+    current = resolve_master_key(settings, allow_generate=False)
+    key_file = settings.master_key_file or (
+        settings.data_dir / MASTER_KEY_FILENAME if settings.is_embedded else None
+    )
+    from_env = settings.master_key is not None
+    if from_env and new_key_file is None:
+        raise ConfigError(
+            "The master key comes from GRANTVAULT_MASTER_KEY; pass --new-key-file with the new key."
+        )
+    vault = await Vault.start(settings, migrate_schema=False, allow_generate=False)
+    try:
+        async with vault.db.read() as conn:
+            rotating_from, rotating_to = await state(conn)
+        resumed = rotating_to is not None
+        if not resumed:
+            if new_key_file is not None:
+                new_master = MasterKey(
+                    decode_master_key(new_key_file.read_text(), str(new_key_file))
+                )
+            else:
+                assert key_file is not None
+                text = generate_master_key_text()
+                write_key_file(key_file.with_name(key_file.name + ".next"), text)
+                new_master = MasterKey(decode_master_key(text, "new key"))
+            ensure(
+                new_master.key_id != current_key_id(current.key),
+                "the new master key equals the current one",
+            )
+            async with vault.db.write() as conn:
+                await begin(vault.barrier, conn, new_master)
+            old_id, new_id = vault.barrier.master.key_id, new_master.key_id
+            report("new data key term", vault.barrier.active_term)
+        else:
+            assert rotating_from is not None
+            old_id, new_id = rotating_from, str(rotating_to)
+            async with vault.db.read() as conn:
+                await vault.barrier.reload(conn)
+            report("resuming rotation to master key", 0)
+        if not from_env and key_file is not None and vault.barrier.master.key_id == old_id:
+            swap_key_files(key_file)
+        total, batches = 0, 0
+        while True:
+            if stop_after is not None and batches >= stop_after:
+                return _result(
+                    old_id, new_id, vault, total, resumed, complete=False, key_file=key_file
+                )
+            async with vault.db.write() as conn:
+                converted = await reencrypt_batch(vault.barrier, conn, batch)
+            batches += 1
+            total += converted
+            report("rows re-encrypted", total)
+            if converted < batch:
+                break
+        async with vault.db.write() as conn:
+            await finish(vault.barrier, conn, old_id)
+        return _result(old_id, new_id, vault, total, resumed, complete=True, key_file=key_file)
+    finally:
+        await vault.close()
+
+
+def current_key_id(key: bytes) -> str:
+    return MasterKey(key).key_id
+
+
+def _result(
+    old_id: str,
+    new_id: str,
+    vault: Vault,
+    total: int,
+    resumed: bool,
+    *,
+    complete: bool,
+    key_file: Path | None,
+) -> dict[str, Any]:
+    return {
+        "old_key_id": old_id,
+        "new_key_id": new_id,
+        "active_term": vault.barrier.active_term,
+        "rows_reencrypted": total,
+        "resumed": resumed,
+        "complete": complete,
+        "key_file": str(key_file) if key_file else None,
+    }

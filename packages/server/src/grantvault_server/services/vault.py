@@ -1,0 +1,88 @@
+"""The service container: everything a request or a CLI command needs, built once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from grantvault_server.config import Settings, resolve_master_key
+from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
+from grantvault_server.policy.engine import PolicyEngine
+from grantvault_server.providers.catalog import load_templates
+from grantvault_server.providers.schema import SecretTemplate
+from grantvault_server.storage import migrate
+from grantvault_server.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Vault:
+    settings: Settings
+    db: Database
+    barrier: Barrier
+    templates: dict[str, SecretTemplate]
+    policy: PolicyEngine = field(default_factory=PolicyEngine)
+    key_generated: bool = False
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, *, migrate_schema: bool | None = None, allow_generate: bool = True
+    ) -> Vault:
+        """Open the database and the barrier; refuse to run with a wrong master key.
+
+        The embedded SQLite database is migrated automatically; PostgreSQL is migrated only
+        when asked (``grantvault db upgrade``), so replicas never race each other's DDL.
+        """
+        source = resolve_master_key(settings, allow_generate=allow_generate)
+        if settings.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        try:
+            if migrate_schema if migrate_schema is not None else settings.is_sqlite:
+                await migrate.upgrade(db.write_engine)
+            current = await migrate.current_revision(db.read_engine)
+            if current != migrate.head_revision():
+                raise BarrierError(
+                    f"the database schema is at {current or 'nothing'}, this server needs "
+                    f"{migrate.head_revision()}; run `grantvault db upgrade`"
+                )
+            barrier = Barrier(MasterKey(source.key))
+            for attempt in range(3):
+                try:
+                    async with db.write() as conn:
+                        await barrier.open(conn)
+                    break
+                except BarrierError as exc:
+                    if "concurrently" not in str(exc) or attempt == 2:
+                        raise
+        except BaseException:
+            await db.dispose()
+            raise
+        return cls(
+            settings=settings,
+            db=db,
+            barrier=barrier,
+            templates=load_templates(),
+            key_generated=source.generated,
+        )
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+def operator_actor(via: str = "cli") -> dict[str, Any]:
+    """Audit actor for operator actions taken on this machine."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return {"type": "operator", "via": via, "user": user}
