@@ -63,7 +63,9 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.CREDENTIAL_NOT_SET: 409,
     ErrorCode.CREDENTIAL_CORRUPT: 500,
     ErrorCode.SECRET_NOT_FOUND: 404,
-    ErrorCode.BLOCKED_DESTINATION: 403,
+    # 422, not 403: the public client maps every 403 to PolicyViolationError and only
+    # recognises blocked_destination on statuses it has no other branch for.
+    ErrorCode.BLOCKED_DESTINATION: 422,
     ErrorCode.POLICY_DENIED: 403,
     ErrorCode.JWT_VALIDATION_ERROR: 401,
     ErrorCode.IDP_NOT_CONFIGURED: 400,
