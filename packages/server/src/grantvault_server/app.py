@@ -68,6 +68,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if not any(k == b"cache-control" for k, _ in headers):
+                    # Responses may carry credentials: no cache may keep them.
+                    headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             await send(message)
 
