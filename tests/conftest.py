@@ -28,7 +28,9 @@ from grantvault_server.config import Settings
 from grantvault_server.services import apps as app_service
 from grantvault_server.services.vault import Vault
 
-PG_ADMIN_URL = os.environ.get("GRANTVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "GRANTVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 BACKENDS = ["sqlite", "postgresql"]
 OPERATOR = {"type": "operator", "via": "test", "user": "pytest"}
 
@@ -169,7 +171,9 @@ class SignedClient:
 
     async def post(self, path: str, payload: Any, **kw: Any) -> httpx.Response:
         body = json.dumps(payload, separators=(",", ":")).encode()
-        return await self.client.post(path, content=body, headers=self.headers("POST", path, body, **kw))
+        return await self.client.post(
+            path, content=body, headers=self.headers("POST", path, body, **kw)
+        )
 
 
 async def make_app(vault: Vault, name: str | None = None) -> tuple[app_service.App, str]:

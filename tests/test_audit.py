@@ -29,14 +29,18 @@ async def test_intact_chain_verifies(vault: Vault) -> None:
     app = await _app_with_events(vault)
     assert await _problems(vault, app) == []
     report = await audit_log.verify(vault)
-    assert report["ok"] is True and any(c["chain"] == app.id and c["events"] == 6 for c in report["chains"])
+    assert report["ok"] is True and any(
+        c["chain"] == app.id and c["events"] == 6 for c in report["chains"]
+    )
 
 
 async def test_edited_row_is_detected(vault: Vault) -> None:
     app = await _app_with_events(vault)
     async with vault.db.write() as conn:
         await conn.execute(
-            sa.update(audit_events).where(audit_events.c.chain == app.id, audit_events.c.seq == 3).values(outcome="denied")
+            sa.update(audit_events)
+            .where(audit_events.c.chain == app.id, audit_events.c.seq == 3)
+            .values(outcome="denied")
         )
     assert "row content was modified" in await _problems(vault, app)
 
@@ -44,7 +48,9 @@ async def test_edited_row_is_detected(vault: Vault) -> None:
 async def test_deleted_row_is_detected(vault: Vault) -> None:
     app = await _app_with_events(vault)
     async with vault.db.write() as conn:
-        await conn.execute(sa.delete(audit_events).where(audit_events.c.chain == app.id, audit_events.c.seq == 2))
+        await conn.execute(
+            sa.delete(audit_events).where(audit_events.c.chain == app.id, audit_events.c.seq == 2)
+        )
     problems = await _problems(vault, app)
     assert any("rows missing" in p for p in problems)
 
@@ -52,7 +58,9 @@ async def test_deleted_row_is_detected(vault: Vault) -> None:
 async def test_truncated_tail_is_detected(vault: Vault) -> None:
     app = await _app_with_events(vault)
     async with vault.db.write() as conn:
-        await conn.execute(sa.delete(audit_events).where(audit_events.c.chain == app.id, audit_events.c.seq == 6))
+        await conn.execute(
+            sa.delete(audit_events).where(audit_events.c.chain == app.id, audit_events.c.seq == 6)
+        )
     assert any("head says" in p for p in await _problems(vault, app))
 
 
@@ -62,7 +70,11 @@ async def test_reordered_rows_are_detected(vault: Vault) -> None:
         rows = {
             r.seq: r
             for r in (
-                await conn.execute(sa.select(audit_events).where(audit_events.c.chain == app.id, audit_events.c.seq.in_([2, 3])))
+                await conn.execute(
+                    sa.select(audit_events).where(
+                        audit_events.c.chain == app.id, audit_events.c.seq.in_([2, 3])
+                    )
+                )
             ).all()
         }
         # Swap the contents of rows 2 and 3 (keeping each row's seq), as an attacker reordering history would.
@@ -71,7 +83,9 @@ async def test_reordered_rows_are_detected(vault: Vault) -> None:
             await conn.execute(
                 sa.update(audit_events)
                 .where(audit_events.c.chain == app.id, audit_events.c.seq == seq)
-                .values(event=src.event, details=src.details, prev_hash=src.prev_hash, hash=src.hash)
+                .values(
+                    event=src.event, details=src.details, prev_hash=src.prev_hash, hash=src.hash
+                )
             )
     problems = await _problems(vault, app)
     assert problems and any("link" in p or "modified" in p for p in problems)
@@ -82,7 +96,15 @@ async def test_concurrent_appends_keep_one_chain(vault: Vault) -> None:
     await asyncio.gather(*(app_service.create_key(vault, app, OPERATOR) for _ in range(12)))
     assert await _problems(vault, app) == []
     async with vault.db.read() as conn:
-        seqs = (await conn.execute(sa.select(audit_events.c.seq).where(audit_events.c.chain == app.id))).scalars().all()
+        seqs = (
+            (
+                await conn.execute(
+                    sa.select(audit_events.c.seq).where(audit_events.c.chain == app.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert sorted(seqs) == list(range(1, 15))
 
 

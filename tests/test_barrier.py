@@ -7,11 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from grantvault_server.config import ConfigError, Settings, resolve_master_key
-from grantvault_server.crypto.barrier import Barrier, CorruptCiphertext, MasterKey, WrongMasterKey, aad_for
+from grantvault_server.crypto.barrier import (
+    Barrier,
+    CorruptCiphertext,
+    MasterKey,
+    WrongMasterKey,
+    aad_for,
+)
 from grantvault_server.services import rotation, secrets as secret_service, tokens
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import credentials
@@ -20,7 +26,9 @@ from tests.conftest import OPERATOR, make_app, new_master_key
 SECRET = "sk-live-very-secret-value-0123456789"
 
 
-async def _secret_with_value(vault: Vault, value: str = SECRET) -> tuple[object, secret_service.ManagedSecret, str]:
+async def _secret_with_value(
+    vault: Vault, value: str = SECRET
+) -> tuple[object, secret_service.ManagedSecret, str]:
     app, _ = await make_app(vault)
     secret = await secret_service.create_secret(vault, app, OPERATOR, template="openai", slug=None)
     cred_id = await secret_service.set_credential(vault, app, secret, {"token": value}, OPERATOR)
@@ -36,7 +44,11 @@ async def _dump(vault: Vault) -> str:
         for table in metadata.sorted_tables:
             for row in (await conn.execute(sa.select(table))).all():
                 for value in row:
-                    parts.append(value.decode("latin-1") if isinstance(value, bytes) else json.dumps(value, default=str))
+                    parts.append(
+                        value.decode("latin-1")
+                        if isinstance(value, bytes)
+                        else json.dumps(value, default=str)
+                    )
     return "\n".join(parts)
 
 
@@ -58,24 +70,41 @@ async def test_flipped_byte_fails_and_nothing_is_released(vault: Vault) -> None:
 
     grant = await create_grant(vault, app, secret, OPERATOR, principal_type="system")
     async with vault.db.write() as conn:
-        blob = (await conn.execute(sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_id))).scalar_one()
+        blob = (
+            await conn.execute(
+                sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_id)
+            )
+        ).scalar_one()
         flipped = blob[:-1] + bytes([blob[-1] ^ 1])
-        await conn.execute(sa.update(credentials).where(credentials.c.id == cred_id).values(secret_ct=flipped))
+        await conn.execute(
+            sa.update(credentials).where(credentials.c.id == cred_id).values(secret_ct=flipped)
+        )
     with pytest.raises(Exception) as info:
         await tokens.retrieve(
-            vault, app, OPERATOR, tokens.TokenRequest(method="GET", url="https://api.openai.com/v1/models", grant_id=grant["grant_id"])
+            vault,
+            app,
+            OPERATOR,
+            tokens.TokenRequest(
+                method="GET", url="https://api.openai.com/v1/models", grant_id=grant["grant_id"]
+            ),
         )
     assert getattr(info.value, "code", None) == "credential_corrupt"
     assert SECRET not in str(info.value)
 
 
 async def test_ciphertext_swapped_between_rows_fails(vault: Vault) -> None:
-    app_a, secret_a, cred_a = await _secret_with_value(vault, "value-of-app-a-000000")
-    app_b, secret_b, cred_b = await _secret_with_value(vault, "value-of-app-b-111111")
+    app_a, _, cred_a = await _secret_with_value(vault, "value-of-app-a-000000")
+    app_b, _, cred_b = await _secret_with_value(vault, "value-of-app-b-111111")
     async with vault.db.write() as conn:
-        blob_a = (await conn.execute(sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_a))).scalar_one()
-        await conn.execute(sa.update(credentials).where(credentials.c.id == cred_b).values(secret_ct=blob_a))
-        blob_b = (await conn.execute(sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_b))).scalar_one()
+        blob_a = (
+            await conn.execute(sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_a))
+        ).scalar_one()
+        await conn.execute(
+            sa.update(credentials).where(credentials.c.id == cred_b).values(secret_ct=blob_a)
+        )
+        blob_b = (
+            await conn.execute(sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_b))
+        ).scalar_one()
     with pytest.raises(CorruptCiphertext):
         vault.barrier.decrypt(blob_b, secret_service.credential_aad(app_b.id, cred_b))  # type: ignore[attr-defined]
     # The original still opens in its own row and field only.
@@ -105,7 +134,9 @@ def test_master_key_must_be_32_bytes() -> None:
     with pytest.raises(ValueError):
         MasterKey(b"short")
     with pytest.raises(ConfigError, match="32 bytes"):
-        resolve_master_key(Settings(master_key=base64.b64encode(b"x" * 16).decode()), allow_generate=False)  # type: ignore[arg-type]
+        resolve_master_key(
+            Settings(master_key=base64.b64encode(b"x" * 16).decode()), allow_generate=False
+        )  # type: ignore[arg-type]
 
 
 async def test_rotation_interrupted_then_resumed_keeps_every_row_readable(
@@ -125,14 +156,26 @@ async def test_rotation_interrupted_then_resumed_keeps_every_row_readable(
         values = []
         async with v.db.read() as conn:
             for app, _secret, cred_id in created:
-                blob = (await conn.execute(sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_id))).scalar_one()
-                values.append(json.loads(await v.barrier.decrypt_fresh(conn, blob, secret_service.credential_aad(app.id, cred_id)))["token"])  # type: ignore[attr-defined]
+                blob = (
+                    await conn.execute(
+                        sa.select(credentials.c.secret_ct).where(credentials.c.id == cred_id)
+                    )
+                ).scalar_one()
+                values.append(
+                    json.loads(
+                        await v.barrier.decrypt_fresh(
+                            conn, blob, secret_service.credential_aad(app.id, cred_id)
+                        )
+                    )["token"]
+                )  # type: ignore[attr-defined]
         return values
 
     expected = [f"value-{i:04d}-abcdefgh" for i in range(7)]
     # Mid-rotation, both the old and the new master key open every row.
     for key in (settings.master_key, SecretStr(new_key_text)):
-        mid = await Vault.start(settings.model_copy(update={"master_key": key}), migrate_schema=False)
+        mid = await Vault.start(
+            settings.model_copy(update={"master_key": key}), migrate_schema=False
+        )
         try:
             assert await read_all(mid) == expected
         finally:
@@ -149,7 +192,10 @@ async def test_rotation_interrupted_then_resumed_keeps_every_row_readable(
         assert after.barrier.active_term > old_term
         assert await read_all(after) == expected
         async with after.db.read() as conn:
-            terms = {Barrier.term_of(b) for b in (await conn.execute(sa.select(credentials.c.secret_ct))).scalars()}
+            terms = {
+                Barrier.term_of(b)
+                for b in (await conn.execute(sa.select(credentials.c.secret_ct))).scalars()
+            }
         assert terms == {after.barrier.active_term}
     finally:
         await after.close()

@@ -35,7 +35,9 @@ async def test_replayed_nonce_is_refused(vault: Vault, client: httpx.AsyncClient
     assert again.status_code == 401 and again.json()["error"] == "replayed_request"
 
 
-async def test_replay_is_refused_by_another_replica(vault: Vault, client: httpx.AsyncClient, settings: object) -> None:
+async def test_replay_is_refused_by_another_replica(
+    vault: Vault, client: httpx.AsyncClient, settings: object
+) -> None:
     """The nonce lives in the database, so a second server process refuses the copy too."""
     from grantvault_server.app import create_app
 
@@ -46,31 +48,41 @@ async def test_replay_is_refused_by_another_replica(vault: Vault, client: httpx.
     try:
         transport = httpx.ASGITransport(app=create_app(vault=other))
         async with httpx.AsyncClient(transport=transport, base_url="http://replica") as replica:
-            assert (await client.post("/sdk/grants/list", content=body, headers=headers)).status_code == 200
+            assert (
+                await client.post("/sdk/grants/list", content=body, headers=headers)
+            ).status_code == 200
             r = await replica.post("/sdk/grants/list", content=body, headers=headers)
     finally:
         await other.close()
     assert r.status_code == 401 and r.json()["error"] == "replayed_request"
 
 
-async def test_timestamp_outside_skew_window_is_refused(vault: Vault, client: httpx.AsyncClient) -> None:
+async def test_timestamp_outside_skew_window_is_refused(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
     _, key = await make_app(vault)
     sc = SignedClient(client, key)
     for offset in (-301, 301):
         r = await sc.post("/sdk/grants/list", LIST, timestamp=int(time.time()) + offset)
         assert r.status_code == 401 and r.json()["error"] == "stale_request", offset
     # Inside the window is fine.
-    assert (await sc.post("/sdk/grants/list", LIST, timestamp=int(time.time()) - 250)).status_code == 200
+    assert (
+        await sc.post("/sdk/grants/list", LIST, timestamp=int(time.time()) - 250)
+    ).status_code == 200
 
 
-async def test_tampered_body_path_and_query_are_refused(vault: Vault, client: httpx.AsyncClient) -> None:
+async def test_tampered_body_path_and_query_are_refused(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
     _, key = await make_app(vault)
     sc = SignedClient(client, key)
     body = json.dumps(LIST, separators=(",", ":")).encode()
     tampered = json.dumps({"limit": 11, "offset": 0}, separators=(",", ":")).encode()
 
     # Body changed, content hash header left alone.
-    r = await client.post("/sdk/grants/list", content=tampered, headers=sc.headers("POST", "/sdk/grants/list", body))
+    r = await client.post(
+        "/sdk/grants/list", content=tampered, headers=sc.headers("POST", "/sdk/grants/list", body)
+    )
     assert r.status_code == 401 and r.json()["error"] == "invalid_signature"
     # Body and its hash changed, signature left alone.
     headers = sc.headers("POST", "/sdk/grants/list", body)
@@ -80,7 +92,9 @@ async def test_tampered_body_path_and_query_are_refused(vault: Vault, client: ht
     r = await client.post("/sdk/grants/list", content=tampered, headers=headers)
     assert r.status_code == 401 and r.json()["error"] == "invalid_signature"
     # Signed for one path, sent to another.
-    r = await client.post("/sdk/token", content=body, headers=sc.headers("POST", "/sdk/grants/list", body))
+    r = await client.post(
+        "/sdk/token", content=body, headers=sc.headers("POST", "/sdk/grants/list", body)
+    )
     assert r.status_code == 401 and r.json()["error"] == "invalid_signature"
     # Query added after signing.
     r = await client.post(
@@ -89,19 +103,27 @@ async def test_tampered_body_path_and_query_are_refused(vault: Vault, client: ht
     assert r.status_code == 401 and r.json()["error"] == "invalid_signature"
     # Query signed in another order verifies (canonical sort), a changed value does not.
     ok = await client.post(
-        "/sdk/grants/list?b=2&a=1", content=body, headers=sc.headers("POST", "/sdk/grants/list?a=1&b=2", body)
+        "/sdk/grants/list?b=2&a=1",
+        content=body,
+        headers=sc.headers("POST", "/sdk/grants/list?a=1&b=2", body),
     )
     assert ok.status_code == 200, ok.text
     bad = await client.post(
-        "/sdk/grants/list?b=3&a=1", content=body, headers=sc.headers("POST", "/sdk/grants/list?a=1&b=2", body)
+        "/sdk/grants/list?b=3&a=1",
+        content=body,
+        headers=sc.headers("POST", "/sdk/grants/list?a=1&b=2", body),
     )
     assert bad.status_code == 401
     # Method changed.
-    r = await client.put("/sdk/grants/list", content=body, headers=sc.headers("POST", "/sdk/grants/list", body))
+    r = await client.put(
+        "/sdk/grants/list", content=body, headers=sc.headers("POST", "/sdk/grants/list", body)
+    )
     assert r.status_code in {401, 405}
 
 
-async def test_actor_headers_are_bound_and_cannot_be_stripped(vault: Vault, client: httpx.AsyncClient) -> None:
+async def test_actor_headers_are_bound_and_cannot_be_stripped(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
     _, key = await make_app(vault)
     sc = SignedClient(client, key)
     body = json.dumps(LIST, separators=(",", ":")).encode()
@@ -116,7 +138,11 @@ async def test_actor_headers_are_bound_and_cannot_be_stripped(vault: Vault, clie
     assert r.status_code == 401 and r.json()["error"] == "invalid_signature"
 
     # Change the caller after signing.
-    changed = {**sc.headers("POST", "/sdk/grants/list", body, actor=actor), **actor, "X-Alter-Caller": "admin"}
+    changed = {
+        **sc.headers("POST", "/sdk/grants/list", body, actor=actor),
+        **actor,
+        "X-Alter-Caller": "admin",
+    }
     assert (await client.post("/sdk/grants/list", content=body, headers=changed)).status_code == 401
 
     # V2 header present but the legacy header holds the legacy digest: refused (both must be V2).
@@ -154,12 +180,16 @@ async def test_key_states(vault: Vault, client: httpx.AsyncClient) -> None:
     assert r.status_code == 401 and r.json()["error"] == "key_revoked"
     # Expired.
     info, key = await app_service.create_key(vault, app, OPERATOR)
-    await app_service.set_key_expiry(vault, app, info.id, datetime.now(UTC) - timedelta(seconds=1), OPERATOR)
+    await app_service.set_key_expiry(
+        vault, app, info.id, datetime.now(UTC) - timedelta(seconds=1), OPERATOR
+    )
     r = await SignedClient(client, key).post("/sdk/grants/list", LIST)
     assert r.status_code == 401 and r.json()["error"] == "key_expired"
     # Rotated: old key works inside the overlap window, successor works, then grace ends.
     info, old = await app_service.create_key(vault, app, OPERATOR)
-    new_info, new = await app_service.rotate_key(vault, app, info.id, OPERATOR, overlap=timedelta(hours=1))
+    new_info, new = await app_service.rotate_key(
+        vault, app, info.id, OPERATOR, overlap=timedelta(hours=1)
+    )
     assert (await SignedClient(client, old).post("/sdk/grants/list", LIST)).status_code == 200
     assert (await SignedClient(client, new).post("/sdk/grants/list", LIST)).status_code == 200
     keys = {k.id: k for k in await app_service.list_keys(vault, app)}
@@ -183,7 +213,9 @@ async def test_keys_are_stored_hashed_with_visible_prefix(vault: Vault) -> None:
     assert key.startswith(row.key_prefix) and len(row.key_prefix) < len(key) // 2
 
 
-async def test_unknown_route_and_method_get_envelopes(vault: Vault, client: httpx.AsyncClient) -> None:
+async def test_unknown_route_and_method_get_envelopes(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
     r = await client.get("/sdk/nothing-here")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     r = await client.get("/sdk/token")

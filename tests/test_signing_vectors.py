@@ -21,7 +21,9 @@ def _reference(message: str) -> str:
 
 
 def test_legacy_signature_vector() -> None:
-    headers = sign_request(API_KEY, method="post", target="/sdk/token", body=BODY, timestamp=1700000000, nonce="0" * 32)
+    headers = sign_request(
+        API_KEY, method="post", target="/sdk/token", body=BODY, timestamp=1700000000, nonce="0" * 32
+    )
     body_hash = hashlib.sha256(BODY).hexdigest()
     expected = _reference(f"POST\n/sdk/token\n1700000000\n{'0' * 32}\n{body_hash}\n")
     assert headers["X-Alter-Signature"] == expected
@@ -30,12 +32,23 @@ def test_legacy_signature_vector() -> None:
 
 
 def test_v2_signature_binds_actor_headers_in_order_and_is_sent_twice() -> None:
-    actor = {"X-Alter-Context": '{"run_id":"r1"}', "X-Alter-Caller": "billing-bot", "X-Alter-Caller-Type": "agent"}
-    headers = sign_request(API_KEY, method="GET", target="/sdk/scopes", actor=actor, timestamp=1700000001, nonce="a" * 32)
+    actor = {
+        "X-Alter-Context": '{"run_id":"r1"}',
+        "X-Alter-Caller": "billing-bot",
+        "X-Alter-Caller-Type": "agent",
+    }
+    headers = sign_request(
+        API_KEY,
+        method="GET",
+        target="/sdk/scopes",
+        actor=actor,
+        timestamp=1700000001,
+        nonce="a" * 32,
+    )
     empty = hashlib.sha256(b"").hexdigest()
     message = (
         f"GET\n/sdk/scopes\n1700000001\n{'a' * 32}\n{empty}\n"
-        "\ncaller:billing-bot\ncaller-type:agent\nactor-context:{\"run_id\":\"r1\"}"
+        '\ncaller:billing-bot\ncaller-type:agent\nactor-context:{"run_id":"r1"}'
     )
     assert headers["X-Alter-Signature"] == headers["X-Alter-Signature-V2"] == _reference(message)
 
@@ -51,7 +64,12 @@ def test_scope_constraints_and_request_rule_are_bound() -> None:
 
 
 def test_canonical_target_decodes_path_and_sorts_query() -> None:
-    assert canonical_target("/sdk/provider-specs/oauth/post%3A%2Femails") == "/sdk/provider-specs/oauth/post:/emails"
-    assert canonical_target("/sdk/agents?name=b%20c&limit=10&a=") == "/sdk/agents?a=&limit=10&name=b+c"
+    assert (
+        canonical_target("/sdk/provider-specs/oauth/post%3A%2Femails")
+        == "/sdk/provider-specs/oauth/post:/emails"
+    )
+    assert (
+        canonical_target("/sdk/agents?name=b%20c&limit=10&a=") == "/sdk/agents?a=&limit=10&name=b+c"
+    )
     assert canonical_target("/sdk/agents?") == "/sdk/agents"
     assert canonical_target("/sdk/x?b=2&a=1&a=0") == "/sdk/x?a=0&a=1&b=2"

@@ -21,10 +21,17 @@ URL = "https://api.openai.com/v1/chat/completions"
 
 
 async def _grant(
-    vault: Vault, app: App, *, template: str | None = "openai", values: dict[str, str] | None = None, **custom: Any
+    vault: Vault,
+    app: App,
+    *,
+    template: str | None = "openai",
+    values: dict[str, str] | None = None,
+    **custom: Any,
 ) -> str:
     secret = await secret_service.create_secret(vault, app, OPERATOR, template=template, **custom)
-    await secret_service.set_credential(vault, app, secret, values or {"token": "sk-test-abcdef123456"}, OPERATOR)
+    await secret_service.set_credential(
+        vault, app, secret, values or {"token": "sk-test-abcdef123456"}, OPERATOR
+    )
     result = await grant_service.create_grant(vault, app, secret, OPERATOR, principal_type="system")
     return str(result["grant_id"])
 
@@ -36,48 +43,88 @@ def _token_body(grant_id: str, url: str = URL, method: str = "POST") -> dict[str
 async def test_bearer_retrieval_and_audit_row(vault: Vault, client: httpx.AsyncClient) -> None:
     app, key = await make_app(vault)
     grant_id = await _grant(vault, app)
-    r = await SignedClient(client, key).post("/sdk/token", _token_body(grant_id, URL + "?api_key=leak"))
+    r = await SignedClient(client, key).post(
+        "/sdk/token", _token_body(grant_id, URL + "?api_key=leak")
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["access_token"] == "sk-test-abcdef123456"
-    assert (body["injection_header"], body["injection_format"]) == ("Authorization", "Bearer {token}")
+    assert (body["injection_header"], body["injection_format"]) == (
+        "Authorization",
+        "Bearer {token}",
+    )
     assert body["grant_id"] == grant_id and body["provider_id"] == "openai"
     assert r.headers["cache-control"] == "no-store"
     async with vault.db.read() as conn:
         row = (
             await conn.execute(
-                sa.select(audit_events).where(audit_events.c.grant_id == grant_id, audit_events.c.event == "credential.retrieved")
+                sa.select(audit_events).where(
+                    audit_events.c.grant_id == grant_id,
+                    audit_events.c.event == "credential.retrieved",
+                )
             )
         ).one()
     assert row.outcome == "success" and row.actor["key_prefix"] == key[:15]
-    assert row.method == "POST" and "leak" not in row.url and "sk-test" not in json.dumps(row.details)
+    assert (
+        row.method == "POST" and "leak" not in row.url and "sk-test" not in json.dumps(row.details)
+    )
 
 
 @pytest.mark.parametrize(
     ("custom", "values", "expected"),
     [
         (
-            {"slug": "hdr", "injection": {"auth": "header", "header": "X-Api-Key", "format": "Key {token}"}},
+            {
+                "slug": "hdr",
+                "injection": {"auth": "header", "header": "X-Api-Key", "format": "Key {token}"},
+            },
             {"token": "k-123456"},
-            {"access_token": "k-123456", "injection_header": "X-Api-Key", "injection_format": "Key {token}"},
+            {
+                "access_token": "k-123456",
+                "injection_header": "X-Api-Key",
+                "injection_format": "Key {token}",
+            },
         ),
         (
-            {"slug": "qry", "injection": {"auth": "query", "query_param": "api_key", "header": "X-Api-Key", "format": "{token}"}},
+            {
+                "slug": "qry",
+                "injection": {
+                    "auth": "query",
+                    "query_param": "api_key",
+                    "header": "X-Api-Key",
+                    "format": "{token}",
+                },
+            },
             {"token": "q-123456"},
-            {"additional_injections": [{"target": "query_param", "key": "api_key", "value_source": "token"}]},
+            {
+                "additional_injections": [
+                    {"target": "query_param", "key": "api_key", "value_source": "token"}
+                ]
+            },
         ),
         (
             {"slug": "basic", "injection": {"auth": "basic"}},
             {"username": "ACxyz", "password": "pw-123456"},
-            {"access_token": base64.b64encode(b"ACxyz:pw-123456").decode(), "injection_format": "Basic {token}"},
+            {
+                "access_token": base64.b64encode(b"ACxyz:pw-123456").decode(),
+                "injection_format": "Basic {token}",
+            },
         ),
         (
             {"slug": "aws", "injection": {"auth": "sigv4", "aws_region": "eu-west-1"}},
-            {"access_key_id": "AKIDEXAMPLE", "secret_access_key": "wJalrXUtnFEMI/K7MDENG", "session_token": "tok"},
+            {
+                "access_key_id": "AKIDEXAMPLE",
+                "secret_access_key": "wJalrXUtnFEMI/K7MDENG",
+                "session_token": "tok",
+            },
             {
                 "access_token": "AKIDEXAMPLE",
                 "injection_format": "AWS4-HMAC-SHA256",
-                "additional_credentials": {"secret_key": "wJalrXUtnFEMI/K7MDENG", "session_token": "tok", "region": "eu-west-1"},
+                "additional_credentials": {
+                    "secret_key": "wJalrXUtnFEMI/K7MDENG",
+                    "session_token": "tok",
+                    "region": "eu-west-1",
+                },
             },
         ),
         (
@@ -88,14 +135,20 @@ async def test_bearer_retrieval_and_audit_row(vault: Vault, client: httpx.AsyncC
                     "header": "DD-API-KEY",
                     "format": "{token}",
                     "fields": [{"name": "token"}, {"name": "app_key", "required": False}],
-                    "extra": [{"target": "header", "key": "DD-APPLICATION-KEY", "source": "app_key"}],
+                    "extra": [
+                        {"target": "header", "key": "DD-APPLICATION-KEY", "source": "app_key"}
+                    ],
                 },
             },
             {"token": "api-123456", "app_key": "app-654321"},
             {
                 "additional_credentials": {"app_key": "app-654321"},
                 "additional_injections": [
-                    {"target": "header", "key": "DD-APPLICATION-KEY", "value_source": "additional_credentials.app_key"}
+                    {
+                        "target": "header",
+                        "key": "DD-APPLICATION-KEY",
+                        "value_source": "additional_credentials.app_key",
+                    }
                 ],
             },
         ),
@@ -103,11 +156,19 @@ async def test_bearer_retrieval_and_audit_row(vault: Vault, client: httpx.AsyncC
     ids=["header", "query", "basic", "sigv4", "extra-header"],
 )
 async def test_injection_shapes(
-    vault: Vault, client: httpx.AsyncClient, custom: dict[str, Any], values: dict[str, str], expected: dict[str, Any]
+    vault: Vault,
+    client: httpx.AsyncClient,
+    custom: dict[str, Any],
+    values: dict[str, str],
+    expected: dict[str, Any],
 ) -> None:
     app, key = await make_app(vault)
-    grant_id = await _grant(vault, app, template=None, values=values, allowed_hosts=["api.example.com"], **custom)
-    r = await SignedClient(client, key).post("/sdk/token", _token_body(grant_id, "https://api.example.com/v1"))
+    grant_id = await _grant(
+        vault, app, template=None, values=values, allowed_hosts=["api.example.com"], **custom
+    )
+    r = await SignedClient(client, key).post(
+        "/sdk/token", _token_body(grant_id, "https://api.example.com/v1")
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     for field, value in expected.items():
@@ -142,7 +203,11 @@ async def test_blocked_destinations(vault: Vault, client: httpx.AsyncClient, url
 async def test_allowed_host_normalisation(vault: Vault, client: httpx.AsyncClient) -> None:
     app, key = await make_app(vault)
     grant_id = await _grant(vault, app)
-    for url in ("https://API.OpenAI.com/v1/models", "https://api.openai.com./v1/models", "https://api.openai.com:443/v1"):
+    for url in (
+        "https://API.OpenAI.com/v1/models",
+        "https://api.openai.com./v1/models",
+        "https://api.openai.com:443/v1",
+    ):
         r = await SignedClient(client, key).post("/sdk/token", _token_body(grant_id, url))
         assert r.status_code == 200, (url, r.text)
 
@@ -171,7 +236,9 @@ async def test_revoked_and_expired_grants(vault: Vault, client: httpx.AsyncClien
         from grantvault_server.storage.tables import grants
 
         await conn.execute(
-            sa.update(grants).where(grants.c.id == expiring).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            sa.update(grants)
+            .where(grants.c.id == expiring)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     r = await sc.post("/sdk/token", _token_body(expiring, "https://api.stripe.com/v1/charges"))
     assert r.status_code == 403 and r.json()["error"] == "grant_expired"
@@ -187,11 +254,15 @@ async def test_revoked_and_expired_grants(vault: Vault, client: httpx.AsyncClien
     assert ("denied", "grant_revoked") in outcomes and ("denied", "grant_expired") in outcomes
 
 
-async def test_replacing_a_credential_keeps_grants_valid(vault: Vault, client: httpx.AsyncClient) -> None:
+async def test_replacing_a_credential_keeps_grants_valid(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
     app, key = await make_app(vault)
     secret = await secret_service.create_secret(vault, app, OPERATOR, template="openai")
     await secret_service.set_credential(vault, app, secret, {"token": "sk-first-000000"}, OPERATOR)
-    grant_id = (await grant_service.create_grant(vault, app, secret, OPERATOR, principal_type="system"))["grant_id"]
+    grant_id = (
+        await grant_service.create_grant(vault, app, secret, OPERATOR, principal_type="system")
+    )["grant_id"]
     first = (await SignedClient(client, key).post("/sdk/token", _token_body(grant_id))).json()
     await secret_service.set_credential(vault, app, secret, {"token": "sk-second-11111"}, OPERATOR)
     second = (await SignedClient(client, key).post("/sdk/token", _token_body(grant_id))).json()
@@ -210,21 +281,33 @@ async def test_tenant_isolation(vault: Vault, client: httpx.AsyncClient) -> None
     assert (await b.post("/sdk/grants/list", {"limit": 100, "offset": 0})).json()["total"] == 0
     r = await b.post(f"/sdk/oauth/grants/{grant_a}/revoke", {})
     assert r.status_code == 404
-    r = await b.post(f"/sdk/managed-secrets/{secret_a.id}/grants", {"principal": {"type": "system"}})
+    r = await b.post(
+        f"/sdk/managed-secrets/{secret_a.id}/grants", {"principal": {"type": "system"}}
+    )
     assert r.status_code == 404 and r.json()["error"] == "secret_not_found"
     r = await b.post(
         "/sdk/oauth/audit/api-call",
-        {"grant_id": grant_a, "provider_id": "openai", "method": "GET", "url": "https://x", "response_status": 200},
+        {
+            "grant_id": grant_a,
+            "provider_id": "openai",
+            "method": "GET",
+            "url": "https://x",
+            "response_status": 200,
+        },
     )
     assert r.status_code == 404
     # An unknown id answers exactly like another app's id (no existence oracle).
     unknown = await b.post("/sdk/token", _token_body("00000000-0000-4000-8000-000000000000"))
     assert unknown.json()["error"] == r.json()["error"] == "grant_not_found"
     # App A still works.
-    assert (await SignedClient(client, key_a).post("/sdk/token", _token_body(grant_a))).status_code == 200
+    assert (
+        await SignedClient(client, key_a).post("/sdk/token", _token_body(grant_a))
+    ).status_code == 200
 
 
-async def test_provider_mode_resolves_system_grant_or_is_ambiguous(vault: Vault, client: httpx.AsyncClient) -> None:
+async def test_provider_mode_resolves_system_grant_or_is_ambiguous(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
     app, key = await make_app(vault)
     sc = SignedClient(client, key)
     body = {"provider_id": "openai", "reason": None, "request": {"method": "GET", "url": URL}}
@@ -233,7 +316,9 @@ async def test_provider_mode_resolves_system_grant_or_is_ambiguous(vault: Vault,
     await _grant(vault, app)
     assert (await sc.post("/sdk/token", body)).status_code == 200
     secret = (await secret_service.list_secrets(vault, app))[0][0]
-    await grant_service.create_grant(vault, app, secret, OPERATOR, principal_type="system", label="second")
+    await grant_service.create_grant(
+        vault, app, secret, OPERATOR, principal_type="system", label="second"
+    )
     r = await sc.post("/sdk/token", body)
     assert r.status_code == 409 and r.json()["error"] == "ambiguous_grant"
     assert len(r.json()["candidates"]) == 2
@@ -263,10 +348,30 @@ async def test_audit_write_failure_means_no_token(
     [
         ("/sdk/token", {}),
         ("/sdk/token", {"grant_id": "not-a-uuid", "request": {"method": "GET", "url": URL}}),
-        ("/sdk/token", {"grant_id": "00000000-0000-4000-8000-000000000000", "request": {"method": "BREW", "url": URL}}),
+        (
+            "/sdk/token",
+            {
+                "grant_id": "00000000-0000-4000-8000-000000000000",
+                "request": {"method": "BREW", "url": URL},
+            },
+        ),
         ("/sdk/token", {"request": {"method": "GET", "url": URL}}),
-        ("/sdk/token", {"grant_id": "00000000-0000-4000-8000-000000000000", "provider_id": "x", "request": {"method": "GET", "url": URL}}),
-        ("/sdk/token", {"grant_id": "00000000-0000-4000-8000-000000000000", "request": {"method": "GET", "url": URL}, "surprise": 1}),
+        (
+            "/sdk/token",
+            {
+                "grant_id": "00000000-0000-4000-8000-000000000000",
+                "provider_id": "x",
+                "request": {"method": "GET", "url": URL},
+            },
+        ),
+        (
+            "/sdk/token",
+            {
+                "grant_id": "00000000-0000-4000-8000-000000000000",
+                "request": {"method": "GET", "url": URL},
+                "surprise": 1,
+            },
+        ),
         ("/sdk/token", [1, 2, 3]),
         ("/sdk/token", "sk-live-pasted-secret-value"),
         ("/sdk/grants/list", {"limit": 0}),
@@ -275,11 +380,16 @@ async def test_audit_write_failure_means_no_token(
         ("/sdk/grants/list", {"user_token": "eyJ.x.y"}),
         ("/sdk/oauth/grants/not-a-grant/revoke", {"reason": "x" * 600}),
         ("/sdk/managed-secrets/nope/grants", {"principal": {"type": "robot"}}),
-        ("/sdk/managed-secrets/nope/grants", {"principal": {"type": "system"}, "grant_policy": {"max_ttl_seconds": -5}}),
+        (
+            "/sdk/managed-secrets/nope/grants",
+            {"principal": {"type": "system"}, "grant_policy": {"max_ttl_seconds": -5}},
+        ),
         ("/sdk/oauth/audit/api-call", {"grant_id": "x"}),
     ],
 )
-async def test_bad_input_gets_a_clear_4xx(vault: Vault, client: httpx.AsyncClient, path: str, payload: Any) -> None:
+async def test_bad_input_gets_a_clear_4xx(
+    vault: Vault, client: httpx.AsyncClient, path: str, payload: Any
+) -> None:
     _, key = await make_app(vault)
     r = await SignedClient(client, key).post(path, payload)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
@@ -292,5 +402,7 @@ async def test_raw_garbage_bodies(vault: Vault, client: httpx.AsyncClient) -> No
     _, key = await make_app(vault)
     sc = SignedClient(client, key)
     for body in (b"{not json", b"\xff\xfe\x00", b'{"a":' * 5000 + b"1" + b"}" * 5000):
-        r = await client.post("/sdk/token", content=body, headers=sc.headers("POST", "/sdk/token", body))
+        r = await client.post(
+            "/sdk/token", content=body, headers=sc.headers("POST", "/sdk/token", body)
+        )
         assert 400 <= r.status_code < 500, (body[:20], r.status_code, r.text[:200])

@@ -34,7 +34,9 @@ class Server:
     data_dir: Path
     log: Path
 
-    def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "grantvault_server", *args],
             input=stdin,
@@ -44,7 +46,9 @@ class Server:
             timeout=60,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"grantvault {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+            raise AssertionError(
+                f"grantvault {' '.join(args)} failed ({proc.returncode}): {proc.stderr}"
+            )
         return proc
 
     def cli_json(self, *args: str, stdin: str | None = None) -> dict[str, Any]:
@@ -75,7 +79,10 @@ def server(tmp_path: Path, database_url: str, backend: str) -> Iterator[Server]:
         srv.cli("db", "upgrade")
     with log.open("w") as handle:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "grantvault_server", "serve"], env=env, stdout=handle, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "grantvault_server", "serve"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 30
@@ -123,7 +130,12 @@ def echo() -> Iterator[Echo]:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
             state.seen.append(
-                {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body}
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers.items()),
+                    "body": body,
+                }
             )
             payload = json.dumps({"ok": True}).encode()
             self.send_response(200)
@@ -132,7 +144,7 @@ def echo() -> Iterator[Echo]:
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = do_PUT = _record  # noqa: N815
+        do_GET = do_POST = do_PUT = _record
 
         def log_message(self, *_args: object) -> None:
             return

@@ -41,7 +41,9 @@ def app_key(server: Server) -> tuple[str, str]:
 
 
 @pytest.fixture
-async def vault(server: Server, app_key: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[App]:
+async def vault(
+    server: Server, app_key: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[App]:
     monkeypatch.setenv("ALTER_BASE_URL", server.base_url)
     async with App(api_key=app_key[1]) as client:
         yield client
@@ -49,14 +51,23 @@ async def vault(server: Server, app_key: tuple[str, str], monkeypatch: pytest.Mo
 
 def make_grant(server: Server, app: str, credential: str, *create_args: str) -> str:
     secret = server.cli_json("secrets", "create", "--app", app, *create_args)
-    server.cli("secrets", "set-credential", secret["managed_secret_id"], "--stdin", stdin=credential)
-    grant = server.cli_json("grants", "create", "--secret", secret["managed_secret_id"], "--principal", "system")
+    server.cli(
+        "secrets", "set-credential", secret["managed_secret_id"], "--stdin", stdin=credential
+    )
+    grant = server.cli_json(
+        "grants", "create", "--secret", secret["managed_secret_id"], "--principal", "system"
+    )
     return str(grant["grant_id"])
 
 
 SHAPES: dict[str, tuple[list[str], str, dict[str, str], str]] = {
     # name: (secrets create args, credential on stdin, expected headers, expected query fragment)
-    "bearer": (["--auth", "bearer"], "tok-bearer-123456", {"Authorization": "Bearer tok-bearer-123456"}, ""),
+    "bearer": (
+        ["--auth", "bearer"],
+        "tok-bearer-123456",
+        {"Authorization": "Bearer tok-bearer-123456"},
+        "",
+    ),
     "custom-header": (
         ["--auth", "header", "--header", "X-Api-Key", "--format", "Key {token}"],
         "tok-header-123456",
@@ -64,7 +75,16 @@ SHAPES: dict[str, tuple[list[str], str, dict[str, str], str]] = {
         "",
     ),
     "query": (
-        ["--auth", "query", "--query-param", "api_key", "--header", "X-Api-Key", "--format", "{token}"],
+        [
+            "--auth",
+            "query",
+            "--query-param",
+            "api_key",
+            "--header",
+            "X-Api-Key",
+            "--format",
+            "{token}",
+        ],
         "tok-query-123456",
         {},
         "api_key=tok-query-123456",
@@ -84,7 +104,14 @@ async def test_credential_shapes_reach_the_endpoint(
 ) -> None:
     args, credential, headers, query = SHAPES[shape]
     grant_id = make_grant(
-        server, app_key[0], credential, "--slug", f"s-{shape}", *args, "--allowed-host", echo.host_rule
+        server,
+        app_key[0],
+        credential,
+        "--slug",
+        f"s-{shape}",
+        *args,
+        "--allowed-host",
+        echo.host_rule,
     )
     response = await vault.request("POST", f"{echo.url}/v1/items", grant_id=grant_id, json={"n": 1})
     assert response.status_code == 200
@@ -93,7 +120,10 @@ async def test_credential_shapes_reach_the_endpoint(
         assert seen["headers"].get(name) == value, (name, seen["headers"])
     assert query in seen["path"]
     assert json.loads(seen["body"]) == {"n": 1}
-    assert "x-api-key" not in {k.lower() for k in seen["headers"]} or shape in {"custom-header", "query"}
+    assert "x-api-key" not in {k.lower() for k in seen["headers"]} or shape in {
+        "custom-header",
+        "query",
+    }
 
 
 async def test_sigv4_signature_matches_botocore(
@@ -137,10 +167,22 @@ async def test_sigv4_signature_matches_botocore(
 
 
 async def test_typed_errors_from_real_answers(
-    server: Server, app_key: tuple[str, str], vault: App, echo: Echo, monkeypatch: pytest.MonkeyPatch
+    server: Server,
+    app_key: tuple[str, str],
+    vault: App,
+    echo: Echo,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     grant_id = make_grant(
-        server, app_key[0], "tok-errors-123456", "--slug", "errs", "--auth", "bearer", "--allowed-host", echo.host_rule
+        server,
+        app_key[0],
+        "tok-errors-123456",
+        "--slug",
+        "errs",
+        "--auth",
+        "bearer",
+        "--allowed-host",
+        echo.host_rule,
     )
     with pytest.raises(BlockedDestinationError):
         await vault.request("GET", "https://api.github.com/user", grant_id=grant_id)
@@ -154,13 +196,19 @@ async def test_typed_errors_from_real_answers(
             await stranger.list_grants()
 
 
-async def test_revoked_key_and_sdk_grant_calls(server: Server, app_key: tuple[str, str], vault: App, echo: Echo) -> None:
+async def test_revoked_key_and_sdk_grant_calls(
+    server: Server, app_key: tuple[str, str], vault: App, echo: Echo
+) -> None:
     from alter_sdk import SystemPrincipal
 
     secret = server.cli_json("secrets", "create", "--app", app_key[0], "--template", "openai")
-    server.cli("secrets", "set-credential", secret["managed_secret_id"], "--stdin", stdin="sk-e2e-123456")
+    server.cli(
+        "secrets", "set-credential", secret["managed_secret_id"], "--stdin", stdin="sk-e2e-123456"
+    )
     created = await vault.create_managed_secret_grant(
-        secret["managed_secret_id"], principal=SystemPrincipal(label="ci"), grant_policy={"max_ttl_seconds": 3600}
+        secret["managed_secret_id"],
+        principal=SystemPrincipal(label="ci"),
+        grant_policy={"max_ttl_seconds": 3600},
     )
     listed = await vault.list_grants()
     assert created.grant_id in {g.grant_id for g in listed.grants}
@@ -172,19 +220,38 @@ async def test_revoked_key_and_sdk_grant_calls(server: Server, app_key: tuple[st
         await vault.list_grants()
 
 
-async def test_post_call_audit_rows_are_stored(server: Server, app_key: tuple[str, str], monkeypatch: pytest.MonkeyPatch, echo: Echo) -> None:
+async def test_post_call_audit_rows_are_stored(
+    server: Server, app_key: tuple[str, str], monkeypatch: pytest.MonkeyPatch, echo: Echo
+) -> None:
     grant_id = make_grant(
-        server, app_key[0], "tok-audit-123456", "--slug", "aud", "--auth", "bearer", "--allowed-host", echo.host_rule
+        server,
+        app_key[0],
+        "tok-audit-123456",
+        "--slug",
+        "aud",
+        "--auth",
+        "bearer",
+        "--allowed-host",
+        echo.host_rule,
     )
     monkeypatch.setenv("ALTER_BASE_URL", server.base_url)
     async with App(api_key=app_key[1], caller="nightly-report") as client:
-        await client.request("GET", f"{echo.url}/v1/report?token=QueryTokenValue77", grant_id=grant_id, reason="nightly")
-    events: list[dict[str, Any]] = server.cli_json("audit", "list", "--app", app_key[0], "--grant", grant_id)["events"]
+        await client.request(
+            "GET",
+            f"{echo.url}/v1/report?token=QueryTokenValue77",
+            grant_id=grant_id,
+            reason="nightly",
+        )
+    events: list[dict[str, Any]] = server.cli_json(
+        "audit", "list", "--app", app_key[0], "--grant", grant_id
+    )["events"]
     kinds = {e["event"]: e for e in events}
     assert {"credential.retrieved", "provider.api_call"} <= set(kinds)
     call = kinds["provider.api_call"]
     assert call["actor"]["caller"] == "nightly-report"
-    assert "QueryTokenValue77" not in json.dumps(call) and "tok-audit-123456" not in json.dumps(events)
+    assert "QueryTokenValue77" not in json.dumps(call) and "tok-audit-123456" not in json.dumps(
+        events
+    )
     assert server.cli("audit", "verify", "--app", app_key[0]).returncode == 0
     # The server's own log never contains the credential.
     assert "tok-audit-123456" not in server.log.read_text()

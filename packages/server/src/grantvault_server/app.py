@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,8 +20,8 @@ from grantvault_server.api import errors, ops, sdk
 from grantvault_server.config import Settings, load_settings
 from grantvault_server.errors import VaultError
 from grantvault_server.observability import Metrics
+from grantvault_server.services.requests import purge_nonces
 from grantvault_server.services.vault import Vault
-from grantvault_server.storage.tables import request_nonces
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +116,7 @@ async def _housekeeping(vault: Vault) -> None:
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
         try:
-            async with vault.db.write() as conn:
-                await conn.execute(
-                    sa.delete(request_nonces).where(request_nonces.c.expires_at < datetime.now(UTC))
-                )
+            await purge_nonces(vault, datetime.now(UTC))
             async with vault.db.read() as conn:
                 await vault.barrier.reload(conn)
         except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -17,9 +17,8 @@ from grantvault_server.auth.api_keys import KeyRecord, check_key_state
 from grantvault_server.auth.signing import verify_signature
 from grantvault_server.errors import VaultError
 from grantvault_server.services.apps import App, lookup_key
+from grantvault_server.services.requests import claim_nonce
 from grantvault_server.services.vault import Vault
-from grantvault_server.storage.sql import insert_ignore
-from grantvault_server.storage.tables import request_nonces
 
 
 def get_vault(request: Request) -> Vault:
@@ -73,8 +72,7 @@ async def authenticate(request: Request, vault: VaultDep) -> Caller:
     body = await request.body()
     query = request.scope.get("query_string", b"").decode("latin-1")
     target = request.url.path + (f"?{query}" if query else "")
-    async with vault.db.read() as conn:
-        key = await lookup_key(conn, presented)
+    key = await lookup_key(vault, presented)
     if key is None:
         raise _invalid_key("The API key is not known to this vault.")
     verified = verify_signature(
@@ -88,23 +86,11 @@ async def authenticate(request: Request, vault: VaultDep) -> Caller:
     )
     now = datetime.now(UTC)
     check_key_state(key, now)
-    # Nonces live in the database so that a replay to another replica is refused too; they
-    # are kept for twice the skew window, longer than any timestamp that could still pass.
-    async with vault.db.write() as conn:
-        fresh = await insert_ignore(
-            conn,
-            request_nonces,
-            {
-                "key_id": key.id,
-                "nonce": verified.nonce,
-                "expires_at": now + timedelta(seconds=2 * vault.settings.clock_skew_seconds),
-            },
-        )
+    fresh = await claim_nonce(vault, key.id, verified.nonce, now)
     if not fresh:
         raise VaultError(
             ErrorCode.REPLAYED_REQUEST, "This request was already received (nonce reused)."
         )
-    request.state.audit_actor = key.key_prefix
     return Caller(
         app=App(key.app_id, key.app_name, now), key=key, actor=_actor(key, verified.actor)
     )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from grantvault_server.api.deps import VaultDep
-from grantvault_server.errors import VaultError
+from grantvault_server.services.requests import database_ok
 
 router = APIRouter(tags=["operations"])
 
@@ -25,12 +24,7 @@ async def get_healthz() -> dict[str, str]:
 async def get_readyz(vault: VaultDep) -> JSONResponse:
     """Ready to serve: the database answers and the barrier is unsealed."""
     checks: dict[str, Any] = {}
-    try:
-        async with vault.db.read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
-    except VaultError:
-        checks["database"] = "unavailable"
+    checks["database"] = "ok" if await database_ok(vault) else "unavailable"
     checks["barrier"] = "unsealed" if vault.barrier.active_term else "sealed"
     ready = checks["database"] == "ok" and checks["barrier"] == "unsealed"
     return JSONResponse(

@@ -6,7 +6,6 @@ inside the caller's app only: ids of another app answer exactly like unknown ids
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,17 +27,11 @@ from grantvault_server.api.schemas import (
     SystemPrincipalBody,
     TokenBody,
 )
-from grantvault_server.audit import chain
-from grantvault_server.audit.chain import AuditRecord
-from grantvault_server.audit.events import AuditEvent, Outcome
-from grantvault_server.audit.redact import redact_headers, redact_url
 from grantvault_server.errors import InvalidInput, VaultError
-from grantvault_server.services import grants as grant_service, tokens
-from grantvault_server.services.secrets import load_secret
+from grantvault_server.services import audit_log, grants as grant_service, tokens
+from grantvault_server.services.secrets import get_secret
 
 router = APIRouter(prefix="/sdk", tags=["sdk"])
-
-MAX_AUDIT_BODY = 10_000
 
 
 def _no_user_tokens(user_token: str | None) -> None:
@@ -86,8 +79,7 @@ async def post_managed_secret_grant(
     managed_secret_id: str, body: CreateGrantBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
     """Grant a principal the use of a managed secret."""
-    async with vault.db.read() as conn:
-        secret = await load_secret(conn, caller.app, managed_secret_id)
+    secret = await get_secret(vault, caller.app, managed_secret_id)
     principal = body.principal
     if isinstance(principal, SystemPrincipalBody):
         principal_type, principal_id, idp_id = "system", None, None
@@ -158,51 +150,10 @@ async def post_revoke_grant(
     )
 
 
-def _bounded(value: Any) -> Any:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if len(text.encode()) > MAX_AUDIT_BODY:
-        return f"<body: {len(text.encode())} bytes>"
-    return value if isinstance(value, str | dict | list | int | bool) else text
-
-
 @router.post("/oauth/audit/api-call", status_code=202)
 async def post_api_call_audit(
     body: ApiCallAuditBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
     """Store the SDK's record of a provider call (credentials stripped again here)."""
-    async with vault.db.read() as conn:
-        grant = await grant_service.load_grant(conn, caller.app, str(body.grant_id))
-    details = {
-        "token_generation": str(body.token_generation) if body.token_generation else None,
-        "request_headers": redact_headers(body.request_headers),
-        "request_body": _bounded(body.request_body),
-        "response_status": body.response_status,
-        "response_headers": redact_headers(body.response_headers),
-        "response_body": _bounded(body.response_body),
-        "latency_ms": body.latency_ms,
-        "context": {str(k)[:64]: str(v)[:512] for k, v in list((body.context or {}).items())[:20]},
-    }
-    async with vault.db.write() as conn:
-        await chain.append(
-            conn,
-            [
-                AuditRecord(
-                    chain=caller.app.id,
-                    event=AuditEvent.PROVIDER_API_CALL,
-                    outcome=Outcome.SUCCESS if 0 < body.response_status < 400 else Outcome.FAILURE,
-                    actor=caller.actor,
-                    reason=body.reason,
-                    grant_id=str(body.grant_id),
-                    provider_id=grant.slug,
-                    principal=grant_service.principal_label(
-                        grant.principal_type, grant.principal_id
-                    ),
-                    method=body.method.upper()[:16],
-                    url=redact_url(body.url),
-                    details=details,
-                )
-            ],
-        )
+    await audit_log.record_api_call(vault, caller.app, caller.actor, body.model_dump(mode="json"))
     return {"accepted": True}

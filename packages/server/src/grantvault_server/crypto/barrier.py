@@ -92,6 +92,11 @@ class MasterKey:
         return f"grantvault:data-key|{term}|{self.key_id}".encode()
 
 
+def new_data_key() -> bytes:
+    """A fresh random 256-bit data key."""
+    return AESGCM.generate_key(bit_length=256)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -137,7 +142,7 @@ class Barrier:
         self.active_term = state.active_term
 
     async def _initialise(self, conn: AsyncConnection) -> None:
-        data_key = AESGCM.generate_key(bit_length=256)
+        data_key = new_data_key()
         try:
             await conn.execute(
                 sa.insert(data_keys).values(

@@ -299,23 +299,24 @@ async def set_key_expiry(
         return await _lock_key(conn, app, key_id)
 
 
-async def lookup_key(conn: AsyncConnection, presented: str) -> KeyRecord | None:
+async def lookup_key(vault: Vault, presented: str) -> KeyRecord | None:
     """Find the key whose hash matches ``presented`` (the hash is unique and indexed)."""
-    row = (
-        await conn.execute(
-            sa.select(
-                api_keys.c.id,
-                api_keys.c.app_id,
-                api_keys.c.key_prefix,
-                api_keys.c.expires_at,
-                api_keys.c.revoked_at,
-                api_keys.c.grace_expires_at,
-                apps.c.name,
+    async with vault.db.read() as conn:
+        row = (
+            await conn.execute(
+                sa.select(
+                    api_keys.c.id,
+                    api_keys.c.app_id,
+                    api_keys.c.key_prefix,
+                    api_keys.c.expires_at,
+                    api_keys.c.revoked_at,
+                    api_keys.c.grace_expires_at,
+                    apps.c.name,
+                )
+                .join(apps, apps.c.id == api_keys.c.app_id)
+                .where(api_keys.c.key_hash == hash_key(presented))
             )
-            .join(apps, apps.c.id == api_keys.c.app_id)
-            .where(api_keys.c.key_hash == hash_key(presented))
-        )
-    ).first()
+        ).first()
     if row is None:
         return None
     return KeyRecord(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from grantvault_server.audit import chain
+from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.audit.redact import redact_headers, redact_url
 from grantvault_server.errors import InvalidInput
-from grantvault_server.services.apps import _iso, find_app
+from grantvault_server.services.apps import App, _iso, find_app
+from grantvault_server.services.grants import load_grant, principal_label
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import apps, audit_events
 
@@ -111,3 +115,57 @@ async def verify(vault: Vault, app: str | None = None) -> dict[str, Any]:
                 }
             )
     return {"ok": all(not r["problems"] for r in reports), "chains": reports}
+
+
+MAX_AUDIT_BODY = 10_000
+
+
+def _bounded(value: Any) -> Any:
+    """Keep a body up to 10,000 bytes; replace a larger one by its size (wire protocol §2.8)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text.encode()) > MAX_AUDIT_BODY:
+        return f"<body: {len(text.encode())} bytes>"
+    return value
+
+
+async def record_api_call(
+    vault: Vault, app: App, actor: dict[str, Any], call: dict[str, Any]
+) -> None:
+    """Store the SDK's row for a provider call it made, credentials stripped again here.
+
+    The grant must belong to the caller's app: another app's grant id is not found.
+    """
+    async with vault.db.write() as conn:
+        grant = await load_grant(conn, app, str(call["grant_id"]))
+        status = int(call.get("response_status") or 0)
+        context = call.get("context") or {}
+        details = {
+            "token_generation": call.get("token_generation"),
+            "request_headers": redact_headers(call.get("request_headers")),
+            "request_body": _bounded(call.get("request_body")),
+            "response_status": status,
+            "response_headers": redact_headers(call.get("response_headers")),
+            "response_body": _bounded(call.get("response_body")),
+            "latency_ms": call.get("latency_ms"),
+            "context": {str(k)[:64]: str(v)[:512] for k, v in list(context.items())[:20]},
+        }
+        await chain.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=app.id,
+                    event=AuditEvent.PROVIDER_API_CALL,
+                    outcome=Outcome.SUCCESS if 0 < status < 400 else Outcome.FAILURE,
+                    actor=actor,
+                    reason=call.get("reason"),
+                    principal=principal_label(grant.principal_type, grant.principal_id),
+                    grant_id=grant.id,
+                    provider_id=grant.slug,
+                    method=str(call.get("method", "")).upper()[:16],
+                    url=redact_url(str(call.get("url", ""))),
+                    details=details,
+                )
+            ],
+        )

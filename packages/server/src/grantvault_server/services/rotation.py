@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantvault_server.audit import chain
@@ -37,7 +36,14 @@ from grantvault_server.config import (
     resolve_master_key,
     write_key_file,
 )
-from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey, aad_for, now
+from grantvault_server.crypto.barrier import (
+    Barrier,
+    BarrierError,
+    MasterKey,
+    aad_for,
+    new_data_key,
+    now,
+)
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, data_keys, keyring_state
 
@@ -62,7 +68,7 @@ async def begin(barrier: Barrier, conn: AsyncConnection, new_master: MasterKey) 
             )
         )
     term = int(max(r.term for r in rows)) + 1
-    dek = AESGCM.generate_key(bit_length=256)
+    dek = new_data_key()
     for master in (old, new_master):
         await conn.execute(
             sa.insert(data_keys).values(
