@@ -39,7 +39,7 @@ Method
 Caveat: the load generator runs on the same machine as the server under test and competes
 with it for CPU (the output reports the core count and each side's CPU use, 100% = one
 core). The figures are therefore lower bounds for a server with the machine to itself. A
-phase in which the server used less than 85% of its one core is flagged "not saturated":
+phase in which the server used less than 75% of its one core is flagged "not saturated":
 the limit was elsewhere (in practice the load generator), so its req/s understates the
 server's capacity. An unsaturated baseline is underestimated, which makes the ratio an upper
 bound of the true one.
@@ -84,7 +84,7 @@ READY_TIMEOUT_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 60.0
 MAX_SAMPLE_BODIES = 3
 # A single-process server using less of its one core than this was not the bottleneck.
-SATURATED_CPU_PCT = 85.0
+SATURATED_CPU_PCT = 75.0
 
 # The baseline server: same uvicorn settings and start-up path as `grantvault serve`.
 BASELINE_APP = textwrap.dedent(
