@@ -686,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
                 runs.append((name, warm, measured))
-        # Both servers have stopped (the vault closed its database): count the audit rows.
+        # Both servers have stopped. Every committed audit row is in the database file or its
+        # WAL, and sqlite3 reads both.
         audit = audit_counts(data_dir / "grantvault.db")
         report = build_report(args, runs, audit)
     if args.json:

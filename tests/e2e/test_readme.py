@@ -25,7 +25,9 @@ def _blocks(language: str) -> list[str]:
 def test_readme_quickstart(server: Server, echo: Echo) -> None:
     log = server.log.read_text()
     assert "Next steps" in log and "BACK IT UP" in log  # serve prints what to do next
-    commands = next(b for b in _blocks("bash") if "grantvault apps create demo" in b).strip().splitlines()
+    commands = (
+        next(b for b in _blocks("bash") if "grantvault apps create demo" in b).strip().splitlines()
+    )
     env = {
         **server.env,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -39,20 +41,38 @@ def test_readme_quickstart(server: Server, echo: Echo) -> None:
         if "--template openai" in command:
             # The example's host is the real OpenAI API; the test sends to a local endpoint.
             command += f" --allowed-host {echo.host_rule}"
-        proc = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 0, (command, proc.stderr)
         if "--json" in command:
-            values.update({k: str(v) for k, v in json.loads(proc.stdout).items() if isinstance(v, str)})
+            values.update(
+                {k: str(v) for k, v in json.loads(proc.stdout).items() if isinstance(v, str)}
+            )
 
-    program = next(b for b in _blocks("python") if "alter_sdk" in b).replace("https://api.openai.com", echo.url)
-    run_env = {**env, "ALTER_BASE_URL": server.base_url, "ALTER_API_KEY": values["api_key"], "GRANT_ID": values["grant_id"]}
-    proc = subprocess.run([sys.executable, "-c", program], env=run_env, capture_output=True, text=True, timeout=60)
+    program = next(b for b in _blocks("python") if "alter_sdk" in b).replace(
+        "https://api.openai.com", echo.url
+    )
+    run_env = {
+        **env,
+        "ALTER_BASE_URL": server.base_url,
+        "ALTER_API_KEY": values["api_key"],
+        "GRANT_ID": values["grant_id"],
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", program], env=run_env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "200"
     assert echo.seen[-1]["headers"]["Authorization"] == "Bearer sk-readme-0123456789"
     assert echo.seen[-1]["path"] == "/v1/chat/completions"
 
-    listed = subprocess.run(["bash", "-c", "grantvault audit list --app demo --json"], env=env, capture_output=True, text=True)
+    listed = subprocess.run(
+        ["bash", "-c", "grantvault audit list --app demo --json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     events = json.loads(listed.stdout)["events"]
     assert any(e["event"] == "credential.retrieved" and e["outcome"] == "success" for e in events)
     assert subprocess.run(["bash", "-c", "grantvault audit verify"], env=env).returncode == 0

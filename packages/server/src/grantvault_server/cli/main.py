@@ -46,7 +46,7 @@ from grantvault_server.services.vault import Vault, operator_actor
 T = TypeVar("T")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 cli = typer.Typer(
     name="grantvault",

@@ -1,0 +1,86 @@
+"""Operations endpoints, the OpenAPI document, and log redaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+
+from grantvault_server.observability import JsonFormatter, redact
+from grantvault_server.services.vault import Vault
+from grantvault_server.storage.db import Database
+from tests.conftest import SignedClient, make_app
+
+
+async def test_health_ready_and_metrics(vault: Vault, client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "database": "ok",
+        "barrier": "unsealed",
+    }
+    _, key = await make_app(vault)
+    await SignedClient(client, key).post("/sdk/grants/list", {"limit": 1, "offset": 0})
+    await SignedClient(client, "alter_rk_aaaaaaaaaaaaaaaaaaaaaa_" + "a" * 6).post(
+        "/sdk/grants/list", {}
+    )
+    text = (await client.get("/metrics")).text
+    assert (
+        'grantvault_http_requests_total{method="POST",route="/sdk/grants/list",status="200"} 1.0'
+        in text
+    )
+    assert "grantvault_http_request_duration_seconds_bucket" in text
+    assert 'grantvault_denials_total{code="invalid_key"}' in text
+
+
+async def test_database_down_fails_closed(
+    vault: Vault, client: httpx.AsyncClient, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, key = await make_app(vault)
+    dead_url = (
+        "sqlite+aiosqlite:////nonexistent-dir/grantvault.db"
+        if backend == "sqlite"
+        else "postgresql+asyncpg://postgres@127.0.0.1:1/grantvault"
+    )
+    dead = Database(dead_url)
+    monkeypatch.setattr(vault, "db", dead)
+    try:
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["database"] == "unavailable"
+        r = await SignedClient(client, key).post("/sdk/grants/list", {"limit": 1, "offset": 0})
+        assert r.status_code == 503 and r.json()["error"] == "storage_unavailable"
+        assert r.headers["retry-after"] == "5"
+    finally:
+        await dead.dispose()
+
+
+async def test_openapi_documents_the_protocol(vault: Vault, client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in (
+        "/sdk/token",
+        "/sdk/grants/list",
+        "/sdk/oauth/grants/{grant_id}/revoke",
+        "/sdk/managed-secrets/{managed_secret_id}/grants",
+        "/sdk/oauth/audit/api-call",
+    ):
+        assert path in spec["paths"], path
+    assert "TokenResponse" in spec["components"]["schemas"]
+
+
+def test_log_lines_are_json_and_redacted() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "x",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": "calling with Authorization: Bearer sk-live-abcdef123456 and alter_rk_abcdefghijklmnopqrstuv_abcdef",
+            "grant_id": "g1",
+        }
+    )
+    line = JsonFormatter().format(record)
+    data = json.loads(line)
+    assert data["grant_id"] == "g1" and data["level"] == "info"
+    assert "sk-live-abcdef123456" not in line and "alter_rk_abcdefghijklmnopqrstuv" not in line
+    assert redact("api_key=supersecretvalue&x=1") == "api_key= [redacted]&x=1"
