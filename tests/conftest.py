@@ -72,15 +72,14 @@ def pg_template() -> Iterator[str]:
             await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
-        from sqlalchemy.ext.asyncio import create_async_engine
-
         from grantvault_server.storage import migrate
+        from grantvault_server.storage.db import Database
 
-        engine = create_async_engine(_asyncpg_url(name))
+        db = Database(_asyncpg_url(name))
         try:
-            await migrate.upgrade(engine)
+            await migrate.upgrade(db)
         finally:
-            await engine.dispose()
+            await db.dispose()
 
     async def drop() -> None:
         admin = await _pg_admin()

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import for_update, insert_ignore
 from grantvault_server.storage.tables import audit_events, audit_heads
 
@@ -81,7 +81,7 @@ def _row(record: AuditRecord, seq: int, prev_hash: str) -> dict[str, Any]:
     return row
 
 
-async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> None:
+async def append(conn: Conn, records: Sequence[AuditRecord]) -> None:
     """Chain and insert ``records`` inside the caller's write transaction.
 
     The caller's transaction is the unit of atomicity: the action and its audit rows commit
@@ -118,7 +118,7 @@ class ChainProblem:
     problem: str
 
 
-async def verify(conn: AsyncConnection, chain: str, *, batch: int = 1000) -> list[ChainProblem]:
+async def verify(conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProblem]:
     """Walk one chain from the start and report every inconsistency found."""
     problems: list[ChainProblem] = []
     expected_seq, prev = 1, GENESIS
@@ -154,6 +154,6 @@ async def verify(conn: AsyncConnection, chain: str, *, batch: int = 1000) -> lis
     return problems
 
 
-async def chains(conn: AsyncConnection) -> list[str]:
+async def chains(conn: Conn) -> list[str]:
     result = await conn.execute(sa.select(audit_heads.c.chain).order_by(audit_heads.c.chain))
     return [r.chain for r in result]

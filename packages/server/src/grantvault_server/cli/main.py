@@ -205,7 +205,7 @@ def db_upgrade() -> None:
     from grantvault_server.storage import migrate
 
     async def action(vault: Vault) -> str:
-        return await migrate.current_revision(vault.db.read_engine) or "none"
+        return await migrate.current_revision(vault.db) or "none"
 
     revision = run(with_vault(action, migrate=True))
     out.print(f"Database schema is at revision [bold]{revision}[/].")

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import data_keys, keyring_state
 
 VERSION = 1
@@ -111,7 +111,7 @@ class Barrier:
 
     # -- keyring --------------------------------------------------------------------------
 
-    async def open(self, conn: AsyncConnection) -> None:
+    async def open(self, conn: Conn) -> None:
         """Load (or, on an empty database, create) the keyring; raise if the key is wrong."""
         state = (
             await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))
@@ -121,7 +121,7 @@ class Barrier:
             return
         await self.reload(conn)
 
-    async def reload(self, conn: AsyncConnection) -> None:
+    async def reload(self, conn: Conn) -> None:
         """Re-read the keyring: picks up terms and the active term set by a rotation."""
         rows = (await conn.execute(sa.select(data_keys))).all()
         mine = {r.term: r.wrapped for r in rows if r.master_key_id == self.master.key_id}
@@ -141,7 +141,7 @@ class Barrier:
         self._keys = keys
         self.active_term = state.active_term
 
-    async def _initialise(self, conn: AsyncConnection) -> None:
+    async def _initialise(self, conn: Conn) -> None:
         data_key = new_data_key()
         try:
             await conn.execute(
@@ -198,7 +198,7 @@ class Barrier:
             raise CorruptCiphertext(f"unknown ciphertext version {version}")
         return int(term)
 
-    async def decrypt_fresh(self, conn: AsyncConnection, blob: bytes, aad: bytes) -> bytes:
+    async def decrypt_fresh(self, conn: Conn, blob: bytes, aad: bytes) -> bytes:
         """Decrypt, reloading the keyring once if another process rotated in a new term."""
         try:
             return self.decrypt(blob, aad)

@@ -10,7 +10,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantvault._key_format import display_prefix, mint_key
 from grantvault.types.errors import ErrorCode
@@ -20,6 +19,7 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.auth.api_keys import KeyRecord, hash_key
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import api_keys, apps
 
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -108,7 +108,7 @@ async def list_apps(vault: Vault) -> list[App]:
     return [App(r.id, r.name, r.created_at) for r in rows]
 
 
-async def find_app(conn: AsyncConnection, name_or_id: str) -> App:
+async def find_app(conn: Conn, name_or_id: str) -> App:
     row = (
         await conn.execute(
             sa.select(apps).where(sa.or_(apps.c.name == name_or_id, apps.c.id == name_or_id))
@@ -141,7 +141,7 @@ def _key_info(row: Any) -> ApiKeyInfo:
 
 
 async def _insert_key(
-    conn: AsyncConnection, app: App, name: str | None, expires_at: datetime | None
+    conn: Conn, app: App, name: str | None, expires_at: datetime | None
 ) -> tuple[ApiKeyInfo, str]:
     plaintext = mint_key("rk")
     values = {
@@ -204,7 +204,7 @@ async def list_keys(vault: Vault, app: App) -> list[ApiKeyInfo]:
     return [_key_info(r) for r in rows]
 
 
-async def _lock_key(conn: AsyncConnection, app: App, key_id: str) -> ApiKeyInfo:
+async def _lock_key(conn: Conn, app: App, key_id: str) -> ApiKeyInfo:
     row = (
         await conn.execute(
             sa.select(api_keys).where(api_keys.c.app_id == app.id, api_keys.c.id == key_id)

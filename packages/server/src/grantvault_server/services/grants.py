@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.audit import chain
@@ -18,6 +17,7 @@ from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
 from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import grants, managed_secrets
 
 PRINCIPAL_TYPES = ("system", "user", "group")
@@ -171,7 +171,7 @@ async def create_grant(
     }
 
 
-async def load_grant(conn: AsyncConnection, app: App, grant_id: str) -> Any:
+async def load_grant(conn: Conn, app: App, grant_id: str) -> Any:
     row = (
         await conn.execute(
             _grant_select().where(grants.c.app_id == app.id, grants.c.id == grant_id)

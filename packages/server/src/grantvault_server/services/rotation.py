@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
@@ -45,12 +44,13 @@ from grantvault_server.crypto.barrier import (
     now,
 )
 from grantvault_server.services.vault import Vault
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, data_keys, keyring_state
 
 Progress = Callable[[str, int], None]
 
 
-async def begin(barrier: Barrier, conn: AsyncConnection, new_master: MasterKey) -> int:
+async def begin(barrier: Barrier, conn: Conn, new_master: MasterKey) -> int:
     """Step 2: wrap all terms for ``new_master`` and start a new active term."""
     old = barrier.master
     await barrier.reload(conn)
@@ -109,7 +109,7 @@ async def begin(barrier: Barrier, conn: AsyncConnection, new_master: MasterKey) 
     return term
 
 
-async def reencrypt_batch(barrier: Barrier, conn: AsyncConnection, batch: int) -> int:
+async def reencrypt_batch(barrier: Barrier, conn: Conn, batch: int) -> int:
     """Re-encrypt up to ``batch`` rows still on an old term; returns how many were converted."""
     converted = 0
     for column in ENCRYPTED_COLUMNS:
@@ -117,7 +117,7 @@ async def reencrypt_batch(barrier: Barrier, conn: AsyncConnection, batch: int) -
         col = table.c[column.column]
         rows = (await conn.execute(sa.select(table.c.id, table.c.app_id, col))).all()
         for row in rows:
-            blob: bytes = row[2]
+            blob: bytes = row._mapping[col]
             if Barrier.term_of(blob) == barrier.active_term:
                 continue
             aad = aad_for(table.name, row.app_id, row.id, column.column)
@@ -133,7 +133,7 @@ async def reencrypt_batch(barrier: Barrier, conn: AsyncConnection, batch: int) -
     return converted
 
 
-async def finish(barrier: Barrier, conn: AsyncConnection, old_key_id: str) -> None:
+async def finish(barrier: Barrier, conn: Conn, old_key_id: str) -> None:
     """Step 5: forget the old master key's wrappings once every row is on the new term."""
     await conn.execute(sa.delete(data_keys).where(data_keys.c.master_key_id == old_key_id))
     await conn.execute(
@@ -159,7 +159,7 @@ async def finish(barrier: Barrier, conn: AsyncConnection, old_key_id: str) -> No
     )
 
 
-async def state(conn: AsyncConnection) -> tuple[str | None, str | None]:
+async def state(conn: Conn) -> tuple[str | None, str | None]:
     row = (await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))).one()
     return row.rotation_from, row.rotation_to
 

@@ -17,7 +17,6 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.audit import chain
@@ -28,6 +27,7 @@ from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.providers.schema import SLUG, InjectionSpec, check_host_rule
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import credentials, managed_secrets
 
 MAX_VALUE_LENGTH = 8192
@@ -177,7 +177,7 @@ async def create_secret(
     return await get_secret(vault, app, secret_id)
 
 
-async def load_secret(conn: AsyncConnection, app: App, ident: str) -> ManagedSecret:
+async def load_secret(conn: Conn, app: App, ident: str) -> ManagedSecret:
     """Find a secret of ``app`` by id or slug; other apps' secrets are simply not found."""
     row = (
         await conn.execute(
@@ -211,7 +211,7 @@ async def find_secret_any_app(vault: Vault, secret_id: str) -> tuple[App, Manage
     return app, secret_from_row(row)
 
 
-async def credential_ids(conn: AsyncConnection, secret_id: str) -> list[str]:
+async def credential_ids(conn: Conn, secret_id: str) -> list[str]:
     rows = await conn.execute(
         sa.select(credentials.c.id)
         .where(credentials.c.managed_secret_id == secret_id)

@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.audit import chain
@@ -31,6 +30,7 @@ from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import grant_status, principal_label
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import credentials, grants, managed_secrets
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ _COLUMNS = (
 )
 
 
-async def _resolve(conn: AsyncConnection, app: App, req: TokenRequest) -> Any:
+async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
     base = (
         sa.select(*_COLUMNS)
         .join(managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id)

@@ -46,8 +46,8 @@ class Vault:
         db = Database(settings.effective_database_url)
         try:
             if migrate_schema if migrate_schema is not None else settings.is_sqlite:
-                await migrate.upgrade(db.write_engine)
-            current = await migrate.current_revision(db.read_engine)
+                await migrate.upgrade(db)
+            current = await migrate.current_revision(db)
             if current != migrate.head_revision():
                 raise BarrierError(
                     f"the database schema is at {current or 'nothing'}, this server needs "

@@ -1,42 +1,83 @@
-"""Database access: a read engine and a write engine over one database.
+"""Database access for both backends behind one small interface.
 
-On SQLite, write transactions start with ``BEGIN IMMEDIATE`` so that a transaction which
-reads before it writes (the audit chain head, the keyring) holds the write lock from its
-first statement; deferred transactions could read a stale head and fork the chain when the
-CLI and the server write at once. WAL mode keeps readers from blocking on the writer.
-On PostgreSQL both engines are the same and writes lock rows with ``SELECT ... FOR UPDATE``.
+Repositories are written once, as ``await conn.execute(...)`` on a :data:`Conn`:
+
+* **PostgreSQL** uses SQLAlchemy's asyncio engine over asyncpg; rows are locked with
+  ``SELECT ... FOR UPDATE`` where a read must precede a write.
+* **SQLite** uses the synchronous ``sqlite3`` driver *on the event-loop thread*, behind a thin
+  async facade (:class:`SyncConnection`). A point query on a local SQLite file costs tens of
+  microseconds; handing each statement to a helper thread (as aiosqlite does) cost ten times
+  that in thread switches and capped the vault at about a hundred retrievals a second. The
+  invariant that makes this safe: code inside ``db.read()``/``db.write()`` blocks on SQLite
+  never awaits anything that yields, so transactions of one process never interleave, and a
+  transaction is as short as its statements. Write transactions start with
+  ``BEGIN IMMEDIATE`` so a transaction that reads before it writes (chain head, keyring)
+  holds the write lock from its first statement; another process (the CLI, a second server)
+  waits at most the busy timeout. WAL mode keeps readers from blocking on the writer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.base import Executable
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
 
+T = TypeVar("T")
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+SQLITE_BUSY_TIMEOUT_MS = 5000
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+class SyncConnection:
+    """The async connection interface over a synchronous SQLAlchemy connection (SQLite)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._conn.dialect
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+        return self._conn.execute(statement, parameters)
+
+    async def run_sync(self, fn: Callable[[Connection], T]) -> T:
+        return fn(self._conn)
+
+
+#: What repositories receive: an asyncio connection (PostgreSQL) or the SQLite facade.
+Conn = AsyncConnection | SyncConnection
+
+
+def sqlite_path_url(url: str) -> str:
+    """Accept ``sqlite://`` and ``sqlite+aiosqlite://`` URLs; use the stdlib driver."""
+    return "sqlite://" + url.split("://", 1)[1]
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+    engine = sa.create_engine(sqlite_path_url(url), pool_size=5, max_overflow=10, pool_timeout=1)
+
+    @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -44,46 +85,65 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
 
 
 class Database:
-    """The two engines and the transaction helpers every repository call goes through."""
+    """Transaction helpers every repository call goes through."""
 
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._async: AsyncEngine | None = None
+        self._read: Engine | None = None
+        self._write: Engine | None = None
         if self.is_sqlite:
-            self.read_engine = _sqlite_engine(url, immediate=False, pool_size=pool_size)
-            self.write_engine = _sqlite_engine(url, immediate=True, pool_size=2)
+            self._read = _sqlite_engine(url, immediate=False)
+            self._write = _sqlite_engine(url, immediate=True)
         else:
-            self.read_engine = create_async_engine(
+            self._async = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
-            self.write_engine = self.read_engine
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads (a short transaction, rolled back at the end)."""
+    async def read(self) -> AsyncIterator[Conn]:
+        """A connection for reads."""
         try:
-            async with self.read_engine.connect() as conn:
-                yield conn
+            if self._read is not None:
+                with self._read.connect() as sync_conn:
+                    yield SyncConnection(sync_conn)
+            else:
+                assert self._async is not None
+                async with self._async.connect() as conn:
+                    yield conn
         except IntegrityError:
             raise
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _unavailable(exc) from exc
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[Conn]:
         """A write transaction: committed when the block ends, rolled back on any error."""
         try:
-            async with self.write_engine.begin() as conn:
-                yield conn
+            if self._write is not None:
+                with self._write.begin() as sync_conn:
+                    yield SyncConnection(sync_conn)
+            else:
+                assert self._async is not None
+                async with self._async.begin() as conn:
+                    yield conn
         except IntegrityError:
             raise
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _unavailable(exc) from exc
 
+    async def run_in_transaction(self, fn: Callable[[Connection], T]) -> T:
+        """Run a synchronous function (Alembic, for one) inside a write transaction."""
+        async with self.write() as conn:
+            return await conn.run_sync(fn)
+
     async def dispose(self) -> None:
-        await self.read_engine.dispose()
-        if self.write_engine is not self.read_engine:
-            await self.write_engine.dispose()
+        if self._async is not None:
+            await self._async.dispose()
+        for engine in (self._read, self._write):
+            if engine is not None:
+                engine.dispose()
 
 
 def _unavailable(exc: Exception) -> VaultError:

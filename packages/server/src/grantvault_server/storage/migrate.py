@@ -9,7 +9,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from grantvault_server.storage.db import Database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -28,19 +29,20 @@ def head_revision() -> str:
     return head
 
 
-async def upgrade(engine: AsyncEngine) -> None:
+async def upgrade(db: Database) -> None:
     """Bring the schema to the newest revision."""
 
     def _run(connection: Connection) -> None:
         command.upgrade(alembic_config(connection), "head")
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_run)
+    await db.run_in_transaction(_run)
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
+async def current_revision(db: Database) -> str | None:
     def _read(connection: Connection) -> str | None:
-        return MigrationContext.configure(connection).get_current_revision()
+        revision = MigrationContext.configure(connection).get_current_revision()
+        return str(revision) if revision is not None else None
 
-    async with engine.connect() as conn:
-        return await conn.run_sync(_read)
+    async with db.read() as conn:
+        revision: str | None = await conn.run_sync(_read)
+    return revision

@@ -6,10 +6,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grantvault_server.storage.db import Conn
 
 
-async def insert_ignore(conn: AsyncConnection, table: sa.Table, values: dict[str, Any]) -> bool:
+async def insert_ignore(conn: Conn, table: sa.Table, values: dict[str, Any]) -> bool:
     """Insert a row unless its primary key exists; say whether it was inserted.
 
     Used where "exactly once" must hold across processes and replicas (request nonces, chain
@@ -27,6 +28,6 @@ async def insert_ignore(conn: AsyncConnection, table: sa.Table, values: dict[str
     return bool(result.rowcount)
 
 
-def for_update(conn: AsyncConnection, stmt: sa.Select[Any]) -> sa.Select[Any]:
+def for_update(conn: Conn, stmt: sa.Select[Any]) -> sa.Select[Any]:
     """Lock the selected rows on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises."""
     return stmt.with_for_update() if conn.dialect.name == "postgresql" else stmt
