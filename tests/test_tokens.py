@@ -406,3 +406,37 @@ async def test_raw_garbage_bodies(vault: Vault, client: httpx.AsyncClient) -> No
             "/sdk/token", content=body, headers=sc.headers("POST", "/sdk/token", body)
         )
         assert 400 <= r.status_code < 500, (body[:20], r.status_code, r.text[:200])
+
+
+async def test_replayed_retrieval_is_refused_and_audited_once(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app)
+    sc = SignedClient(client, key)
+    body = json.dumps(_token_body(grant_id), separators=(",", ":")).encode()
+    headers = sc.headers("POST", "/sdk/token", body)
+    first = await client.post("/sdk/token", content=body, headers=headers)
+    again = await client.post("/sdk/token", content=body, headers=headers)
+    assert first.status_code == 200
+    assert again.status_code == 401 and again.json()["error"] == "replayed_request"
+    assert "access_token" not in again.text
+    async with vault.db.read() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(audit_events.c.outcome).where(
+                    audit_events.c.grant_id == grant_id,
+                    audit_events.c.event == "credential.retrieved",
+                )
+            )
+        ).all()
+    assert [r.outcome for r in rows] == ["success"]
+    # A replayed *denied* request is refused as a replay too.
+    bad = json.dumps(_token_body(grant_id, "https://evil.example/"), separators=(",", ":")).encode()
+    bad_headers = sc.headers("POST", "/sdk/token", bad)
+    assert (await client.post("/sdk/token", content=bad, headers=bad_headers)).json()[
+        "error"
+    ] == "blocked_destination"
+    assert (await client.post("/sdk/token", content=bad, headers=bad_headers)).json()[
+        "error"
+    ] == "replayed_request"

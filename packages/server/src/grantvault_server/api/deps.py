@@ -21,7 +21,8 @@ from grantvault_server.services.requests import claim_nonce
 from grantvault_server.services.vault import Vault
 
 
-def get_vault(request: Request) -> Vault:
+async def get_vault(request: Request) -> Vault:
+    # async: a plain def dependency would cost a thread-pool hop on every request.
     vault: Vault = request.app.state.vault
     return vault
 
@@ -36,6 +37,7 @@ class Caller:
     app: App
     key: KeyRecord
     actor: dict[str, Any]
+    nonce: str
 
 
 def _invalid_key(message: str) -> VaultError:
@@ -60,8 +62,8 @@ def _actor(key: KeyRecord, actor_headers: dict[str, str]) -> dict[str, Any]:
     return actor
 
 
-async def authenticate(request: Request, vault: VaultDep) -> Caller:
-    """Verify key, signature, clock and nonce, in that order; raise the typed 401 otherwise."""
+async def _verify(request: Request, vault: Vault) -> Caller:
+    """Verify key, signature, clock and key state; the nonce is left to the caller."""
     presented = request.headers.get("x-api-key", "")
     if not presented:
         raise _invalid_key(
@@ -86,14 +88,36 @@ async def authenticate(request: Request, vault: VaultDep) -> Caller:
     )
     now = datetime.now(UTC)
     check_key_state(key, now)
-    fresh = await claim_nonce(vault, key.id, verified.nonce, now)
-    if not fresh:
-        raise VaultError(
-            ErrorCode.REPLAYED_REQUEST, "This request was already received (nonce reused)."
-        )
     return Caller(
-        app=App(key.app_id, key.app_name, now), key=key, actor=_actor(key, verified.actor)
+        app=App(key.app_id, key.app_name, now),
+        key=key,
+        actor=_actor(key, verified.actor),
+        nonce=verified.nonce,
+    )
+
+
+async def authenticate(request: Request, vault: VaultDep) -> Caller:
+    """Verify key, signature, clock and nonce, in that order; raise the typed 401 otherwise."""
+    caller = await _verify(request, vault)
+    if not await claim_nonce(vault, caller.key.id, caller.nonce, caller.app.created_at):
+        raise replayed()
+    return caller
+
+
+async def authenticate_deferred_nonce(request: Request, vault: VaultDep) -> Caller:
+    """Like :func:`authenticate`, but the route claims the nonce inside its own write.
+
+    For the credential-retrieval hot path: the nonce row and the audit row commit in one
+    transaction, and a replay is refused before anything leaves (the transaction rolls back).
+    """
+    return await _verify(request, vault)
+
+
+def replayed() -> VaultError:
+    return VaultError(
+        ErrorCode.REPLAYED_REQUEST, "This request was already received (nonce reused)."
     )
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+DeferredNonceCallerDep = Annotated[Caller, Depends(authenticate_deferred_nonce)]

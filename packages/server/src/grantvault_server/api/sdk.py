@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from grantvault.types.errors import ErrorCode
 from grantvault.types.wire import (
@@ -17,7 +18,7 @@ from grantvault.types.wire import (
     TokenResponse,
     UnifiedGrantListResult,
 )
-from grantvault_server.api.deps import CallerDep, VaultDep
+from grantvault_server.api.deps import CallerDep, DeferredNonceCallerDep, VaultDep
 from grantvault_server.api.schemas import (
     ApiCallAuditBody,
     CreateGrantBody,
@@ -44,8 +45,8 @@ def _no_user_tokens(user_token: str | None) -> None:
 
 @router.post("/token", response_model=TokenResponse, response_model_exclude_none=True)
 async def post_token(
-    body: TokenBody, caller: CallerDep, vault: VaultDep, request: Request
-) -> dict[str, Any]:
+    body: TokenBody, caller: DeferredNonceCallerDep, vault: VaultDep, request: Request
+) -> Response:
     """Resolve a grant and return its credential with injection instructions."""
     if (body.grant_id is None) == (body.provider_id is None):
         raise InvalidInput("Send exactly one of grant_id and provider_id.")
@@ -63,12 +64,15 @@ async def post_token(
                 reason=body.reason,
                 user_token=body.user_token,
             ),
+            nonce=tokens.PendingNonce(caller.key.id, caller.nonce),
         )
     except VaultError:
         request.app.state.metrics.retrievals.labels("denied").inc()
         raise
     request.app.state.metrics.retrievals.labels("success").inc()
-    return result
+    # Returned as a Response: the service builds exactly the wire shape (see TokenResponse),
+    # so FastAPI's second validation pass would only cost time on the hottest route.
+    return JSONResponse({k: v for k, v in result.items() if v is not None})
 
 
 @router.post(

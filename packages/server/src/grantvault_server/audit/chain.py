@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.storage.db import Conn
-from grantvault_server.storage.sql import for_update, insert_ignore
+from grantvault_server.storage.sql import insert_ignore
 from grantvault_server.storage.tables import audit_events, audit_heads
 
 GENESIS = "0" * 64
@@ -81,6 +81,17 @@ def _row(record: AuditRecord, seq: int, prev_hash: str) -> dict[str, Any]:
     return row
 
 
+_HEAD = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(
+    audit_heads.c.chain == sa.bindparam("chain")
+)
+_HEAD_LOCKED = _HEAD.with_for_update()
+
+
+def _head_query(conn: Conn) -> sa.Select[Any]:
+    # PostgreSQL locks the head row; SQLite's BEGIN IMMEDIATE already serialises writers.
+    return _HEAD_LOCKED if conn.dialect.name == "postgresql" else _HEAD
+
+
 async def append(conn: Conn, records: Sequence[AuditRecord]) -> None:
     """Chain and insert ``records`` inside the caller's write transaction.
 
@@ -92,12 +103,11 @@ async def append(conn: Conn, records: Sequence[AuditRecord]) -> None:
         by_chain.setdefault(record.chain, []).append(record)
     rows: list[dict[str, Any]] = []
     for chain in sorted(by_chain):  # fixed order: no lock-order deadlocks between replicas
-        await insert_ignore(conn, audit_heads, {"chain": chain, "seq": 0, "hash": GENESIS})
-        head = (
-            await conn.execute(
-                for_update(conn, sa.select(audit_heads).where(audit_heads.c.chain == chain))
-            )
-        ).one()
+        head = (await conn.execute(_head_query(conn), {"chain": chain})).first()
+        if head is None:
+            # First event of this chain. ON CONFLICT: another replica may create it meanwhile.
+            await insert_ignore(conn, audit_heads, {"chain": chain, "seq": 0, "hash": GENESIS})
+            head = (await conn.execute(_head_query(conn), {"chain": chain})).one()
         seq, prev = head.seq, head.hash
         for record in by_chain[chain]:
             seq += 1

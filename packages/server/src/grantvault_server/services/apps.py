@@ -299,24 +299,29 @@ async def set_key_expiry(
         return await _lock_key(conn, app, key_id)
 
 
+_KEY_BY_HASH = (
+    sa.select(
+        api_keys.c.id,
+        api_keys.c.app_id,
+        api_keys.c.key_prefix,
+        api_keys.c.expires_at,
+        api_keys.c.revoked_at,
+        api_keys.c.grace_expires_at,
+        apps.c.name,
+    )
+    .join(apps, apps.c.id == api_keys.c.app_id)
+    .where(api_keys.c.key_hash == sa.bindparam("key_hash"))
+)
+
+
 async def lookup_key(vault: Vault, presented: str) -> KeyRecord | None:
-    """Find the key whose hash matches ``presented`` (the hash is unique and indexed)."""
+    """Find the key whose hash matches ``presented`` (the hash is unique and indexed).
+
+    Read on every request, never cached: a revoked key must fail on its very next use, on
+    every replica.
+    """
     async with vault.db.read() as conn:
-        row = (
-            await conn.execute(
-                sa.select(
-                    api_keys.c.id,
-                    api_keys.c.app_id,
-                    api_keys.c.key_prefix,
-                    api_keys.c.expires_at,
-                    api_keys.c.revoked_at,
-                    api_keys.c.grace_expires_at,
-                    apps.c.name,
-                )
-                .join(apps, apps.c.id == api_keys.c.app_id)
-                .where(api_keys.c.key_hash == hash_key(presented))
-            )
-        ).first()
+        row = (await conn.execute(_KEY_BY_HASH, {"key_hash": hash_key(presented)})).first()
     if row is None:
         return None
     return KeyRecord(

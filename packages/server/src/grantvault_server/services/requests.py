@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from grantvault_server.services.vault import Vault
+from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import insert_ignore
 from grantvault_server.storage.tables import request_nonces
 
@@ -19,15 +20,20 @@ async def claim_nonce(vault: Vault, key_id: str, nonce: str, now: datetime) -> b
     any timestamp that could still pass the clock check.
     """
     async with vault.db.write() as conn:
-        return await insert_ignore(
-            conn,
-            request_nonces,
-            {
-                "key_id": key_id,
-                "nonce": nonce,
-                "expires_at": now + timedelta(seconds=2 * vault.settings.clock_skew_seconds),
-            },
-        )
+        return await claim_nonce_in(conn, vault, key_id, nonce, now)
+
+
+async def claim_nonce_in(conn: Conn, vault: Vault, key_id: str, nonce: str, now: datetime) -> bool:
+    """:func:`claim_nonce` inside the caller's write transaction."""
+    return await insert_ignore(
+        conn,
+        request_nonces,
+        {
+            "key_id": key_id,
+            "nonce": nonce,
+            "expires_at": now + timedelta(seconds=2 * vault.settings.clock_skew_seconds),
+        },
+    )
 
 
 async def purge_nonces(vault: Vault, now: datetime) -> None:

@@ -25,9 +25,9 @@ from grantvault_server.crypto.barrier import BarrierError
 from grantvault_server.errors import NotFound, VaultError
 from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
-from grantvault_server.providers.schema import InjectionSpec
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import grant_status, principal_label
+from grantvault_server.services.requests import claim_nonce_in
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault, utcnow
 from grantvault_server.storage.db import Conn
@@ -47,34 +47,63 @@ class TokenRequest:
     user_token: str | None = None
 
 
-_COLUMNS = (
-    grants.c.id,
-    grants.c.status,
-    grants.c.expires_at,
-    grants.c.principal_type,
-    grants.c.principal_id,
-    grants.c.label,
-    grants.c.credential_id,
-    managed_secrets.c.id.label("secret_id"),
-    managed_secrets.c.slug,
-    managed_secrets.c.injection,
-    managed_secrets.c.allowed_hosts,
+def _credential_for_grant() -> sa.ColumnElement[Any]:
+    """The grant's own credential, else the secret's first credential."""
+    first = (
+        sa.select(credentials.c.id)
+        .where(credentials.c.managed_secret_id == managed_secrets.c.id)
+        .order_by(credentials.c.created_at, credentials.c.id)
+        .limit(1)
+        .correlate(managed_secrets)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(grants.c.credential_id, first)
+
+
+def _resolve_base() -> sa.Select[Any]:
+    """Grant, secret and credential in one round trip (the retrieval hot path)."""
+    return (
+        sa.select(
+            grants.c.id,
+            grants.c.status,
+            grants.c.expires_at,
+            grants.c.principal_type,
+            grants.c.principal_id,
+            grants.c.label,
+            grants.c.last_used_at,
+            managed_secrets.c.slug,
+            managed_secrets.c.injection,
+            managed_secrets.c.allowed_hosts,
+            credentials.c.id.label("cred_id"),
+            credentials.c.secret_ct,
+            credentials.c.generation,
+        )
+        .join(managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id)
+        .outerjoin(credentials, credentials.c.id == _credential_for_grant())
+        .where(grants.c.app_id == sa.bindparam("app_id"))
+    )
+
+
+# Built once: reusing the statement object skips expression building and cache-key work.
+_BY_GRANT_ID = _resolve_base().where(grants.c.id == sa.bindparam("grant_id"))
+_TOUCH_GRANT = (
+    sa.update(grants)
+    .where(grants.c.id == sa.bindparam("gid"))
+    .values(last_used_at=sa.bindparam("used_at"))
 )
+LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
-    base = (
-        sa.select(*_COLUMNS)
-        .join(managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id)
-        .where(grants.c.app_id == app.id)
-    )
     if req.grant_id is not None:
-        row = (await conn.execute(base.where(grants.c.id == req.grant_id))).first()
+        row = (
+            await conn.execute(_BY_GRANT_ID, {"app_id": app.id, "grant_id": req.grant_id})
+        ).first()
         if row is None:
             raise NotFound("grant", req.grant_id, ErrorCode.GRANT_NOT_FOUND)
         return row
     # Identity mode without a user token: the app's own (system) grant for this secret.
-    stmt = base.where(
+    stmt = _resolve_base().where(
         managed_secrets.c.slug == req.provider_id,
         grants.c.principal_type == "system",
         grants.c.status == "active",
@@ -82,9 +111,8 @@ async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
     if req.label is not None:
         stmt = stmt.where(grants.c.label == req.label)
     now = utcnow()
-    rows = [
-        r for r in (await conn.execute(stmt.limit(51))).all() if grant_status(r, now) == "active"
-    ]
+    result = await conn.execute(stmt.limit(51), {"app_id": app.id})
+    rows = [r for r in result.all() if grant_status(r, now) == "active"]
     if not rows:
         raise VaultError(
             ErrorCode.GRANT_NOT_FOUND,
@@ -113,16 +141,23 @@ async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
     return rows[0]
 
 
+@dataclass(frozen=True)
+class PendingNonce:
+    """A nonce to claim in the same transaction as the audit row (see ``api.deps``)."""
+
+    key_id: str
+    nonce: str
+
+
 async def retrieve(
-    vault: Vault, app: App, actor: dict[str, Any], req: TokenRequest
+    vault: Vault,
+    app: App,
+    actor: dict[str, Any],
+    req: TokenRequest,
+    *,
+    nonce: PendingNonce | None = None,
 ) -> dict[str, Any]:
     """Return the token response for ``req`` or raise the typed denial (after auditing it)."""
-    if req.user_token is not None:
-        raise VaultError(
-            ErrorCode.IDP_NOT_CONFIGURED,
-            "This vault does not verify end-user tokens yet; call without user_token and use "
-            "a system grant or an explicit grant_id.",
-        )
     row: Any = None
     audit: dict[str, Any] = {
         "chain": app.id,
@@ -133,6 +168,12 @@ async def retrieve(
         "url": redact_url(req.url),
     }
     try:
+        if req.user_token is not None:
+            raise VaultError(
+                ErrorCode.IDP_NOT_CONFIGURED,
+                "This vault does not verify end-user tokens yet; call without user_token and "
+                "use a system grant or an explicit grant_id.",
+            )
         async with vault.db.read() as conn:
             row = await _resolve(conn, app, req)
             now = utcnow()
@@ -173,15 +214,7 @@ async def retrieve(
                     "A policy denies this use of the grant.",
                     policy_error=decision.reason,
                 )
-            cred_stmt = sa.select(
-                credentials.c.id, credentials.c.secret_ct, credentials.c.generation
-            ).where(credentials.c.managed_secret_id == row.secret_id)
-            if row.credential_id is not None:
-                cred_stmt = cred_stmt.where(credentials.c.id == row.credential_id)
-            cred = (
-                await conn.execute(cred_stmt.order_by(credentials.c.created_at).limit(1))
-            ).first()
-            if cred is None:
+            if row.cred_id is None:
                 raise VaultError(
                     ErrorCode.CREDENTIAL_NOT_SET,
                     f"The secret {row.slug!r} has no credential yet; set one with "
@@ -189,23 +222,26 @@ async def retrieve(
                 )
             try:
                 plaintext = await vault.barrier.decrypt_fresh(
-                    conn, cred.secret_ct, credential_aad(app.id, cred.id)
+                    conn, row.secret_ct, credential_aad(app.id, row.cred_id)
                 )
             except BarrierError:
                 log.error(
-                    "stored credential failed authentication", extra={"credential_id": cred.id}
+                    "stored credential failed authentication", extra={"credential_id": row.cred_id}
                 )
                 raise VaultError(
                     ErrorCode.CREDENTIAL_CORRUPT,
                     "The stored credential failed its integrity check and was not used; "
                     "set it again and tell your operator.",
                 ) from None
-        spec = InjectionSpec.model_validate(row.injection)
-        fields = token_fields(spec, json.loads(plaintext))
+        fields = token_fields(vault.injection_spec(row.injection), json.loads(plaintext))
     except VaultError as denial:
-        await _audit_denial(vault, audit, row, denial)
+        await _audit_denial(vault, audit, row, denial, nonce)
         raise
     async with vault.db.write() as conn:
+        if nonce is not None and not await claim_nonce_in(
+            conn, vault, nonce.key_id, nonce.nonce, now
+        ):
+            raise replayed_error()
         await chain.append(
             conn,
             [
@@ -214,42 +250,43 @@ async def retrieve(
                     principal=principal_label(row.principal_type, row.principal_id),
                     grant_id=row.id,
                     provider_id=row.slug,
-                    details={"policy": decision.reason, "token_generation": cred.generation},
+                    details={"policy": decision.reason, "token_generation": row.generation},
                     **audit,
                 )
             ],
         )
-        await conn.execute(
-            sa.update(grants)
-            .where(
-                grants.c.id == row.id,
-                sa.or_(
-                    grants.c.last_used_at.is_(None),
-                    grants.c.last_used_at < now - timedelta(seconds=60),
-                ),
-            )
-            .values(last_used_at=now)
-        )
+        if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
+            await conn.execute(_TOUCH_GRANT, {"gid": row.id, "used_at": now})
     return {
         **fields,
         "token_type": "Bearer",
-        "expires_in": None,
-        "expires_at": None,
         "grant_expires_at": _iso(row.expires_at),
         "scopes": [],
         "grant_id": row.id,
         "provider_id": row.slug,
-        "token_generation": cred.generation,
+        "token_generation": row.generation,
         "scope_mismatch": False,
     }
 
 
-async def _audit_denial(vault: Vault, audit: dict[str, Any], row: Any, denial: VaultError) -> None:
+def replayed_error() -> VaultError:
+    return VaultError(
+        ErrorCode.REPLAYED_REQUEST, "This request was already received (nonce reused)."
+    )
+
+
+async def _audit_denial(
+    vault: Vault, audit: dict[str, Any], row: Any, denial: VaultError, nonce: PendingNonce | None
+) -> None:
     """Record a refused retrieval. Unknown grants have no owner row but still leave a trace."""
     if denial.code in {ErrorCode.STORAGE_UNAVAILABLE}:
         return
     try:
         async with vault.db.write() as conn:
+            if nonce is not None and not await claim_nonce_in(
+                conn, vault, nonce.key_id, nonce.nonce, utcnow()
+            ):
+                raise replayed_error()
             await chain.append(
                 conn,
                 [
@@ -265,5 +302,7 @@ async def _audit_denial(vault: Vault, audit: dict[str, Any], row: Any, denial: V
                     )
                 ],
             )
-    except VaultError:
+    except VaultError as exc:
+        if exc.code is ErrorCode.REPLAYED_REQUEST:
+            raise
         log.warning("could not audit a denied retrieval", extra={"error_code": denial.code.value})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from grantvault_server.config import Settings, resolve_master_key
 from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
 from grantvault_server.policy.engine import PolicyEngine
 from grantvault_server.providers.catalog import load_templates
-from grantvault_server.providers.schema import SecretTemplate
+from grantvault_server.providers.schema import InjectionSpec, SecretTemplate
 from grantvault_server.storage import migrate
 from grantvault_server.storage.db import Database
 
@@ -30,6 +31,17 @@ class Vault:
     templates: dict[str, SecretTemplate]
     policy: PolicyEngine = field(default_factory=PolicyEngine)
     key_generated: bool = False
+    _specs: dict[str, InjectionSpec] = field(default_factory=dict, repr=False)
+
+    def injection_spec(self, raw: dict[str, Any]) -> InjectionSpec:
+        """Parse a stored injection spec, memoised (it is validated data read on every use)."""
+        key = json.dumps(raw, sort_keys=True)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= 4096:
+                self._specs.clear()
+            spec = self._specs[key] = InjectionSpec.model_validate(raw)
+        return spec
 
     @classmethod
     async def start(
