@@ -85,6 +85,12 @@ _HEAD = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(
     audit_heads.c.chain == sa.bindparam("chain")
 )
 _HEAD_LOCKED = _HEAD.with_for_update()
+_MOVE_HEAD = (
+    sa.update(audit_heads)
+    .where(audit_heads.c.chain == sa.bindparam("head_chain"))
+    .values(seq=sa.bindparam("head_seq"), hash=sa.bindparam("head_hash"))
+)
+_INSERT_EVENTS = sa.insert(audit_events)
 
 
 def _head_query(conn: Conn) -> sa.Select[Any]:
@@ -114,11 +120,9 @@ async def append(conn: Conn, records: Sequence[AuditRecord]) -> None:
             row = _row(record, seq, prev)
             prev = row["hash"]
             rows.append(row)
-        await conn.execute(
-            sa.update(audit_heads).where(audit_heads.c.chain == chain).values(seq=seq, hash=prev)
-        )
+        await conn.execute(_MOVE_HEAD, {"head_chain": chain, "head_seq": seq, "head_hash": prev})
     if rows:
-        await conn.execute(sa.insert(audit_events), rows)
+        await conn.execute(_INSERT_EVENTS, rows)
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,17 @@ async def insert_ignore(conn: Conn, table: sa.Table, values: dict[str, Any]) -> 
     Used where "exactly once" must hold across processes and replicas (request nonces, chain
     heads): the database's unique index decides, not an in-memory set.
     """
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table).values(values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only the two supported backends
-        raise RuntimeError(f"unsupported database dialect {dialect}")
-    result = await conn.execute(stmt)
+    key = (conn.dialect.name, table.name)
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:
+        module: Any = {"postgresql": postgresql, "sqlite": sqlite}[conn.dialect.name]
+        # Built once per table and dialect; values are bound per call.
+        stmt = _INSERT_IGNORE[key] = module.insert(table).on_conflict_do_nothing()
+    result = await conn.execute(stmt, values)
     return bool(result.rowcount)
+
+
+_INSERT_IGNORE: dict[tuple[str, str], Any] = {}
 
 
 def for_update(conn: Conn, stmt: sa.Select[Any]) -> sa.Select[Any]:
