@@ -101,7 +101,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def database_url(backend: str, tmp_path: Path, pg_template: str) -> AsyncIterator[str]:
     if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'grantvault.db'}"
+        yield f"sqlite:///{tmp_path / 'grantvault.db'}"
         return
     template = pg_template
     name = f"gv_t_{uuid.uuid4().hex[:12]}"

@@ -40,7 +40,7 @@ async def test_database_down_fails_closed(
 ) -> None:
     _, key = await make_app(vault)
     dead_url = (
-        "sqlite+aiosqlite:////nonexistent-dir/grantvault.db"
+        "sqlite:////nonexistent-dir/grantvault.db"
         if backend == "sqlite"
         else "postgresql+asyncpg://postgres@127.0.0.1:1/grantvault"
     )

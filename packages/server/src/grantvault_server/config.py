@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL. Default: SQLite file `grantvault.db` in the data dir. "
-        "PostgreSQL: `postgresql+asyncpg://user@host/db`.",
+        description="SQLAlchemy URL. Default: SQLite file `grantvault.db` in the data dir "
+        "(`sqlite:///path.db`). PostgreSQL: `postgresql+asyncpg://user@host/db`.",
     )
     master_key: SecretStr | None = Field(
         default=None, description="Master key: 32 bytes, base64 (standard or URL-safe)."
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{self.data_dir / 'grantvault.db'}"
+        return f"sqlite:///{self.data_dir / 'grantvault.db'}"
 
     @property
     def effective_public_base_url(self) -> str:
@@ -105,9 +105,9 @@ def load_settings(**overrides: object) -> Settings:
         )
         raise ConfigError(f"Invalid configuration: {problems}.") from None
     url = settings.effective_database_url
-    if not (url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://"))):
+    if not url.startswith(("sqlite:///", "sqlite+aiosqlite:///", "postgresql+asyncpg://")):
         raise ConfigError(
-            "GRANTVAULT_DATABASE_URL must start with `sqlite+aiosqlite://` or "
+            "GRANTVAULT_DATABASE_URL must start with `sqlite:///` (a file path follows) or "
             "`postgresql+asyncpg://`."
         )
     return settings
