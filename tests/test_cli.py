@@ -193,3 +193,25 @@ def test_master_key_rotate_with_key_files(embedded: Path) -> None:
     code, out, _ = invoke("audit", "list", "--event", "master_key.rotated", "--json")
     assert code == 0 and len(json.loads(out)["events"]) == 1
     assert invoke("audit", "verify")[0] == 0
+
+
+def test_show_and_delete_a_secret(embedded: Path) -> None:
+    assert invoke("apps", "create", "demo")[0] == 0
+    _, out, _ = invoke("secrets", "create", "--app", "demo", "--template", "datadog", "--json")
+    secret_id = json.loads(out)["managed_secret_id"]
+    assert (
+        invoke(
+            "secrets", "set-credential", secret_id, "--stdin", stdin='{"token": "dd-api-123456"}'
+        )[0]
+        == 0
+    )
+    assert invoke("grants", "create", "--secret", secret_id)[0] == 0
+    code, out, _ = invoke("secrets", "show", secret_id, "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["injection"]["header"] == "DD-API-KEY" and "dd-api-123456" not in out
+    assert invoke("secrets", "delete", secret_id)[0] == 2
+    code, out, _ = invoke("secrets", "delete", secret_id, "--yes", "--json")
+    assert code == 0 and json.loads(out)["active_grants_removed"] == 1
+    assert invoke("secrets", "show", secret_id)[0] == 1
+    _, out, _ = invoke("audit", "list", "--app", "demo", "--event", "secret.deleted", "--json")
+    assert len(json.loads(out)["events"]) == 1

@@ -530,6 +530,56 @@ def secrets_list(app: AppOpt, as_json: JsonOpt = False) -> None:
         )
 
 
+@secrets_cli.command("show")
+def secrets_show(managed_secret_id: str, as_json: JsonOpt = False) -> None:
+    """Show a secret's definition (never its value)."""
+
+    async def action(vault: Vault) -> dict[str, Any]:
+        _, secret = await secret_service.find_secret_any_app(vault, managed_secret_id)
+        async with vault.db.read() as conn:
+            ids = await secret_service.credential_ids(conn, secret.id)
+        return {**secret.as_dict(ids), "injection": secret.injection.model_dump(mode="json")}
+
+    data = run(with_vault(action))
+    if as_json:
+        emit(data)
+    else:
+        table(
+            f"Secret {data['slug']}",
+            ["field", "value"],
+            [[k, json.dumps(v) if isinstance(v, dict | list) else v] for k, v in data.items()],
+        )
+
+
+@secrets_cli.command("delete")
+def secrets_delete(
+    managed_secret_id: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: its grants stop working at once.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a secret with its credentials and grants."""
+    if not yes:
+        fail("deleting a secret revokes every grant on it; pass --yes to confirm", 2)
+
+    async def action(vault: Vault) -> int:
+        app, secret = await secret_service.find_secret_any_app(vault, managed_secret_id)
+        return await secret_service.delete_secret(vault, app, secret, operator_actor())
+
+    removed = run(with_vault(action))
+    if as_json:
+        emit(
+            {
+                "managed_secret_id": managed_secret_id,
+                "deleted": True,
+                "active_grants_removed": removed,
+            }
+        )
+    else:
+        out.print(f"Deleted secret {managed_secret_id} and {removed} active grant(s).")
+
+
 @secrets_cli.command("set-credential")
 def secrets_set_credential(
     managed_secret_id: str,

@@ -390,3 +390,41 @@ def token_fields(spec: InjectionSpec, values: dict[str, str]) -> dict[str, Any]:
         "additional_credentials": additional or None,
         "additional_injections": injections or None,
     }
+
+
+async def delete_secret(
+    vault: Vault, app: App, secret: ManagedSecret, actor: dict[str, Any]
+) -> int:
+    """Delete a secret, its credentials and its grants; returns how many grants were active.
+
+    The credential ciphertext goes with the rows; the audit trail keeps the history.
+    """
+    from grantvault_server.storage.tables import grants
+
+    async with vault.db.write() as conn:
+        active = (
+            await conn.execute(
+                sa.select(sa.func.count()).where(
+                    grants.c.managed_secret_id == secret.id, grants.c.status == "active"
+                )
+            )
+        ).scalar_one()
+        await conn.execute(sa.delete(grants).where(grants.c.managed_secret_id == secret.id))
+        await conn.execute(
+            sa.delete(credentials).where(credentials.c.managed_secret_id == secret.id)
+        )
+        await conn.execute(sa.delete(managed_secrets).where(managed_secrets.c.id == secret.id))
+        await chain.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=app.id,
+                    event=AuditEvent.SECRET_DELETED,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    provider_id=secret.slug,
+                    details={"managed_secret_id": secret.id, "grants_removed": int(active)},
+                )
+            ],
+        )
+    return int(active)
