@@ -440,3 +440,37 @@ async def test_replayed_retrieval_is_refused_and_audited_once(
     assert (await client.post("/sdk/token", content=bad, headers=bad_headers)).json()[
         "error"
     ] == "replayed_request"
+
+
+async def test_concurrent_retrievals_share_commits_and_stay_exact(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    from grantvault_server.audit import chain
+
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app)
+    sc = SignedClient(client, key)
+    body = json.dumps(_token_body(grant_id), separators=(",", ":")).encode()
+    signed = [sc.headers("POST", "/sdk/token", body) for _ in range(24)]
+    # The same signed request three times inside one burst: only one may succeed.
+    burst = [*signed, signed[0], signed[0]]
+    before = vault.retrieval_writer.batches
+    responses = await asyncio.gather(
+        *(client.post("/sdk/token", content=body, headers=h) for h in burst)
+    )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 24 + [401, 401]
+    assert vault.retrieval_writer.batches - before < 24  # writes were grouped
+    async with vault.db.read() as conn:
+        count = (
+            await conn.execute(
+                sa.select(sa.func.count()).where(
+                    audit_events.c.grant_id == grant_id,
+                    audit_events.c.event == "credential.retrieved",
+                )
+            )
+        ).scalar_one()
+        assert count == 24
+        assert await chain.verify(conn, app.id) == []

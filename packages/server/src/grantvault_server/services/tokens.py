@@ -27,6 +27,7 @@ from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import grant_status, principal_label
+from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
 from grantvault_server.services.requests import claim_nonce_in
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault, utcnow
@@ -237,26 +238,34 @@ async def retrieve(
     except VaultError as denial:
         await _audit_denial(vault, audit, row, denial, nonce)
         raise
-    async with vault.db.write() as conn:
-        if nonce is not None and not await claim_nonce_in(
-            conn, vault, nonce.key_id, nonce.nonce, now
-        ):
-            raise replayed_error()
-        await chain.append(
-            conn,
-            [
-                AuditRecord(
-                    outcome=Outcome.SUCCESS,
-                    principal=principal_label(row.principal_type, row.principal_id),
-                    grant_id=row.id,
-                    provider_id=row.slug,
-                    details={"policy": decision.reason, "token_generation": row.generation},
-                    **audit,
+    record = AuditRecord(
+        outcome=Outcome.SUCCESS,
+        principal=principal_label(row.principal_type, row.principal_id),
+        grant_id=row.id,
+        provider_id=row.slug,
+        details={"policy": decision.reason, "token_generation": row.generation},
+        **audit,
+    )
+    stale = row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION
+    if nonce is None:
+        async with vault.db.write() as conn:
+            await chain.append(conn, [record])
+            if stale:
+                await conn.execute(_TOUCH_GRANT, {"gid": row.id, "used_at": now})
+    else:
+        try:
+            await vault.retrieval_writer.commit(
+                RetrievalWrite(
+                    key_id=nonce.key_id,
+                    nonce=nonce.nonce,
+                    nonce_expires_at=nonce_expiry(now, vault.settings.clock_skew_seconds),
+                    record=record,
+                    touch_grant=row.id if stale else None,
+                    used_at=now,
                 )
-            ],
-        )
-        if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
-            await conn.execute(_TOUCH_GRANT, {"gid": row.id, "used_at": now})
+            )
+        except Replayed:
+            raise replayed_error() from None
     return {
         **fields,
         "token_type": "Bearer",

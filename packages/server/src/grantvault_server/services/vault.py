@@ -13,6 +13,7 @@ from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
 from grantvault_server.policy.engine import PolicyEngine
 from grantvault_server.providers.catalog import load_templates
 from grantvault_server.providers.schema import InjectionSpec, SecretTemplate
+from grantvault_server.services.group_commit import RetrievalWriter
 from grantvault_server.storage import migrate
 from grantvault_server.storage.db import Database
 
@@ -32,6 +33,14 @@ class Vault:
     policy: PolicyEngine = field(default_factory=PolicyEngine)
     key_generated: bool = False
     _specs: dict[str, InjectionSpec] = field(default_factory=dict, repr=False)
+    _writer: RetrievalWriter | None = field(default=None, repr=False)
+
+    @property
+    def retrieval_writer(self) -> RetrievalWriter:
+        """The group-commit writer of the retrieval hot path (one per vault)."""
+        if self._writer is None:
+            self._writer = RetrievalWriter(self.db)
+        return self._writer
 
     def injection_spec(self, raw: dict[str, Any]) -> InjectionSpec:
         """Parse a stored injection spec, memoised (it is validated data read on every use)."""
