@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from grantvault_server.config import ConfigError, Settings, resolve_master_key
 from grantvault_server.crypto.barrier import (
     Barrier,
+    BarrierError,
     CorruptCiphertext,
     MasterKey,
     WrongMasterKey,
@@ -199,6 +200,56 @@ async def test_rotation_interrupted_then_resumed_keeps_every_row_readable(
         assert terms == {after.barrier.active_term}
     finally:
         await after.close()
+    # Until retired, a server started with the old key still opens everything (online rotation).
+    lingering = await Vault.start(settings, migrate_schema=False)
+    try:
+        assert await read_all(lingering) == expected
+    finally:
+        await lingering.close()
+    # Retiring with the old key configured is refused; with the new key it works.
+    with pytest.raises(BarrierError, match="NEW master key"):
+        await rotation.retire_old(settings)
+    assert (await rotation.retire_old(new_settings))["retired_key_id"] == done["old_key_id"]
     # The old master key no longer opens the keyring.
     with pytest.raises(WrongMasterKey):
         await Vault.start(settings, migrate_schema=False)
+
+
+async def test_running_server_keeps_serving_through_rotation_then_seals_after_retirement(
+    vault: Vault, settings: Settings, tmp_path: Path
+) -> None:
+    """A server that started with the old key reads rows re-encrypted under the new term."""
+    app, secret, _ = await _secret_with_value(vault, "value-before-rotation")
+    from grantvault_server.services.grants import create_grant
+
+    grant = await create_grant(vault, app, secret, OPERATOR, principal_type="system")
+    request = tokens.TokenRequest(
+        method="GET", url="https://api.openai.com/v1/models", grant_id=grant["grant_id"]
+    )
+    new_key_file = tmp_path / "new.key"
+    new_key_file.write_text(new_master_key())
+    await rotation.rotate(settings, new_key_file=new_key_file)
+    # The running vault (old key in memory, new term unknown to it) still answers.
+    assert (await tokens.retrieve(vault, app, OPERATOR, request))[
+        "access_token"
+    ] == "value-before-rotation"
+    new_settings = settings.model_copy(update={"master_key": SecretStr(new_key_file.read_text())})
+    await rotation.retire_old(new_settings)
+    # New writes under yet another term would need a key this process no longer has: sealed.
+    await rotation.rotate(
+        new_settings, new_key_file=_write(tmp_path / "third.key", new_master_key())
+    )
+    await rotation.retire_old(
+        new_settings.model_copy(
+            update={"master_key": SecretStr((tmp_path / "third.key").read_text())}
+        )
+    )
+    with pytest.raises(Exception) as info:
+        await tokens.retrieve(vault, app, OPERATOR, request)
+    assert getattr(info.value, "code", None) == "sealed"
+    assert vault.barrier.sealed_reason
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -25,7 +25,9 @@ async def get_readyz(vault: VaultDep) -> JSONResponse:
     """Ready to serve: the database answers and the barrier is unsealed."""
     checks: dict[str, Any] = {}
     checks["database"] = "ok" if await database_ok(vault) else "unavailable"
-    checks["barrier"] = "unsealed" if vault.barrier.active_term else "sealed"
+    checks["barrier"] = (
+        "unsealed" if vault.barrier.active_term and not vault.barrier.sealed_reason else "sealed"
+    )
     ready = checks["database"] == "ok" and checks["barrier"] == "unsealed"
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},

@@ -891,9 +891,10 @@ def master_key_rotate(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Rotate the master key online: new data key, re-encrypt every row, drop the old key.
+    """Rotate the master key online: new data key, re-encrypt every row.
 
-    Safe to interrupt: run it again to resume. Servers keep serving throughout.
+    Safe to interrupt: run it again to resume. Servers keep serving throughout; the old key
+    stays valid until `grantvault master-key retire-old`.
     """
     from grantvault_server.services import rotation
 
@@ -909,16 +910,43 @@ def master_key_rotate(
     )
     if as_json:
         emit(result)
-    else:
-        done = "complete" if result["complete"] else "interrupted (run again to resume)"
+        return
+    if not result["complete"]:
         out.print(
-            f"Rotation {done}: master key {result['old_key_id']} -> {result['new_key_id']}, "
-            f"active term {result['active_term']}, {result['rows_reencrypted']} rows re-encrypted."
+            f"Rotation interrupted after {result['rows_reencrypted']} rows; run the command again "
+            "to resume. Every row stays readable with either key."
         )
-        if result["complete"] and result.get("key_file"):
-            out.print(
-                f"[bold]Back up the new key file {result['key_file']}[/]; the previous one is kept as {result['key_file']}.prev for old backups."
-            )
+        return
+    out.print(
+        f"Re-encrypted {result['rows_reencrypted']} rows under master key {result['new_key_id']} "
+        f"(data key term {result['active_term']})."
+    )
+    if result.get("key_file"):
+        out.print(
+            f"The new key is in [bold]{result['key_file']}[/] (the previous one is kept as "
+            f"{result['key_file']}.prev): [bold]back it up now[/]."
+        )
+    else:
+        out.print("Set GRANTVAULT_MASTER_KEY to the new key everywhere the server runs.")
+    out.print(
+        "Running servers keep working with the old key. Restart each one with the new key, "
+        "then run [bold]grantvault master-key retire-old[/]."
+    )
+
+
+@mk_cli.command("retire-old")
+def master_key_retire_old(as_json: JsonOpt = False) -> None:
+    """Forget the previous master key once every server runs with the new one."""
+    from grantvault_server.services import rotation
+
+    result = run(rotation.retire_old(load_settings()))
+    if as_json:
+        emit(result)
+    else:
+        out.print(
+            f"Retired master key {result['retired_key_id']}; only {result['active_key_id']} "
+            "opens this vault now. Servers still running with the old key seal themselves."
+        )
 
 
 def _progress() -> Callable[[str, int], None]:

@@ -108,6 +108,8 @@ class Barrier:
         self.master = master
         self._keys: dict[int, AESGCM] = {}
         self.active_term = 0
+        #: Why this process can no longer open new data keys (None while healthy).
+        self.sealed_reason: str | None = None
 
     # -- keyring --------------------------------------------------------------------------
 
@@ -122,24 +124,41 @@ class Barrier:
         await self.reload(conn)
 
     async def reload(self, conn: Conn) -> None:
-        """Re-read the keyring: picks up terms and the active term set by a rotation."""
-        rows = (await conn.execute(sa.select(data_keys))).all()
-        mine = {r.term: r.wrapped for r in rows if r.master_key_id == self.master.key_id}
-        if rows and not mine:
-            others = sorted({r.master_key_id for r in rows})
-            raise WrongMasterKey(
-                f"the configured master key ({self.master.key_id}) is not the one this "
-                f"database was encrypted with ({', '.join(others)}); refusing to start"
-            )
-        keys = {term: AESGCM(self.master.unwrap(term, wrapped)) for term, wrapped in mine.items()}
-        state = (await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))).one()
-        if state.active_term not in keys:
-            raise WrongMasterKey(
-                f"the active data key term {state.active_term} is not wrapped by master key "
-                f"{self.master.key_id}"
-            )
+        """Re-read the keyring: picks up terms and the active term set by a rotation.
+
+        At start-up any mismatch refuses to open. While serving, terms already loaded stay
+        usable (nothing is forgotten), and a keyring this process can no longer open (the
+        master key was rotated and the old key retired) seals the barrier: requests then get
+        a clear 503 ``sealed`` and ``/readyz`` fails, instead of data errors.
+        """
+        try:
+            rows = (await conn.execute(sa.select(data_keys))).all()
+            mine = {r.term: r.wrapped for r in rows if r.master_key_id == self.master.key_id}
+            if rows and not mine:
+                others = sorted({r.master_key_id for r in rows})
+                raise WrongMasterKey(
+                    f"the configured master key ({self.master.key_id}) is not the one this "
+                    f"database was encrypted with ({', '.join(others)}); refusing to start"
+                )
+            keys = dict(self._keys)
+            for term, wrapped in mine.items():
+                if term not in keys:
+                    keys[term] = AESGCM(self.master.unwrap(term, wrapped))
+            state = (
+                await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))
+            ).one()
+            if state.active_term not in keys:
+                raise WrongMasterKey(
+                    f"the active data key term {state.active_term} is not wrapped by master "
+                    f"key {self.master.key_id}"
+                )
+        except WrongMasterKey as exc:
+            if self.active_term:  # already serving: seal rather than guess
+                self.sealed_reason = str(exc)
+            raise
         self._keys = keys
         self.active_term = state.active_term
+        self.sealed_reason = None
 
     async def _initialise(self, conn: Conn) -> None:
         data_key = new_data_key()

@@ -10,13 +10,18 @@
 4. The re-encryption pass rewrites every encrypted column to the new term in batches, each
    batch its own transaction; killed at any point, it resumes where rows still carry an old
    term, and every row is readable with either key throughout.
-5. A last transaction drops the old master key's wrappings and clears the rotation state.
+5. Once every server runs with the new key, ``grantvault master-key retire-old`` drops the old
+   master key's wrappings and clears the rotation state. Until then servers still holding
+   the old key keep serving (they can open every term, old and new), which is what makes the
+   rotation online; a server whose key was retired seals itself (503 ``sealed``, ``/readyz``
+   fails) instead of misreading data.
 
 Running ``grantvault master-key rotate`` again while a rotation is recorded resumes it.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,7 @@ from grantvault_server.crypto.barrier import (
     new_data_key,
     now,
 )
-from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault import Vault, operator_actor
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, data_keys, keyring_state
 
@@ -95,7 +100,7 @@ async def begin(barrier: Barrier, conn: Conn, new_master: MasterKey) -> int:
                 chain=SYSTEM_CHAIN,
                 event=AuditEvent.MASTER_KEY_ROTATION_STARTED,
                 outcome=Outcome.SUCCESS,
-                actor={"type": "operator", "via": "cli"},
+                actor=operator_actor(),
                 details={
                     "old_key_id": old.key_id,
                     "new_key_id": new_master.key_id,
@@ -109,17 +114,31 @@ async def begin(barrier: Barrier, conn: Conn, new_master: MasterKey) -> int:
     return term
 
 
-async def reencrypt_batch(barrier: Barrier, conn: Conn, batch: int) -> int:
-    """Re-encrypt up to ``batch`` rows still on an old term; returns how many were converted."""
+async def reencrypt_batch(
+    barrier: Barrier, conn: Conn, batch: int, *, dry_run: bool = False
+) -> int:
+    """Re-encrypt up to ``batch`` rows still on an old term; returns how many (would be) converted.
+
+    Rows are selected in SQL by the term bytes of their ciphertext header, so each batch reads
+    only rows that still need work, however large the table.
+    """
     converted = 0
+    term_bytes = struct.pack(">I", barrier.active_term)
     for column in ENCRYPTED_COLUMNS:
         table = column.table
         col = table.c[column.column]
-        rows = (await conn.execute(sa.select(table.c.id, table.c.app_id, col))).all()
+        rows = (
+            await conn.execute(
+                sa.select(table.c.id, table.c.app_id, col)
+                .where(sa.func.substr(col, 2, 4) != term_bytes)
+                .limit(batch - converted)
+            )
+        ).all()
         for row in rows:
-            blob: bytes = row._mapping[col]
-            if Barrier.term_of(blob) == barrier.active_term:
+            converted += 1
+            if dry_run:
                 continue
+            blob: bytes = row._mapping[col]
             aad = aad_for(table.name, row.app_id, row.id, column.column)
             plaintext = await barrier.decrypt_fresh(conn, blob, aad)
             await conn.execute(
@@ -127,9 +146,8 @@ async def reencrypt_batch(barrier: Barrier, conn: Conn, batch: int) -> int:
                 .where(table.c.id == row.id, col == blob)
                 .values({column.column: barrier.encrypt(plaintext, aad)})
             )
-            converted += 1
-            if converted >= batch:
-                return converted
+        if converted >= batch:
+            break
     return converted
 
 
@@ -148,7 +166,7 @@ async def finish(barrier: Barrier, conn: Conn, old_key_id: str) -> None:
                 chain=SYSTEM_CHAIN,
                 event=AuditEvent.MASTER_KEY_ROTATED,
                 outcome=Outcome.SUCCESS,
-                actor={"type": "operator", "via": "cli"},
+                actor=operator_actor(),
                 details={
                     "old_key_id": old_key_id,
                     "new_key_id": barrier.master.key_id,
@@ -187,16 +205,17 @@ async def rotate(
     stop_after: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a rotation end to end; see the module docstring for the steps."""
+    """Run (or resume) steps 1-4; the old key stays valid until :func:`retire_old`."""
     report = progress or (lambda _stage, _count: None)
     current = resolve_master_key(settings, allow_generate=False)
-    key_file = settings.master_key_file or (
-        settings.data_dir / MASTER_KEY_FILENAME if settings.is_embedded else None
-    )
     from_env = settings.master_key is not None
+    key_file = (
+        None if from_env else (settings.master_key_file or settings.data_dir / MASTER_KEY_FILENAME)
+    )
     if from_env and new_key_file is None:
         raise ConfigError(
-            "The master key comes from GRANTVAULT_MASTER_KEY; pass --new-key-file with the new key."
+            "The master key comes from GRANTVAULT_MASTER_KEY; pass --new-key-file with the new "
+            "key (make one with `grantvault master-key generate --output FILE`)."
         )
     vault = await Vault.start(settings, migrate_schema=False, allow_generate=False)
     try:
@@ -204,19 +223,18 @@ async def rotate(
             rotating_from, rotating_to = await state(conn)
         resumed = rotating_to is not None
         if not resumed:
-            if new_key_file is not None:
-                new_master = MasterKey(
-                    decode_master_key(new_key_file.read_text(), str(new_key_file))
-                )
-            else:
-                assert key_file is not None
-                text = generate_master_key_text()
-                write_key_file(key_file.with_name(key_file.name + ".next"), text)
-                new_master = MasterKey(decode_master_key(text, "new key"))
+            text = (
+                new_key_file.read_text().strip()
+                if new_key_file is not None
+                else generate_master_key_text()
+            )
+            new_master = MasterKey(decode_master_key(text, str(new_key_file or "new key")))
             ensure(
                 new_master.key_id != current_key_id(current.key),
                 "the new master key equals the current one",
             )
+            if key_file is not None:
+                write_key_file(key_file.with_name(key_file.name + ".next"), text)
             async with vault.db.write() as conn:
                 await begin(vault.barrier, conn, new_master)
             old_id, new_id = vault.barrier.master.key_id, new_master.key_id
@@ -227,24 +245,45 @@ async def rotate(
             async with vault.db.read() as conn:
                 await vault.barrier.reload(conn)
             report("resuming rotation to master key", 0)
-        if not from_env and key_file is not None and vault.barrier.master.key_id == old_id:
+        if key_file is not None and vault.barrier.master.key_id == old_id:
             swap_key_files(key_file)
         total, batches = 0, 0
-        while True:
-            if stop_after is not None and batches >= stop_after:
-                return _result(
-                    old_id, new_id, vault, total, resumed, complete=False, key_file=key_file
-                )
+        while stop_after is None or batches < stop_after:
             async with vault.db.write() as conn:
                 converted = await reencrypt_batch(vault.barrier, conn, batch)
             batches += 1
             total += converted
             report("rows re-encrypted", total)
             if converted < batch:
-                break
+                return _result(
+                    old_id, new_id, vault, total, resumed, complete=True, key_file=key_file
+                )
+        return _result(old_id, new_id, vault, total, resumed, complete=False, key_file=key_file)
+    finally:
+        await vault.close()
+
+
+async def retire_old(settings: Settings) -> dict[str, Any]:
+    """Step 5: forget the old master key, once every server runs with the new one.
+
+    Refused while rows still carry an old data-key term (run ``rotate`` again to finish the
+    re-encryption first), and when run with the old key itself.
+    """
+    vault = await Vault.start(settings, migrate_schema=False, allow_generate=False)
+    try:
         async with vault.db.write() as conn:
-            await finish(vault.barrier, conn, old_id)
-        return _result(old_id, new_id, vault, total, resumed, complete=True, key_file=key_file)
+            rotating_from, rotating_to = await state(conn)
+            if rotating_to is None or rotating_from is None:
+                raise ConfigError("No master-key rotation is waiting to be retired.")
+            ensure(
+                vault.barrier.master.key_id == rotating_to,
+                "run this with the NEW master key configured (the rotation swapped the key "
+                "file; for GRANTVAULT_MASTER_KEY set the new value)",
+            )
+            left = await reencrypt_batch(vault.barrier, conn, 1, dry_run=True)
+            ensure(left == 0, "some rows still use an old data key; run `master-key rotate` again")
+            await finish(vault.barrier, conn, rotating_from)
+        return {"retired_key_id": rotating_from, "active_key_id": rotating_to}
     finally:
         await vault.close()
 

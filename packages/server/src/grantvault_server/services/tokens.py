@@ -21,7 +21,7 @@ from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.audit.redact import redact_url
-from grantvault_server.crypto.barrier import BarrierError
+from grantvault_server.crypto.barrier import BarrierError, CorruptCiphertext
 from grantvault_server.errors import NotFound, VaultError
 from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
@@ -225,7 +225,7 @@ async def retrieve(
                 plaintext = await vault.barrier.decrypt_fresh(
                     conn, row.secret_ct, credential_aad(app.id, row.cred_id)
                 )
-            except BarrierError:
+            except CorruptCiphertext:
                 log.error(
                     "stored credential failed authentication", extra={"credential_id": row.cred_id}
                 )
@@ -233,6 +233,13 @@ async def retrieve(
                     ErrorCode.CREDENTIAL_CORRUPT,
                     "The stored credential failed its integrity check and was not used; "
                     "set it again and tell your operator.",
+                ) from None
+            except BarrierError:
+                log.error("barrier sealed: the keyring no longer opens with this master key")
+                raise VaultError(
+                    ErrorCode.SEALED,
+                    "This server's master key was retired by a key rotation; restart it with "
+                    "the current master key.",
                 ) from None
         fields = token_fields(vault.injection_spec(row.injection), json.loads(plaintext))
     except VaultError as denial:
