@@ -113,3 +113,23 @@ async def test_query_filters(vault: Vault) -> None:
     events = await audit_log.query(vault, app=app.name, event="key.created", limit=10)
     assert [e["event"] for e in events] == ["key.created"] * 3
     assert all(e["actor"]["type"] == "operator" for e in events)
+
+
+async def test_deleted_head_is_reported_and_blocks_writes(vault: Vault) -> None:
+    from grantvault_server.errors import VaultError
+    from grantvault_server.storage.tables import audit_heads
+
+    app = await _app_with_events(vault, 1)
+    async with vault.db.write() as conn:
+        await conn.execute(sa.delete(audit_heads).where(audit_heads.c.chain == app.id))
+    report = await audit_log.verify(vault)
+    assert report["ok"] is False
+    assert any(
+        "head record is missing" in p["problem"] for c in report["chains"] for p in c["problems"]
+    )
+    try:
+        await app_service.create_key(vault, app, OPERATOR)
+    except VaultError as exc:
+        assert exc.code == "audit_unavailable" and exc.status == 503
+    else:
+        raise AssertionError("a write without a chain head must be refused")

@@ -96,7 +96,7 @@ def test_contract_commands_and_json(embedded: Path) -> None:
 
 def test_errors_are_clear_and_non_zero(embedded: Path) -> None:
     code, _, err = invoke("keys", "create", "--app", "nope")
-    assert code == 1 and "No app nope" in err
+    assert code == 1 and "No app 'nope'" in err
     assert invoke("apps", "create", "demo")[0] == 0
     code, _, err = invoke("apps", "create", "demo")
     assert code == 1 and "already exists" in err
@@ -142,6 +142,10 @@ def test_errors_are_clear_and_non_zero(embedded: Path) -> None:
     assert code == 1 and "'password' is required" in err
     code, _, err = invoke("secrets", "set-credential", secret_id)
     assert code == 2 and "--stdin" in err
+    code, _, err = invoke(
+        "secrets", "create", "--app", "demo", "--template", "openai", "--header", "X-Key"
+    )
+    assert code == 2 and "--template defines the injection" in err
     code, _, err = invoke("grants", "create", "--secret", secret_id, "--principal", "user")
     assert code == 1 and "external id" in err
 
@@ -149,6 +153,10 @@ def test_errors_are_clear_and_non_zero(embedded: Path) -> None:
 def test_invalid_configuration_stops_with_one_message(
     embedded: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("GRANTVAULT_ALLOW_HTTP_HOSTS", "[not json")
+    code, _, err = invoke("apps", "list")
+    assert code == 2 and "ALLOW_HTTP_HOSTS" in err and "Traceback" not in err
+    monkeypatch.delenv("GRANTVAULT_ALLOW_HTTP_HOSTS")
     monkeypatch.setenv("GRANTVAULT_PORT", "not-a-port")
     code, _, err = invoke("apps", "list")
     assert code == 2 and "GRANTVAULT_PORT" in err and "Traceback" not in err
@@ -217,3 +225,12 @@ def test_show_and_delete_a_secret(embedded: Path) -> None:
     assert invoke("secrets", "show", secret_id)[0] == 1
     _, out, _ = invoke("audit", "list", "--app", "demo", "--event", "secret.deleted", "--json")
     assert len(json.loads(out)["events"]) == 1
+
+
+def test_allow_http_hosts_accepts_json_or_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grantvault_server.config import load_settings
+
+    monkeypatch.setenv("GRANTVAULT_ALLOW_HTTP_HOSTS", "127.0.0.1, localhost")
+    assert load_settings().allow_http_hosts == ["127.0.0.1", "localhost"]
+    monkeypatch.setenv("GRANTVAULT_ALLOW_HTTP_HOSTS", '["127.0.0.1"]')
+    assert load_settings().allow_http_hosts == ["127.0.0.1"]

@@ -474,3 +474,37 @@ async def test_concurrent_retrievals_share_commits_and_stay_exact(
         ).scalar_one()
         assert count == 24
         assert await chain.verify(conn, app.id) == []
+
+
+async def test_several_credentials_need_a_choice(vault: Vault, client: httpx.AsyncClient) -> None:
+    app, key = await make_app(vault)
+    secret = await secret_service.create_secret(vault, app, OPERATOR, template="openai")
+    first = await secret_service.set_credential(
+        vault, app, secret, {"token": "sk-one-123456"}, OPERATOR
+    )
+    second = await secret_service.set_credential(
+        vault, app, secret, {"token": "sk-two-123456"}, OPERATOR, add=True, label="backup"
+    )
+    sc = SignedClient(client, key)
+    r = await sc.post(f"/sdk/managed-secrets/{secret.id}/grants", {"principal": {"type": "system"}})
+    assert r.status_code == 409 and r.json()["error"] == "credential_id_required"
+    assert {c["id"] for c in r.json()["details"]["credentials"]} == {first, second}
+    r = await sc.post(
+        f"/sdk/managed-secrets/{secret.id}/grants",
+        {"principal": {"type": "system"}, "credential_id": second},
+    )
+    grant_id = r.json()["grant_id"]
+    token = await sc.post("/sdk/token", _token_body(grant_id))
+    assert token.json()["access_token"] == "sk-two-123456"
+
+
+async def test_key_last_used_is_recorded(vault: Vault, client: httpx.AsyncClient) -> None:
+    from grantvault_server.services import apps as app_service
+
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app)
+    assert (
+        await SignedClient(client, key).post("/sdk/token", _token_body(grant_id))
+    ).status_code == 200
+    [info] = await app_service.list_keys(vault, app)
+    assert info.last_used_at is not None

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 MASTER_KEY_BYTES = 32
 MASTER_KEY_FILENAME = "master.key"
@@ -23,6 +24,10 @@ MASTER_KEY_FILENAME = "master.key"
 
 class ConfigError(Exception):
     """The configuration cannot work; the message says what to change."""
+
+
+class SchemaOutOfDate(ConfigError):
+    """The database schema is not the one this server needs (run ``grantvault db upgrade``)."""
 
 
 class Settings(BaseSettings):
@@ -55,10 +60,10 @@ class Settings(BaseSettings):
         default="INFO", description="Log level."
     )
     log_format: Literal["json", "console"] = Field(default="json", description="Log line format.")
-    allow_http_hosts: list[str] = Field(
+    allow_http_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Destination hosts that may be called over plain http (for local testing, "
-        'e.g. `["127.0.0.1"]`). Everything else must be https.',
+        'e.g. `127.0.0.1` or `["127.0.0.1", "localhost"]`). Everything else must be https.',
     )
     clock_skew_seconds: int = Field(
         default=300, ge=30, le=900, description="Allowed clock skew of signed requests."
@@ -66,6 +71,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted."
     )
+
+    @field_validator("allow_http_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError("not a valid JSON list") from None
+            return [h.strip() for h in text.split(",") if h.strip()]
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -98,6 +117,8 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning a validation failure into one actionable :class:`ConfigError`."""
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        raise ConfigError(f"Invalid configuration: {exc}.") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"GRANTVAULT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

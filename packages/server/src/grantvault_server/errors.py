@@ -31,8 +31,11 @@ class VaultError(Exception):
 class NotFound(VaultError):
     """Something does not exist in the caller's app (or exists in another app: same answer)."""
 
-    def __init__(self, what: str, ident: str, code: ErrorCode = ErrorCode.NOT_FOUND) -> None:
-        super().__init__(code, f"No {what} {ident!s} in this app.")
+    def __init__(
+        self, what: str, ident: str, code: ErrorCode = ErrorCode.NOT_FOUND, *, hint: str = ""
+    ) -> None:
+        where = " in this app" if what != "app" else ""
+        super().__init__(code, f"No {what} {ident!r}{where}.{' ' + hint if hint else ''}")
 
 
 class InvalidInput(VaultError):

@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     GRANT_EXPIRED = "grant_expired"
     AMBIGUOUS_GRANT = "ambiguous_grant"
     CREDENTIAL_NOT_SET = "credential_not_set"
+    CREDENTIAL_ID_REQUIRED = "credential_id_required"
     CREDENTIAL_CORRUPT = "credential_corrupt"
     SECRET_NOT_FOUND = "secret_not_found"
     BLOCKED_DESTINATION = "blocked_destination"
@@ -61,6 +62,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.GRANT_EXPIRED: 403,
     ErrorCode.AMBIGUOUS_GRANT: 409,
     ErrorCode.CREDENTIAL_NOT_SET: 409,
+    ErrorCode.CREDENTIAL_ID_REQUIRED: 409,
     ErrorCode.CREDENTIAL_CORRUPT: 500,
     ErrorCode.SECRET_NOT_FOUND: 404,
     # 422, not 403: the public client maps every 403 to PolicyViolationError and only

@@ -17,7 +17,7 @@ from grantvault_server.auth.api_keys import KeyRecord, check_key_state
 from grantvault_server.auth.signing import verify_signature
 from grantvault_server.errors import VaultError
 from grantvault_server.services.apps import App, lookup_key
-from grantvault_server.services.requests import claim_nonce
+from grantvault_server.services.requests import claim_nonce, key_needs_touch
 from grantvault_server.services.vault import Vault
 
 
@@ -99,7 +99,9 @@ async def _verify(request: Request, vault: Vault) -> Caller:
 async def authenticate(request: Request, vault: VaultDep) -> Caller:
     """Verify key, signature, clock and nonce, in that order; raise the typed 401 otherwise."""
     caller = await _verify(request, vault)
-    if not await claim_nonce(vault, caller.key.id, caller.nonce, caller.app.created_at):
+    now = caller.app.created_at
+    touch = key_needs_touch(caller.key.last_used_at, now)
+    if not await claim_nonce(vault, caller.key.id, caller.nonce, now, touch=touch):
         raise replayed()
     return caller
 

@@ -64,7 +64,7 @@ async def post_token(
                 reason=body.reason,
                 user_token=body.user_token,
             ),
-            nonce=tokens.PendingNonce(caller.key.id, caller.nonce),
+            nonce=tokens.PendingNonce(caller.key.id, caller.nonce, caller.key.last_used_at),
         )
     except VaultError:
         request.app.state.metrics.retrievals.labels("denied").inc()
@@ -103,7 +103,7 @@ async def post_managed_secret_grant(
     else:
         raise VaultError(
             ErrorCode.UNSUPPORTED_PRINCIPAL,
-            "Agent principals are not supported by this vault yet; use system, user or group.",
+            "Agent principals are not supported by this vault yet; grant to the system or a group.",
         )
     policy = body.grant_policy or None
     return await grant_service.create_grant(

@@ -22,7 +22,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from grantvault.types.errors import ErrorCode
 from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.errors import VaultError
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import insert_ignore
 from grantvault_server.storage.tables import audit_events, audit_heads
@@ -111,6 +113,14 @@ async def append(conn: Conn, records: Sequence[AuditRecord]) -> None:
     for chain in sorted(by_chain):  # fixed order: no lock-order deadlocks between replicas
         head = (await conn.execute(_head_query(conn), {"chain": chain})).first()
         if head is None:
+            if await _has_events(conn, chain):
+                # Events without a head: the head row was deleted. Never restart the chain
+                # over existing history; refuse until an operator looks.
+                raise VaultError(
+                    ErrorCode.AUDIT_UNAVAILABLE,
+                    "The audit trail's head record is missing, so nothing can be recorded; "
+                    "run `grantvault audit verify` and restore the database.",
+                )
             # First event of this chain. ON CONFLICT: another replica may create it meanwhile.
             await insert_ignore(conn, audit_heads, {"chain": chain, "seq": 0, "hash": GENESIS})
             head = (await conn.execute(_head_query(conn), {"chain": chain})).one()
@@ -161,6 +171,8 @@ async def verify(conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProb
             expected_seq = data["seq"] + 1
             last_seq = data["seq"]
     head = (await conn.execute(sa.select(audit_heads).where(audit_heads.c.chain == chain))).first()
+    if head is None and last_seq:
+        problems.append(ChainProblem(chain, None, "the chain's head record is missing"))
     if head is not None and (head.seq != last_seq or head.hash != prev):
         problems.append(
             ChainProblem(chain, head.seq, f"chain ends at seq {last_seq}; head says {head.seq}")
@@ -168,6 +180,15 @@ async def verify(conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProb
     return problems
 
 
+async def _has_events(conn: Conn, chain: str) -> bool:
+    found = await conn.execute(
+        sa.select(audit_events.c.id).where(audit_events.c.chain == chain).limit(1)
+    )
+    return found.first() is not None
+
+
 async def chains(conn: Conn) -> list[str]:
-    result = await conn.execute(sa.select(audit_heads.c.chain).order_by(audit_heads.c.chain))
-    return [r.chain for r in result]
+    """Every chain: those with a head and those with events (a deleted head must not hide one)."""
+    heads = {r.chain for r in await conn.execute(sa.select(audit_heads.c.chain))}
+    events = {r.chain for r in await conn.execute(sa.select(audit_events.c.chain).distinct())}
+    return sorted(heads | events)

@@ -12,7 +12,6 @@ class AuditEvent(StrEnum):
     KEY_ROTATED = "key.rotated"
     KEY_EXPIRY_SET = "key.expiry_set"
     SECRET_CREATED = "secret.created"
-    SECRET_UPDATED = "secret.updated"
     SECRET_DELETED = "secret.deleted"
     SECRET_CREDENTIAL_SET = "secret.credential_set"
     GRANT_CREATED = "grant.created"

@@ -33,11 +33,10 @@ def redact_url(url: str, max_length: int = 2048) -> str:
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     if ":" in host:
         netloc = f"[{host}]" if parts.port is None else f"[{host}]:{parts.port}"
-    query = urlencode(
-        [
-            (k, REDACTED if is_sensitive_name(k) else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
+    # Encode pair by pair so the marker stays readable ("[redacted]", not "%5Bredacted%5D").
+    query = "&".join(
+        urlencode([(k, "")]) + REDACTED if is_sensitive_name(k) else urlencode([(k, v)])
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
     clean = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     return clean[:max_length]

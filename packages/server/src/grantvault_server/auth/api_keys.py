@@ -24,6 +24,7 @@ class KeyRecord:
     expires_at: datetime | None
     revoked_at: datetime | None
     grace_expires_at: datetime | None
+    last_used_at: datetime | None = None
 
 
 def check_key_state(key: KeyRecord, now: datetime) -> None:

@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from sqlalchemy.exc import IntegrityError
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.config import (
@@ -97,12 +98,19 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         fail(f"{exc}", 3)
     except VaultError as exc:
         fail(exc.message, 1)
+    except IntegrityError:
+        fail("the database refused the change (a conflicting row exists); nothing was changed", 1)
     raise AssertionError("unreachable")
 
 
 async def with_vault(action: Callable[[Vault], Awaitable[T]], *, migrate: bool | None = None) -> T:
     settings = load_settings()
     vault = await Vault.start(settings, migrate_schema=migrate)
+    if vault.key_generated:
+        err.print(
+            f"[bold yellow]Created a new vault in {settings.data_dir.resolve()}[/] (SQLite database "
+            "and master key). Back up master.key; set GRANTVAULT_DATA_DIR to use another vault."
+        )
     try:
         return await action(vault)
     finally:
@@ -181,8 +189,8 @@ def _welcome(vault: Vault) -> None:
         "  grantvault apps create demo",
         "  grantvault keys create --app demo",
         "  grantvault secrets create --app demo --template openai",
-        "  printf '%s' \"$OPENAI_KEY\" | grantvault secrets set-credential <managed_secret_id> --stdin",
-        "  grantvault grants create --secret <managed_secret_id> --principal system",
+        "  printf '%s' \"$OPENAI_KEY\" | grantvault secrets set-credential <id> --stdin",
+        "  grantvault grants create --secret <id> --principal system",
         "",
         f"Then point the SDK at it: ALTER_BASE_URL={s.effective_public_base_url}",
     ]
@@ -430,7 +438,8 @@ def secrets_create(
     ] = None,
     query_param: Annotated[str | None, typer.Option(help="Custom (query): parameter name.")] = None,
     field: Annotated[
-        list[str] | None, typer.Option(help="Custom: credential field name (repeat).")
+        list[str] | None,
+        typer.Option(help="Custom: credential field name, NAME? if optional (repeat)."),
     ] = None,
     inject: Annotated[
         list[str] | None,
@@ -447,6 +456,9 @@ def secrets_create(
 ) -> None:
     """Create a managed secret from a template or a custom definition."""
     injection: dict[str, Any] | None = None
+    custom_flags = [auth, header, format_, query_param, field, inject, aws_region, aws_service]
+    if template is not None and any(v for v in custom_flags):
+        fail("--template defines the injection; drop --auth/--header/--format/--field/--inject", 2)
     if template is None:
         if auth is None:
             fail("pass --template, or --auth (and --slug, --allowed-host) for a custom secret", 2)
@@ -461,8 +473,9 @@ def secrets_create(
             if value is not None:
                 injection[key] = value
         if field:
+            # NAME is required, NAME? optional (for instance a key only some calls need).
             injection["fields"] = [
-                {"name": f, "required": f == "token" or not inject} for f in field
+                {"name": f.rstrip("?"), "required": not f.endswith("?")} for f in field
             ]
         if inject:
             extras = []

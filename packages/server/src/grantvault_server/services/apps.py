@@ -115,7 +115,7 @@ async def find_app(conn: Conn, name_or_id: str) -> App:
         )
     ).first()
     if row is None:
-        raise NotFound("app", name_or_id)
+        raise NotFound("app", name_or_id, hint="See `grantvault apps list`.")
     return App(row.id, row.name, row.created_at)
 
 
@@ -307,6 +307,7 @@ _KEY_BY_HASH = (
         api_keys.c.expires_at,
         api_keys.c.revoked_at,
         api_keys.c.grace_expires_at,
+        api_keys.c.last_used_at,
         apps.c.name,
     )
     .join(apps, apps.c.id == api_keys.c.app_id)
@@ -332,4 +333,5 @@ async def lookup_key(vault: Vault, presented: str) -> KeyRecord | None:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         grace_expires_at=row.grace_expires_at,
+        last_used_at=row.last_used_at,
     )

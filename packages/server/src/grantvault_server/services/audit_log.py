@@ -20,7 +20,7 @@ from grantvault_server.storage.tables import apps, audit_events
 
 CSV_FIELDS = [
     "seq", "occurred_at", "app", "event", "outcome", "reason", "actor", "principal",
-    "grant_id", "provider_id", "method", "url", "details", "hash",
+    "grant_id", "provider_id", "method", "url", "details", "prev_hash", "hash",
 ]  # fmt: skip
 
 
@@ -90,6 +90,7 @@ async def query(
             "method": r["method"],
             "url": r["url"],
             "details": r["details"],
+            "prev_hash": r["prev_hash"],
             "hash": r["hash"],
         }
         for r in rows

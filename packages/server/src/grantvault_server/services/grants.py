@@ -18,7 +18,7 @@ from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
 from grantvault_server.services.vault import Vault, utcnow
 from grantvault_server.storage.db import Conn
-from grantvault_server.storage.tables import grants, managed_secrets
+from grantvault_server.storage.tables import credentials, grants, managed_secrets
 
 PRINCIPAL_TYPES = ("system", "user", "group")
 GRANT_STATUSES = ("active", "revoked", "expired")
@@ -116,16 +116,27 @@ async def create_grant(
         if credential_id is not None and credential_id not in existing:
             raise NotFound("credential", credential_id)
         if credential_id is None and len(existing) > 1:
+            labels = {
+                r.id: r.label
+                for r in await conn.execute(
+                    sa.select(credentials.c.id, credentials.c.label).where(
+                        credentials.c.managed_secret_id == secret.id
+                    )
+                )
+            }
             raise VaultError(
-                ErrorCode.INVALID_REQUEST,
-                "This secret holds several credentials; pass credential_id.",
-                status=409,
-                credentials=[{"credential_id": c, "label": None} for c in existing],
+                ErrorCode.CREDENTIAL_ID_REQUIRED,
+                "This secret holds several credentials; choose one with credential_id "
+                "(CLI: --credential).",
+                details={
+                    "credentials": [{"id": c, "label": labels.get(c) or ""} for c in existing]
+                },
             )
         record = {
             "expires_at": _iso(expires_at),
             "max_ttl_seconds": policy.max_ttl_seconds,
-            "created_by": actor.get("key_prefix") or actor.get("user"),
+            # Never the operator's OS account: this record is visible to the app.
+            "created_by": actor.get("key_prefix") or "operator",
             "created_at": _iso(now),
         }
         await conn.execute(

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.storage.db import Conn, Database
-from grantvault_server.storage.tables import grants, request_nonces
+from grantvault_server.storage.tables import api_keys, grants, request_nonces
 
 MAX_BATCH = 256
 
@@ -38,6 +38,7 @@ class RetrievalWrite:
     nonce_expires_at: datetime
     record: AuditRecord
     touch_grant: str | None = None
+    touch_key: bool = False
     used_at: datetime | None = None
 
 
@@ -45,6 +46,11 @@ class Replayed(Exception):
     """The nonce was already used (in an earlier request or earlier in the same batch)."""
 
 
+_TOUCH_KEY = (
+    sa.update(api_keys)
+    .where(api_keys.c.id == sa.bindparam("kid"))
+    .values(last_used_at=sa.bindparam("used_at"))
+)
 _TOUCH = (
     sa.update(grants)
     .where(grants.c.id == sa.bindparam("gid"))
@@ -114,6 +120,11 @@ class RetrievalWriter:
                 ]
                 if touches:
                     await conn.execute(_TOUCH, touches)
+                keys = {w.key_id: w.used_at for w in accepted if w.touch_key}
+                if keys:
+                    await conn.execute(
+                        _TOUCH_KEY, [{"kid": k, "used_at": t} for k, t in keys.items()]
+                    )
         self.batches += 1
         self.items += len(batch)
         return fresh

@@ -9,10 +9,29 @@ import sqlalchemy as sa
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import insert_ignore
-from grantvault_server.storage.tables import request_nonces
+from grantvault_server.storage.tables import api_keys, request_nonces
+
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+_TOUCH_KEY = (
+    sa.update(api_keys)
+    .where(api_keys.c.id == sa.bindparam("kid"))
+    .values(last_used_at=sa.bindparam("used_at"))
+)
 
 
-async def claim_nonce(vault: Vault, key_id: str, nonce: str, now: datetime) -> bool:
+def key_needs_touch(last_used_at: datetime | None, now: datetime) -> bool:
+    """``last_used_at`` is kept to the minute: writing it on every request would cost a write."""
+    return last_used_at is None or last_used_at < now - LAST_USED_RESOLUTION
+
+
+async def touch_key(conn: Conn, key_id: str, now: datetime) -> None:
+    await conn.execute(_TOUCH_KEY, {"kid": key_id, "used_at": now})
+
+
+async def claim_nonce(
+    vault: Vault, key_id: str, nonce: str, now: datetime, *, touch: bool = False
+) -> bool:
     """Record ``nonce`` for ``key_id``; False if it was already used within the window.
 
     Nonces live in the database (a unique key, not a process-local set) so that a replay sent
@@ -20,7 +39,10 @@ async def claim_nonce(vault: Vault, key_id: str, nonce: str, now: datetime) -> b
     any timestamp that could still pass the clock check.
     """
     async with vault.db.write() as conn:
-        return await claim_nonce_in(conn, vault, key_id, nonce, now)
+        fresh = await claim_nonce_in(conn, vault, key_id, nonce, now)
+        if fresh and touch:
+            await touch_key(conn, key_id, now)
+        return fresh
 
 
 async def claim_nonce_in(conn: Conn, vault: Vault, key_id: str, nonce: str, now: datetime) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +28,7 @@ from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import grant_status, principal_label
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
-from grantvault_server.services.requests import claim_nonce_in
+from grantvault_server.services.requests import claim_nonce_in, key_needs_touch
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault, utcnow
 from grantvault_server.storage.db import Conn
@@ -148,6 +148,7 @@ class PendingNonce:
 
     key_id: str
     nonce: str
+    key_last_used_at: datetime | None = None
 
 
 async def retrieve(
@@ -268,6 +269,7 @@ async def retrieve(
                     nonce_expires_at=nonce_expiry(now, vault.settings.clock_skew_seconds),
                     record=record,
                     touch_grant=row.id if stale else None,
+                    touch_key=key_needs_touch(nonce.key_last_used_at, now),
                     used_at=now,
                 )
             )

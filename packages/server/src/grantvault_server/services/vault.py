@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from grantvault_server.config import Settings, resolve_master_key
+from grantvault_server.config import SchemaOutOfDate, Settings, resolve_master_key
 from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
 from grantvault_server.policy.engine import PolicyEngine
 from grantvault_server.providers.catalog import load_templates
@@ -62,7 +62,7 @@ class Vault:
         when asked (``grantvault db upgrade``), so replicas never race each other's DDL.
         """
         source = resolve_master_key(settings, allow_generate=allow_generate)
-        if settings.is_sqlite:
+        if settings.is_embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         try:
@@ -70,9 +70,9 @@ class Vault:
                 await migrate.upgrade(db)
             current = await migrate.current_revision(db)
             if current != migrate.head_revision():
-                raise BarrierError(
-                    f"the database schema is at {current or 'nothing'}, this server needs "
-                    f"{migrate.head_revision()}; run `grantvault db upgrade`"
+                raise SchemaOutOfDate(
+                    f"The database schema is at {current or 'nothing'}; this server needs "
+                    f"{migrate.head_revision()}. Run `grantvault db upgrade`."
                 )
             barrier = Barrier(MasterKey(source.key))
             for attempt in range(3):

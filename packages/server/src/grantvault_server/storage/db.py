@@ -18,6 +18,7 @@ Repositories are written once, as ``await conn.execute(...)`` on a :data:`Conn`:
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -64,6 +65,16 @@ def sqlite_path_url(url: str) -> str:
     return "sqlite://" + url.split("://", 1)[1]
 
 
+def _create_private(url: str) -> None:
+    """Create the SQLite file readable by its owner only (SQLite gives -wal/-shm the same mode)."""
+    path = url.split(":///", 1)[1]
+    if path and path != ":memory:" and not os.path.exists(path):
+        directory = os.path.dirname(path)
+        if directory and not os.path.isdir(directory):
+            return  # the connection attempt reports the missing folder
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     engine = sa.create_engine(sqlite_path_url(url), pool_size=5, max_overflow=10, pool_timeout=1)
 
@@ -94,6 +105,7 @@ class Database:
         self._read: Engine | None = None
         self._write: Engine | None = None
         if self.is_sqlite:
+            _create_private(url)
             self._read = _sqlite_engine(url, immediate=False)
             self._write = _sqlite_engine(url, immediate=True)
         else:
