@@ -143,18 +143,23 @@ class ChainProblem:
 
 
 async def verify(conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProblem]:
-    """Walk one chain from the start and report every inconsistency found."""
+    """Walk one chain from the start and report every inconsistency found.
+
+    The head is read first and the walk stops at its sequence number: events appended while
+    the walk runs (the vault keeps serving) are beyond that head and are checked next time.
+    """
     problems: list[ChainProblem] = []
+    head = (await conn.execute(sa.select(audit_heads).where(audit_heads.c.chain == chain))).first()
+    limit_seq = head.seq if head is not None else None
     expected_seq, prev = 1, GENESIS
     last_seq = 0
     while True:
-        result = await conn.execute(
-            sa.select(audit_events)
-            .where(audit_events.c.chain == chain, audit_events.c.seq > last_seq)
-            .order_by(audit_events.c.seq)
-            .limit(batch)
+        stmt = sa.select(audit_events).where(
+            audit_events.c.chain == chain, audit_events.c.seq > last_seq
         )
-        rows = result.mappings().all()
+        if limit_seq is not None:
+            stmt = stmt.where(audit_events.c.seq <= limit_seq)
+        rows = (await conn.execute(stmt.order_by(audit_events.c.seq).limit(batch))).mappings().all()
         if not rows:
             break
         for row in rows:
@@ -170,7 +175,6 @@ async def verify(conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProb
             prev = data["hash"]
             expected_seq = data["seq"] + 1
             last_seq = data["seq"]
-    head = (await conn.execute(sa.select(audit_heads).where(audit_heads.c.chain == chain))).first()
     if head is None and last_seq:
         problems.append(ChainProblem(chain, None, "the chain's head record is missing"))
     if head is not None and (head.seq != last_seq or head.hash != prev):

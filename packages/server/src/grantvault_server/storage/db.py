@@ -88,9 +88,11 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate:
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -104,6 +106,7 @@ class Database:
         self._async: AsyncEngine | None = None
         self._read: Engine | None = None
         self._write: Engine | None = None
+        self._read_conn: Connection | None = None
         if self.is_sqlite:
             _create_private(url)
             self._read = _sqlite_engine(url, immediate=False)
@@ -115,19 +118,44 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Conn]:
-        """A connection for reads."""
+        """A connection for reads.
+
+        On SQLite this is one long-lived connection in autocommit mode: each statement reads
+        the latest committed state, and no per-block connect, BEGIN or ROLLBACK is paid on
+        the hot path. Multi-statement reads that need one snapshot must not rely on it
+        (``audit.chain.verify`` reads the head first for that reason).
+        """
         try:
             if self._read is not None:
-                with self._read.connect() as sync_conn:
-                    yield SyncConnection(sync_conn)
+                conn = self._reader()
+                try:
+                    yield SyncConnection(conn)
+                finally:
+                    conn.rollback()  # ends SQLAlchemy's logical transaction; no SQL is sent
             else:
                 assert self._async is not None
-                async with self._async.connect() as conn:
-                    yield conn
+                async with self._async.connect() as conn_async:
+                    yield conn_async
         except IntegrityError:
             raise
         except (OperationalError, DBAPIError, OSError) as exc:
+            self._drop_reader()
             raise _unavailable(exc) from exc
+
+    def _reader(self) -> Connection:
+        if self._read_conn is None or self._read_conn.closed or self._read_conn.invalidated:
+            assert self._read is not None
+            self._read_conn = self._read.connect()
+        return self._read_conn
+
+    def _drop_reader(self) -> None:
+        if self._read_conn is not None:
+            try:
+                self._read_conn.invalidate()
+                self._read_conn.close()
+            except Exception:  # noqa: S110 - best effort: the connection is already broken
+                pass
+            self._read_conn = None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Conn]:
@@ -151,6 +179,7 @@ class Database:
             return await conn.run_sync(fn)
 
     async def dispose(self) -> None:
+        self._drop_reader()
         if self._async is not None:
             await self._async.dispose()
         for engine in (self._read, self._write):
