@@ -58,14 +58,25 @@ _TOUCH = (
 )
 
 
-def _claim_statement(dialect: str, rows: list[dict[str, Any]]) -> Any:
-    module: Any = {"postgresql": postgresql, "sqlite": sqlite}[dialect]
-    return (
-        module.insert(request_nonces)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .returning(request_nonces.c.key_id, request_nonces.c.nonce)
-    )
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING, built once per dialect.
+
+    Executed with a list of rows, SQLAlchemy sends it as one multi-row statement
+    ("insertmanyvalues") and the compiled form stays cached; a ``.values([...])`` literal would
+    be compiled anew for every batch.
+    """
+    stmt = _CLAIMS.get(dialect)
+    if stmt is None:
+        module: Any = {"postgresql": postgresql, "sqlite": sqlite}[dialect]
+        stmt = _CLAIMS[dialect] = (
+            module.insert(request_nonces)
+            .on_conflict_do_nothing()
+            .returning(request_nonces.c.key_id, request_nonces.c.nonce)
+        )
+    return stmt
 
 
 class RetrievalWriter:
@@ -138,7 +149,7 @@ class RetrievalWriter:
         # are the nonces seen for the first time.
         inserted = {
             (r.key_id, r.nonce)
-            for r in await conn.execute(_claim_statement(conn.dialect.name, rows))
+            for r in await conn.execute(_claim_statement(conn.dialect.name), rows)
         }
         outcomes = []
         for w in writes:
