@@ -20,6 +20,7 @@ from grantvault_server.auth.api_keys import KeyRecord, hash_key
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.services.vault import Vault, utcnow
 from grantvault_server.storage.db import Conn
+from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import api_keys, apps
 
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -299,7 +300,7 @@ async def set_key_expiry(
         return await _lock_key(conn, app, key_id)
 
 
-_KEY_BY_HASH = (
+_KEY_BY_HASH = PreparedRead(
     sa.select(
         api_keys.c.id,
         api_keys.c.app_id,
@@ -322,7 +323,7 @@ async def lookup_key(vault: Vault, presented: str) -> KeyRecord | None:
     every replica.
     """
     async with vault.db.read() as conn:
-        row = (await conn.execute(_KEY_BY_HASH, {"key_hash": hash_key(presented)})).first()
+        row = await _KEY_BY_HASH.first(conn, {"key_hash": hash_key(presented)})
     if row is None:
         return None
     return KeyRecord(

@@ -32,6 +32,7 @@ from grantvault_server.services.requests import claim_nonce_in, key_needs_touch
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault, utcnow
 from grantvault_server.storage.db import Conn
+from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import credentials, grants, managed_secrets
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _resolve_base() -> sa.Select[Any]:
 
 
 # Built once: reusing the statement object skips expression building and cache-key work.
-_BY_GRANT_ID = _resolve_base().where(grants.c.id == sa.bindparam("grant_id"))
+_BY_GRANT_ID = PreparedRead(_resolve_base().where(grants.c.id == sa.bindparam("grant_id")))
 _TOUCH_GRANT = (
     sa.update(grants)
     .where(grants.c.id == sa.bindparam("gid"))
@@ -97,9 +98,7 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
     if req.grant_id is not None:
-        row = (
-            await conn.execute(_BY_GRANT_ID, {"app_id": app.id, "grant_id": req.grant_id})
-        ).first()
+        row = await _BY_GRANT_ID.first(conn, {"app_id": app.id, "grant_id": req.grant_id})
         if row is None:
             raise NotFound("grant", req.grant_id, ErrorCode.GRANT_NOT_FOUND)
         return row

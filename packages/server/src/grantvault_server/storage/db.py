@@ -55,6 +55,10 @@ class SyncConnection:
     async def run_sync(self, fn: Callable[[Connection], T]) -> T:
         return fn(self._conn)
 
+    def dbapi_connection(self) -> Any:
+        """The underlying ``sqlite3.Connection`` (see ``storage.fastread``)."""
+        return self._conn.connection.driver_connection
+
 
 #: What repositories receive: an asyncio connection (PostgreSQL) or the SQLite facade.
 Conn = AsyncConnection | SyncConnection
