@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_PRINCIPAL = "unsupported_principal"
     # Generic request problems.
     INVALID_REQUEST = "invalid_request"
+    CONSTRAINTS_UNSUPPORTED = "constraints_unsupported"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -73,6 +74,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.IDP_NOT_CONFIGURED: 400,
     ErrorCode.UNSUPPORTED_PRINCIPAL: 422,
     ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.CONSTRAINTS_UNSUPPORTED: 400,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,

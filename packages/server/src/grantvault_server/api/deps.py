@@ -55,7 +55,7 @@ def _actor(key: KeyRecord, actor_headers: dict[str, str]) -> dict[str, Any]:
     if raw := actor_headers.get(HEADER_CONTEXT):
         try:
             context = json.loads(raw) if len(raw) <= 4096 else None
-        except ValueError:
+        except (ValueError, RecursionError):
             context = None
         if isinstance(context, dict):
             actor["context"] = {str(k)[:64]: str(v)[:512] for k, v in list(context.items())[:20]}

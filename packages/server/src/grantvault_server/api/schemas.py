@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-ShortText = Annotated[str, StringConstraints(max_length=1024)]
+ShortText = Annotated[str, StringConstraints(max_length=512)]
+#: Ten years: longer lifetimes are a mistake, and unbounded ones overflow date arithmetic.
+MAX_TTL_SECONDS = 315_360_000
+
+
+def _reject_nul(value: Any) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text must not contain NUL characters")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _reject_nul(k)
+            _reject_nul(v)
+    elif isinstance(value, list):
+        for v in value:
+            _reject_nul(v)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        _reject_nul(data)
+        return data
 
 
 class RequestTarget(_Strict):
@@ -33,9 +53,11 @@ class TokenBody(_Strict):
 
 
 class GrantPolicyBody(_Strict):
-    expires_at: datetime | None = None
-    max_ttl_seconds: int | None = Field(default=None, gt=0)
-    default_ttl_seconds: int | None = Field(default=None, gt=0)
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with a UTC offset, e.g. 2027-01-31T00:00:00Z."
+    )
+    max_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    default_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
 
 
 class SystemPrincipalBody(_Strict):
@@ -76,7 +98,7 @@ class CreateGrantBody(_Strict):
 
 class ListGrantsBody(_Strict):
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
     provider_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     status: Literal["active", "revoked", "expired"] | None = None
     account: Annotated[str, StringConstraints(max_length=255)] | None = None
@@ -94,6 +116,12 @@ class ApiCallAuditBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        _reject_nul(data)
+        return data
+
     grant_id: UUID
     provider_id: Annotated[str, StringConstraints(max_length=255)] | None = None
     token_generation: UUID | None = None
@@ -104,6 +132,6 @@ class ApiCallAuditBody(BaseModel):
     response_status: int = Field(default=0, ge=0, le=999)
     response_headers: dict[str, Any] | None = None
     response_body: Any = None
-    latency_ms: int = Field(default=0, ge=0)
+    latency_ms: int = Field(default=0, ge=0, le=86_400_000)
     reason: ShortText | None = None
     context: dict[str, Any] | None = None

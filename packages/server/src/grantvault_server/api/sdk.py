@@ -6,6 +6,7 @@ inside the caller's app only: ids of another app answer exactly like unknown ids
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -33,6 +34,9 @@ from grantvault_server.services import audit_log, grants as grant_service, token
 from grantvault_server.services.secrets import get_secret
 
 router = APIRouter(prefix="/sdk", tags=["sdk"])
+
+#: Ids and slugs in paths: anything else cannot exist, so it is "not found" without a query.
+_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 
 
 def _no_user_tokens(user_token: str | None) -> None:
@@ -83,6 +87,8 @@ async def post_managed_secret_grant(
     managed_secret_id: str, body: CreateGrantBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
     """Grant a principal the use of a managed secret."""
+    if not _ID.fullmatch(managed_secret_id):
+        raise VaultError(ErrorCode.SECRET_NOT_FOUND, "No managed secret with that id in this app.")
     secret = await get_secret(vault, caller.app, managed_secret_id)
     principal = body.principal
     if isinstance(principal, SystemPrincipalBody):
@@ -148,6 +154,8 @@ async def post_revoke_grant(
     grant_id: str, body: RevokeBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
     """Revoke a grant; the next retrieval with it answers ``grant_revoked``."""
+    if not _ID.fullmatch(grant_id):
+        raise VaultError(ErrorCode.GRANT_NOT_FOUND, "No grant with that id in this app.")
     _no_user_tokens(body.user_token)
     return await grant_service.revoke_grant(
         vault, caller.app, grant_id, caller.actor, reason=body.reason

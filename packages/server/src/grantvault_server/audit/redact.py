@@ -27,12 +27,13 @@ def redact_url(url: str, max_length: int = 2048) -> str:
     """Drop userinfo and fragment, and redact the values of credential-like query parameters."""
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "[unparseable url]"
     host = parts.hostname or ""
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    netloc = host if port is None else f"{host}:{port}"
     if ":" in host:
-        netloc = f"[{host}]" if parts.port is None else f"[{host}]:{parts.port}"
+        netloc = f"[{host}]" if port is None else f"[{host}]:{port}"
     # Encode pair by pair so the marker stays readable ("[redacted]", not "%5Bredacted%5D").
     query = "&".join(
         urlencode([(k, "")]) + REDACTED if is_sensitive_name(k) else urlencode([(k, v)])

@@ -38,6 +38,7 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
 
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -72,8 +73,11 @@ def verify_signature(
             "Signed request headers are missing (X-Alter-Timestamp, X-Alter-Nonce, "
             "X-Alter-Content-SHA256, X-Alter-Signature); use a Grantvault or alter-sdk client."
         )
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not _TIMESTAMP.fullmatch(timestamp):
         raise _bad_signature("X-Alter-Timestamp must be Unix seconds.")
+    for value in (signature, headers.get(HEADER_SIGNATURE_V2.lower(), signature)):
+        if not _HEX64.fullmatch(value):
+            raise _bad_signature("Signature headers must be 64 lowercase hex characters.")
     if not _NONCE.fullmatch(nonce):
         raise _bad_signature("X-Alter-Nonce must be 32 lowercase hex characters.")
     ts = int(timestamp)
@@ -106,4 +110,12 @@ def verify_signature(
             raise _bad_signature("The request signature does not match (actor-bound form).")
     elif not hmac.compare_digest(signature, hmac_hex(key, strings.legacy)):
         raise _bad_signature("The request signature does not match.")
+    if headers.get(HEADER_SCOPE_CONSTRAINTS.lower()) or headers.get(HEADER_REQUEST_RULE.lower()):
+        # Signed attenuation (``with_constraints``) must narrow what the request may do. Until
+        # the policy engine enforces it, refuse rather than run the request unconstrained.
+        raise VaultError(
+            ErrorCode.CONSTRAINTS_UNSUPPORTED,
+            "This vault does not enforce with_constraints() scopes or request rules yet; the "
+            "request was refused rather than run without them.",
+        )
     return VerifiedRequest(nonce=nonce, timestamp=ts, actor=actor)

@@ -119,6 +119,13 @@ class Barrier:
             await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))
         ).first()
         if state is None:
+            if (await conn.execute(sa.select(data_keys.c.term).limit(1))).first() is not None:
+                # Data keys without their state row: a partial restore. Initialising now would
+                # add a second keyring beside the real one and write with it.
+                raise WrongMasterKey(
+                    "the keyring state is missing while data keys exist; restore the database "
+                    "(refusing to start)"
+                )
             await self._initialise(conn)
             return
         await self.reload(conn)
@@ -132,6 +139,11 @@ class Barrier:
         a clear 503 ``sealed`` and ``/readyz`` fails, instead of data errors.
         """
         try:
+            # State first: a rotation commits its new term and the state change together, so
+            # data keys read afterwards always include the active term.
+            state = (
+                await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))
+            ).one()
             rows = (await conn.execute(sa.select(data_keys))).all()
             mine = {r.term: r.wrapped for r in rows if r.master_key_id == self.master.key_id}
             if rows and not mine:
@@ -144,9 +156,6 @@ class Barrier:
             for term, wrapped in mine.items():
                 if term not in keys:
                     keys[term] = AESGCM(self.master.unwrap(term, wrapped))
-            state = (
-                await conn.execute(sa.select(keyring_state).where(keyring_state.c.id == 1))
-            ).one()
             if state.active_term not in keys:
                 raise WrongMasterKey(
                     f"the active data key term {state.active_term} is not wrapped by master "

@@ -7,6 +7,7 @@ outright, because parsers disagree about them (``https://api.example.com@evil.te
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,12 +22,29 @@ def _blocked(message: str, **extra: Any) -> VaultError:
     return VaultError(ErrorCode.BLOCKED_DESTINATION, message, **extra)
 
 
+_HOST = re.compile(
+    r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
 def normalise_host(host: str) -> str:
-    host = host.rstrip(".").lower()
-    try:
-        return host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        raise _blocked("The destination host is not a valid host name.") from None
+    """Lower-case and drop one trailing dot; nothing else.
+
+    Internationalised names must arrive in their punycode (``xn--``) form: IDNA mappings
+    differ between standards (IDNA 2003 maps "ß" to "ss", the HTTP client does not), and a
+    name that the vault and the client map differently would release a credential for a
+    host the operator never allowed.
+    """
+    lowered = host.lower()
+    lowered = lowered[:-1] if lowered.endswith(".") else lowered
+    if not lowered.isascii():
+        raise _blocked(
+            "Destination host names must be ASCII; write internationalised names in their "
+            "punycode (xn--) form."
+        )
+    if not _HOST.fullmatch(lowered):
+        raise _blocked("The destination host is not a valid host name.")
+    return lowered
 
 
 def host_matches(host: str, port: int, scheme: str, rule: str) -> bool:

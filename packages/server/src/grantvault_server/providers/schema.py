@@ -147,9 +147,14 @@ class InjectionSpec(_Strict):
             "basic": ("username", "password"),
             "sigv4": ("access_key_id", "secret_access_key"),
         }
+        by_name = {f.name: f for f in self.fields}
         for name in required.get(self.auth, ("token",)):
-            if name not in names:
+            if name not in by_name:
                 raise ValueError(f"auth {self.auth!r} needs a credential field named {name!r}")
+            if not by_name[name].required and by_name[name].default is None:
+                raise ValueError(
+                    f"the field {name!r} is essential to auth {self.auth!r}; it cannot be optional"
+                )
         if self.auth == "sigv4" and not set(names) <= set(SIGV4_FIELDS):
             raise ValueError(f"sigv4 fields are {', '.join(SIGV4_FIELDS)}")
         if len(self.fields) > 10 or len(self.extra) > 10:

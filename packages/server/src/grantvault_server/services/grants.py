@@ -103,12 +103,17 @@ async def create_grant(
         raise InvalidInput("Labels are 1-255 characters.")
     policy = policy or GrantPolicy()
     now = utcnow()
-    if policy.expires_at is not None and policy.expires_at <= now:
-        raise InvalidInput("grant_policy.expires_at must be in the future.")
+    if policy.expires_at is not None:
+        if policy.expires_at.tzinfo is None:
+            raise InvalidInput("grant_policy.expires_at needs a UTC offset (e.g. ...Z).")
+        if policy.expires_at <= now:
+            raise InvalidInput("grant_policy.expires_at must be in the future.")
+        if policy.expires_at > now + timedelta(days=3650):
+            raise InvalidInput("grant_policy.expires_at is more than ten years away.")
     for name in ("max_ttl_seconds", "default_ttl_seconds"):
         value = getattr(policy, name)
-        if value is not None and value <= 0:
-            raise InvalidInput(f"grant_policy.{name} must be a positive number of seconds.")
+        if value is not None and not 0 < value <= 315_360_000:
+            raise InvalidInput(f"grant_policy.{name} must be 1 to 315360000 seconds (ten years).")
     expires_at = policy.effective_expiry(now)
     grant_id = str(uuid.uuid4())
     async with vault.db.write() as conn:

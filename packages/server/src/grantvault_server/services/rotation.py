@@ -21,6 +21,7 @@ Running ``grantvault master-key rotate`` again while a rotation is recorded resu
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -188,8 +189,11 @@ def swap_key_files(current: Path) -> None:
     if not nxt.exists():
         return
     if current.exists():
-        current.replace(current.with_name(current.name + ".prev"))
-    nxt.replace(current)
+        # Link, then replace: at every instant a key file named `current` exists.
+        prev = current.with_name(current.name + ".prev")
+        prev.unlink(missing_ok=True)
+        os.link(current, prev)
+    os.replace(nxt, current)
 
 
 def ensure(condition: bool, message: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.base import Executable
@@ -142,6 +142,8 @@ class Database:
                     yield conn_async
         except IntegrityError:
             raise
+        except DataError as exc:
+            raise _bad_value(exc) from exc
         except (OperationalError, DBAPIError, OSError) as exc:
             self._drop_reader()
             raise _unavailable(exc) from exc
@@ -174,6 +176,8 @@ class Database:
                     yield conn
         except IntegrityError:
             raise
+        except DataError as exc:
+            raise _bad_value(exc) from exc
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _unavailable(exc) from exc
 
@@ -189,6 +193,15 @@ class Database:
         for engine in (self._read, self._write):
             if engine is not None:
                 engine.dispose()
+
+
+def _bad_value(exc: Exception) -> VaultError:
+    # A value the database cannot store (out of range, wrong encoding): the caller's input.
+    return VaultError(
+        ErrorCode.INVALID_REQUEST,
+        f"A value in the request cannot be stored ({type(exc).__name__}); check its size and "
+        "characters.",
+    )
 
 
 def _unavailable(exc: Exception) -> VaultError:
