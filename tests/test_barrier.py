@@ -253,3 +253,18 @@ async def test_running_server_keeps_serving_through_rotation_then_seals_after_re
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+async def test_missing_keyring_state_refuses_instead_of_starting_a_second_keyring(
+    vault: Vault, settings: Settings
+) -> None:
+    from grantvault_server.storage.tables import keyring_state
+
+    await _secret_with_value(vault)
+    async with vault.db.write() as conn:
+        await conn.execute(sa.delete(keyring_state))
+    with pytest.raises(WrongMasterKey, match="state is missing"):
+        await Vault.start(
+            settings.model_copy(update={"master_key": SecretStr(new_master_key())}),
+            migrate_schema=False,
+        )

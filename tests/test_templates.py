@@ -77,6 +77,11 @@ def test_unknown_keys_and_bad_shapes_are_rejected() -> None:
         {"auth": "sigv4", "extra": [{"target": "header", "key": "X-A", "source": "token"}]},
         {"auth": "bearer", "header": "X-Other"},
         {"auth": "header", "header": "X-Forwarded-For", "format": "{token}"},
+        {
+            "auth": "basic",
+            "fields": [{"name": "username"}, {"name": "password", "required": False}],
+        },
+        {"auth": "bearer", "fields": [{"name": "token", "required": False}]},
     ):
         with pytest.raises(ValidationError):
             InjectionSpec.model_validate(bad)

@@ -190,6 +190,10 @@ async def test_injection_shapes(
         "https://api.openai.com/v1\r\nX-Injected: 1",
         "https://api.openai.com\\@evil.example/",
         "https://xn--pi-openai-6we.com/",
+        "https://api.openaı.com/v1",  # noqa: RUF001 - dotless i: IDNA 2003 and httpx disagree
+        "https://api.open%61i.com/v1",
+        "https://[::1]/v1",
+        "https://api.openai.com:abc/v1",
     ],
 )
 async def test_blocked_destinations(vault: Vault, client: httpx.AsyncClient, url: str) -> None:
@@ -385,6 +389,42 @@ async def test_audit_write_failure_means_no_token(
             {"principal": {"type": "system"}, "grant_policy": {"max_ttl_seconds": -5}},
         ),
         ("/sdk/oauth/audit/api-call", {"grant_id": "x"}),
+        (
+            "/sdk/token",
+            {
+                "grant_id": "00000000-0000-4000-8000-000000000000",
+                "reason": "r" * 513,
+                "request": {"method": "GET", "url": URL},
+            },
+        ),
+        (
+            "/sdk/token",
+            {
+                "grant_id": "00000000-0000-4000-8000-000000000000",
+                "reason": "a\x00b",
+                "request": {"method": "GET", "url": URL},
+            },
+        ),
+        ("/sdk/grants/list", {"offset": 10**20}),
+        ("/sdk/oauth/grants/%00/revoke", {}),
+        (
+            "/sdk/managed-secrets/nope/grants",
+            {
+                "principal": {"type": "system"},
+                "grant_policy": {"expires_at": "2030-01-01T00:00:00"},
+            },
+        ),
+        (
+            "/sdk/managed-secrets/nope/grants",
+            {"principal": {"type": "system"}, "grant_policy": {"max_ttl_seconds": 10**12}},
+        ),
+        (
+            "/sdk/managed-secrets/nope/grants",
+            {
+                "principal": {"type": "system"},
+                "grant_policy": {"expires_at": "9999-12-31T23:59:59-14:00"},
+            },
+        ),
     ],
 )
 async def test_bad_input_gets_a_clear_4xx(
@@ -508,3 +548,38 @@ async def test_key_last_used_is_recorded(vault: Vault, client: httpx.AsyncClient
     ).status_code == 200
     [info] = await app_service.list_keys(vault, app)
     assert info.last_used_at is not None
+
+
+async def test_hostile_headers_get_4xx(vault: Vault, client: httpx.AsyncClient) -> None:
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app)
+    sc = SignedClient(client, key)
+    body = json.dumps(_token_body(grant_id), separators=(",", ":")).encode()
+    for name, value in (
+        ("X-Alter-Timestamp", "\u00b2"),
+        ("X-Alter-Signature", "\u00e9" * 64),
+        ("X-Alter-Signature-V2", "zz"),
+    ):
+        headers = {**sc.headers("POST", "/sdk/token", body), name: value}
+        r = await client.post(
+            "/sdk/token", content=body, headers={k: v.encode() for k, v in headers.items()}
+        )  # type: ignore[misc]
+        assert r.status_code == 401, (name, r.status_code)
+    deep = "[" * 2040 + "]" * 2040
+    headers = {
+        **sc.headers("POST", "/sdk/token", body, actor={"X-Alter-Context": deep}),
+        "X-Alter-Context": deep,
+    }
+    assert (await client.post("/sdk/token", content=body, headers=headers)).status_code == 200
+
+
+async def test_signed_attenuation_is_refused_not_ignored(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app)
+    sc = SignedClient(client, key)
+    for kw in ({"scope_constraints": "grants:read"}, {"request_rule": "eyJydWxlX3R5cGUiOiJ4In0"}):
+        r = await sc.post("/sdk/token", _token_body(grant_id), **kw)
+        assert r.status_code == 400 and r.json()["error"] == "constraints_unsupported"
+        assert "access_token" not in r.text
