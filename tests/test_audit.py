@@ -6,7 +6,6 @@ import asyncio
 
 import sqlalchemy as sa
 
-from grantvault_server.audit import chain
 from grantvault_server.services import apps as app_service, audit_log
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import audit_events
@@ -22,7 +21,7 @@ async def _app_with_events(vault: Vault, n: int = 4) -> app_service.App:
 
 async def _problems(vault: Vault, app: app_service.App) -> list[str]:
     async with vault.db.read() as conn:
-        return [p.problem for p in await chain.verify(conn, app.id)]
+        return [p.problem for p in await vault.audit.verify(conn, app.id)]
 
 
 async def test_intact_chain_verifies(vault: Vault) -> None:
@@ -133,3 +132,66 @@ async def test_deleted_head_is_reported_and_blocks_writes(vault: Vault) -> None:
         assert exc.code == "audit_unavailable" and exc.status == 503
     else:
         raise AssertionError("a write without a chain head must be refused")
+
+
+async def test_recomputed_chain_without_the_audit_key_is_detected(vault: Vault) -> None:
+    """An attacker with database access edits a row and recomputes plain SHA-256 links."""
+    import hashlib
+    import json as _json
+
+    from grantvault_server.audit.chain import _iso
+
+    app = await _app_with_events(vault, 2)
+    async with vault.db.write() as conn:
+        rows = (
+            (
+                await conn.execute(
+                    sa.select(audit_events)
+                    .where(audit_events.c.chain == app.id)
+                    .order_by(audit_events.c.seq)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        prev = "0" * 64
+        for row in rows:
+            data = {k: v for k, v in dict(row).items() if k not in {"id", "hash"}}
+            if data["seq"] == 2:
+                data["outcome"] = "denied"
+            data["occurred_at"] = _iso(data["occurred_at"])
+            data["prev_hash"] = prev
+            digest = hashlib.sha256(
+                _json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()
+            await conn.execute(
+                sa.update(audit_events)
+                .where(audit_events.c.id == row["id"])
+                .values(outcome=data["outcome"], prev_hash=prev, hash=digest)
+            )
+            prev = digest
+        from grantvault_server.storage.tables import audit_heads
+
+        await conn.execute(
+            sa.update(audit_heads).where(audit_heads.c.chain == app.id).values(hash=prev)
+        )
+    assert "row content was modified" in await _problems(vault, app)
+
+
+async def test_hostile_strings_are_stored_not_fatal(vault: Vault) -> None:
+    from grantvault_server.audit.chain import AuditRecord
+    from grantvault_server.audit.events import AuditEvent, Outcome
+
+    app, _ = await make_app(vault)
+    record = AuditRecord(
+        chain=app.id,
+        event=AuditEvent.PROVIDER_API_CALL,
+        outcome=Outcome.SUCCESS,
+        actor={"context": {"x": "\ud800"}},
+        reason="r" * 2000,
+        url="https://x.example/\x00",
+        details={"body": "lone \udfff surrogate"},
+    )
+    async with vault.db.write() as conn:
+        await vault.audit.append(conn, [record])
+    assert await _problems(vault, app) == []

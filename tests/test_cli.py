@@ -193,7 +193,7 @@ def test_master_key_rotate_with_key_files(embedded: Path) -> None:
     code, out, err = invoke("master-key", "rotate", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["complete"] is True and result["rows_reencrypted"] == 1
+    assert result["complete"] is True and result["rows_reencrypted"] == 2  # credential + audit key
     assert (embedded / "master.key").read_text() != old_key
     assert (embedded / "master.key.prev").read_text() == old_key
     assert stat.S_IMODE((embedded / "master.key").stat().st_mode) == 0o600

@@ -487,8 +487,6 @@ async def test_concurrent_retrievals_share_commits_and_stay_exact(
 ) -> None:
     import asyncio
 
-    from grantvault_server.audit import chain
-
     app, key = await make_app(vault)
     grant_id = await _grant(vault, app)
     sc = SignedClient(client, key)
@@ -513,7 +511,7 @@ async def test_concurrent_retrievals_share_commits_and_stay_exact(
             )
         ).scalar_one()
         assert count == 24
-        assert await chain.verify(conn, app.id) == []
+        assert await vault.audit.verify(conn, app.id) == []
 
 
 async def test_several_credentials_need_a_choice(vault: Vault, client: httpx.AsyncClient) -> None:

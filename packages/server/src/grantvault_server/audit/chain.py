@@ -6,14 +6,16 @@ hash, deleting or reordering breaks the sequence or the links, and truncating th
 disagrees with the head. Appends lock the head row, so replicas sharing one database extend
 the chain one at a time.
 
-The chain protects against edits by someone with database access but without the ability
-to rewrite the whole chain and head consistently; an export to write-once storage (the
-``audit export`` command) covers that case.
+Links are HMACs under the vault's audit key (random, stored encrypted by the barrier), so
+rewriting history consistently needs the master key as well as database access. Someone
+with both, or a rollback of the whole database to an old backup, is out of scope; exporting
+the trail to write-once storage (``audit export``) covers that.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,19 +52,44 @@ class AuditRecord:
     occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def _hash(prev_hash: str, row: dict[str, Any]) -> str:
+def _hash(key: bytes, prev_hash: str, row: dict[str, Any]) -> str:
     material = {k: row[k] for k in sorted(row) if k not in {"id", "hash"}}
     material["occurred_at"] = _iso(row["occurred_at"])
     material["prev_hash"] = prev_hash
-    encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode()).hexdigest()
+    encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, encoded.encode(), hashlib.sha256).hexdigest()
+
+
+#: Column sizes of ``audit_events``: values are clamped, never allowed to fail the insert
+#: (one oversized field must not cost a batch of other requests their audit rows).
+_LIMITS = {
+    "reason": 512,
+    "principal": 300,
+    "provider_id": 64,
+    "method": 16,
+    "url": 4096,
+    "grant_id": 36,
+}
+
+
+def _clean(value: Any) -> Any:
+    """Strings as the database can store them: valid UTF-8, no NUL."""
+    if isinstance(value, str):
+        if value.isascii() and "\x00" not in value:
+            return value
+        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _row(record: AuditRecord, seq: int, prev_hash: str) -> dict[str, Any]:
+def _row(key: bytes, record: AuditRecord, seq: int, prev_hash: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "chain": record.chain,
         "seq": seq,
@@ -70,16 +97,19 @@ def _row(record: AuditRecord, seq: int, prev_hash: str) -> dict[str, Any]:
         "event": record.event.value,
         "outcome": record.outcome.value,
         "reason": record.reason,
-        "actor": record.actor,
+        "actor": _clean(record.actor),
         "principal": record.principal,
         "grant_id": record.grant_id,
         "provider_id": record.provider_id,
         "method": record.method,
         "url": record.url,
-        "details": record.details,
+        "details": _clean(record.details),
         "prev_hash": prev_hash,
     }
-    row["hash"] = _hash(prev_hash, row)
+    for name, limit in _LIMITS.items():
+        if isinstance(row[name], str):
+            row[name] = _clean(row[name])[:limit]
+    row["hash"] = _hash(key, prev_hash, row)
     return row
 
 
@@ -100,7 +130,25 @@ def _head_query(conn: Conn) -> sa.Select[Any]:
     return _HEAD_LOCKED if conn.dialect.name == "postgresql" else _HEAD
 
 
-async def append(conn: Conn, records: Sequence[AuditRecord]) -> None:
+class AuditChain:
+    """Appends to and verifies the chains, keyed with the vault's audit key.
+
+    The key (random, stored encrypted by the barrier) turns each link into an HMAC: without
+    the master key, someone with write access to the database cannot recompute the chain
+    after editing, deleting or truncating it, which a plain hash chain would allow.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    async def append(self, conn: Conn, records: Sequence[AuditRecord]) -> None:
+        await append(conn, records, self._key)
+
+    async def verify(self, conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProblem]:
+        return await verify(conn, chain, self._key, batch=batch)
+
+
+async def append(conn: Conn, records: Sequence[AuditRecord], key: bytes) -> None:
     """Chain and insert ``records`` inside the caller's write transaction.
 
     The caller's transaction is the unit of atomicity: the action and its audit rows commit
@@ -127,7 +175,7 @@ async def append(conn: Conn, records: Sequence[AuditRecord]) -> None:
         seq, prev = head.seq, head.hash
         for record in by_chain[chain]:
             seq += 1
-            row = _row(record, seq, prev)
+            row = _row(key, record, seq, prev)
             prev = row["hash"]
             rows.append(row)
         await conn.execute(_MOVE_HEAD, {"head_chain": chain, "head_seq": seq, "head_hash": prev})
@@ -142,7 +190,7 @@ class ChainProblem:
     problem: str
 
 
-async def verify(conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProblem]:
+async def verify(conn: Conn, chain: str, key: bytes, *, batch: int = 1000) -> list[ChainProblem]:
     """Walk one chain from the start and report every inconsistency found.
 
     The head is read first and the walk stops at its sequence number: events appended while
@@ -170,7 +218,7 @@ async def verify(conn: Conn, chain: str, *, batch: int = 1000) -> list[ChainProb
                 )
             if data["prev_hash"] != prev:
                 problems.append(ChainProblem(chain, data["seq"], "link to previous row broken"))
-            if _hash(data["prev_hash"], data) != data["hash"]:
+            if not hmac.compare_digest(_hash(key, data["prev_hash"], data), data["hash"]):
                 problems.append(ChainProblem(chain, data["seq"], "row content was modified"))
             prev = data["hash"]
             expected_seq = data["seq"] + 1

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.exc import IntegrityError
 
 from grantvault_server.storage.db import Conn
-from grantvault_server.storage.tables import data_keys, keyring_state
+from grantvault_server.storage.tables import data_keys, keyring_state, vault_keys
 
 VERSION = 1
 _HEADER = struct.Struct(">BI")
@@ -188,6 +188,28 @@ class Barrier:
             raise BarrierError("the keyring was initialised concurrently; retry") from None
         self._keys = {1: AESGCM(data_key)}
         self.active_term = 1
+
+    async def named_key(self, conn: Conn, name: str) -> bytes:
+        """A vault-wide random key (the audit HMAC key), created on first use, kept encrypted.
+
+        Stored like any secret: barrier ciphertext bound to its row, re-encrypted by rotation.
+        """
+        aad = aad_for(vault_keys.name, "system", name, "key_ct")
+        row = (
+            await conn.execute(sa.select(vault_keys.c.key_ct).where(vault_keys.c.id == name))
+        ).first()
+        if row is not None:
+            try:
+                return await self.decrypt_fresh(conn, row.key_ct, aad)
+            except CorruptCiphertext:
+                raise BarrierError(f"the stored {name} key failed authentication") from None
+        key = os.urandom(KEY_BYTES)
+        await conn.execute(
+            sa.insert(vault_keys).values(
+                id=name, app_id="system", key_ct=self.encrypt(key, aad), created_at=now()
+            )
+        )
+        return key
 
     def add_term(self, term: int, data_key: bytes) -> None:
         self._keys[term] = AESGCM(data_key)

@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 
 from grantvault._key_format import display_prefix, mint_key
 from grantvault.types.errors import ErrorCode
-from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.auth.api_keys import KeyRecord, hash_key
@@ -93,7 +92,7 @@ async def create_app(vault: Vault, name: str, actor: dict[str, Any]) -> App:
             await conn.execute(
                 sa.insert(apps).values(id=app.id, name=name, created_at=app.created_at)
             )
-            await chain.append(
+            await vault.audit.append(
                 conn, [_record(app, AuditEvent.APP_CREATED, actor, details={"name": name})]
             )
     except IntegrityError:
@@ -175,7 +174,7 @@ async def create_key(
         raise InvalidInput("The key's expiry must be in the future.")
     async with vault.db.write() as conn:
         info, plaintext = await _insert_key(conn, app, name, expires_at)
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 _record(
@@ -225,7 +224,7 @@ async def revoke_key(vault: Vault, app: App, key_id: str, actor: dict[str, Any])
         await conn.execute(
             sa.update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=now)
         )
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 _record(
@@ -260,7 +259,7 @@ async def rotate_key(
             .where(api_keys.c.id == key_id)
             .values(grace_expires_at=now + overlap, rotated_to_id=new.id)
         )
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 _record(
@@ -286,7 +285,7 @@ async def set_key_expiry(
         await conn.execute(
             sa.update(api_keys).where(api_keys.c.id == key_id).values(expires_at=expires_at)
         )
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 _record(

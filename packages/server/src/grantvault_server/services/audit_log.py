@@ -103,7 +103,7 @@ async def verify(vault: Vault, app: str | None = None) -> dict[str, Any]:
         names = {r.id: r.name for r in await conn.execute(sa.select(apps.c.id, apps.c.name))}
         targets = [(await find_app(conn, app)).id] if app else await chain.chains(conn)
         for target in targets:
-            problems = await chain.verify(conn, target)
+            problems = await vault.audit.verify(conn, target)
             count = (
                 await conn.execute(sa.select(sa.func.count()).where(audit_events.c.chain == target))
             ).scalar_one()
@@ -152,7 +152,7 @@ async def record_api_call(
             "latency_ms": call.get("latency_ms"),
             "context": {str(k)[:64]: str(v)[:512] for k, v in list(context.items())[:20]},
         }
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 AuditRecord(

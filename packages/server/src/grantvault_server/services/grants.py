@@ -10,7 +10,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from grantvault.types.errors import ErrorCode
-from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
@@ -161,7 +160,7 @@ async def create_grant(
                 created_at=now,
             )
         )
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 AuditRecord(
@@ -271,7 +270,7 @@ async def revoke_grant(
             .where(grants.c.id == grant_id)
             .values(status="revoked", revoked_at=now, revoke_reason=reason)
         )
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 AuditRecord(

@@ -23,8 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from grantvault_server.audit import chain
-from grantvault_server.audit.chain import AuditRecord
+from grantvault_server.audit.chain import AuditChain, AuditRecord
 from grantvault_server.storage.db import Conn, Database
 from grantvault_server.storage.tables import api_keys, grants, request_nonces
 
@@ -82,8 +81,9 @@ def _claim_statement(dialect: str) -> Any:
 class RetrievalWriter:
     """Collects retrieval writes and commits them in batches (one per loop turn under load)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditChain) -> None:
         self.db = db
+        self.audit = audit
         self._pending: list[tuple[RetrievalWrite, asyncio.Future[None]]] = []
         self._flushing = False
         self.batches = 0
@@ -125,7 +125,7 @@ class RetrievalWriter:
             fresh = await self._claim(conn, [w for w, _ in batch])
             accepted = [w for w, ok in zip((w for w, _ in batch), fresh, strict=True) if ok]
             if accepted:
-                await chain.append(conn, [w.record for w in accepted])
+                await self.audit.append(conn, [w.record for w in accepted])
                 touches = [
                     {"gid": w.touch_grant, "used_at": w.used_at} for w in accepted if w.touch_grant
                 ]

@@ -29,8 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from grantvault_server.audit import chain
-from grantvault_server.audit.chain import AuditRecord
+from grantvault_server.audit.chain import AuditChain, AuditRecord
 from grantvault_server.audit.events import SYSTEM_CHAIN, AuditEvent, Outcome
 from grantvault_server.config import (
     MASTER_KEY_FILENAME,
@@ -56,7 +55,7 @@ from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, data_keys, keyri
 Progress = Callable[[str, int], None]
 
 
-async def begin(barrier: Barrier, conn: Conn, new_master: MasterKey) -> int:
+async def begin(barrier: Barrier, conn: Conn, new_master: MasterKey, audit: AuditChain) -> int:
     """Step 2: wrap all terms for ``new_master`` and start a new active term."""
     old = barrier.master
     await barrier.reload(conn)
@@ -94,7 +93,7 @@ async def begin(barrier: Barrier, conn: Conn, new_master: MasterKey) -> int:
             updated_at=now(),
         )
     )
-    await chain.append(
+    await audit.append(
         conn,
         [
             AuditRecord(
@@ -152,7 +151,7 @@ async def reencrypt_batch(
     return converted
 
 
-async def finish(barrier: Barrier, conn: Conn, old_key_id: str) -> None:
+async def finish(barrier: Barrier, conn: Conn, old_key_id: str, audit: AuditChain) -> None:
     """Step 5: forget the old master key's wrappings once every row is on the new term."""
     await conn.execute(sa.delete(data_keys).where(data_keys.c.master_key_id == old_key_id))
     await conn.execute(
@@ -160,7 +159,7 @@ async def finish(barrier: Barrier, conn: Conn, old_key_id: str) -> None:
         .where(keyring_state.c.id == 1)
         .values(rotation_from=None, rotation_to=None, updated_at=now())
     )
-    await chain.append(
+    await audit.append(
         conn,
         [
             AuditRecord(
@@ -240,7 +239,7 @@ async def rotate(
             if key_file is not None:
                 write_key_file(key_file.with_name(key_file.name + ".next"), text)
             async with vault.db.write() as conn:
-                await begin(vault.barrier, conn, new_master)
+                await begin(vault.barrier, conn, new_master, vault.audit)
             old_id, new_id = vault.barrier.master.key_id, new_master.key_id
             report("new data key term", vault.barrier.active_term)
         else:
@@ -286,7 +285,7 @@ async def retire_old(settings: Settings) -> dict[str, Any]:
             )
             left = await reencrypt_batch(vault.barrier, conn, 1, dry_run=True)
             ensure(left == 0, "some rows still use an old data key; run `master-key rotate` again")
-            await finish(vault.barrier, conn, rotating_from)
+            await finish(vault.barrier, conn, rotating_from, vault.audit)
         return {"retired_key_id": rotating_from, "active_key_id": rotating_to}
     finally:
         await vault.close()

@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from grantvault.types.errors import ErrorCode
-from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.crypto.barrier import aad_for
@@ -151,7 +150,7 @@ async def create_secret(
                     updated_at=now,
                 )
             )
-            await chain.append(
+            await vault.audit.append(
                 conn,
                 [
                     AuditRecord(
@@ -319,7 +318,7 @@ async def set_credential(
                 .where(credentials.c.id == target)
                 .values(secret_ct=blob, generation=str(uuid.uuid4()), updated_at=now)
             )
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 AuditRecord(
@@ -414,7 +413,7 @@ async def delete_secret(
             sa.delete(credentials).where(credentials.c.managed_secret_id == secret.id)
         )
         await conn.execute(sa.delete(managed_secrets).where(managed_secrets.c.id == secret.id))
-        await chain.append(
+        await vault.audit.append(
             conn,
             [
                 AuditRecord(

@@ -17,7 +17,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from grantvault.types.errors import ErrorCode
-from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.audit.redact import redact_url
@@ -256,7 +255,7 @@ async def retrieve(
     stale = row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION
     if nonce is None:
         async with vault.db.write() as conn:
-            await chain.append(conn, [record])
+            await vault.audit.append(conn, [record])
             if stale:
                 await conn.execute(_TOUCH_GRANT, {"gid": row.id, "used_at": now})
     else:
@@ -304,7 +303,7 @@ async def _audit_denial(
                 conn, vault, nonce.key_id, nonce.nonce, utcnow()
             ):
                 raise replayed_error()
-            await chain.append(
+            await vault.audit.append(
                 conn,
                 [
                     AuditRecord(

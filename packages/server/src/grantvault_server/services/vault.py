@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from grantvault_server.audit.chain import AuditChain
 from grantvault_server.config import SchemaOutOfDate, Settings, resolve_master_key
 from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
 from grantvault_server.policy.engine import PolicyEngine
@@ -18,6 +19,9 @@ from grantvault_server.storage import migrate
 from grantvault_server.storage.db import Database
 
 log = logging.getLogger(__name__)
+
+#: The vault-wide key of the audit HMAC chain (see ``audit.chain``).
+AUDIT_KEY_NAME = "audit-chain"
 
 
 def utcnow() -> datetime:
@@ -30,6 +34,7 @@ class Vault:
     db: Database
     barrier: Barrier
     templates: dict[str, SecretTemplate]
+    audit: AuditChain = field(default_factory=lambda: AuditChain(b""))
     policy: PolicyEngine = field(default_factory=PolicyEngine)
     key_generated: bool = False
     _specs: dict[str, InjectionSpec] = field(default_factory=dict, repr=False)
@@ -39,7 +44,7 @@ class Vault:
     def retrieval_writer(self) -> RetrievalWriter:
         """The group-commit writer of the retrieval hot path (one per vault)."""
         if self._writer is None:
-            self._writer = RetrievalWriter(self.db)
+            self._writer = RetrievalWriter(self.db, self.audit)
         return self._writer
 
     def injection_spec(self, raw: dict[str, Any]) -> InjectionSpec:
@@ -79,6 +84,7 @@ class Vault:
                 try:
                     async with db.write() as conn:
                         await barrier.open(conn)
+                        audit_key = await barrier.named_key(conn, AUDIT_KEY_NAME)
                     break
                 except BarrierError as exc:
                     if "concurrently" not in str(exc) or attempt == 2:
@@ -91,6 +97,7 @@ class Vault:
             db=db,
             barrier=barrier,
             templates=load_templates(),
+            audit=AuditChain(audit_key),
             key_generated=source.generated,
         )
 

@@ -113,6 +113,17 @@ keyring_state = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+vault_keys = sa.Table(
+    "vault_keys",
+    metadata,
+    # Vault-wide secrets (the audit HMAC key), stored as barrier ciphertext. ``app_id`` is
+    # "system": these rows belong to no app, but share the encrypted-column layout.
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("app_id", sa.String(36), nullable=False),
+    sa.Column("key_ct", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
 managed_secrets = sa.Table(
     "managed_secrets",
     metadata,
@@ -223,4 +234,7 @@ class EncryptedColumn:
         return f"{self.table.name}.{self.column}"
 
 
-ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (EncryptedColumn(credentials, "secret_ct"),)
+ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
+    EncryptedColumn(credentials, "secret_ct"),
+    EncryptedColumn(vault_keys, "key_ct"),
+)
