@@ -581,3 +581,81 @@ async def test_signed_attenuation_is_refused_not_ignored(
         r = await sc.post("/sdk/token", _token_body(grant_id), **kw)
         assert r.status_code == 400 and r.json()["error"] == "constraints_unsupported"
         assert "access_token" not in r.text
+
+
+async def test_revocation_between_check_and_commit_refuses_the_token(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
+    """A revocation that commits while a retrieval is in flight wins: no token leaves."""
+    import asyncio
+
+    from grantvault_server.policy.engine import Decision, PolicyRequest
+
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app)
+    revoked: list[asyncio.Task[Any]] = []
+
+    def revoke_during_check(request: PolicyRequest) -> Decision | None:
+        # Runs after the grant was read as active and before the commit.
+        revoked.append(
+            asyncio.ensure_future(
+                grant_service.revoke_grant(vault, app, request.grant_id, OPERATOR)
+            )
+        )
+        return None
+
+    vault.policy.rules.append(revoke_during_check)
+    try:
+        body = json.dumps(_token_body(grant_id), separators=(",", ":")).encode()
+        headers = SignedClient(client, key).headers("POST", "/sdk/token", body)
+        # Let the revocation task run before the group commit flushes.
+        original = vault.retrieval_writer.commit
+
+        async def commit_after_revoke(write: Any) -> None:
+            await asyncio.gather(*revoked)
+            await original(write)
+
+        vault.retrieval_writer.commit = commit_after_revoke  # type: ignore[method-assign]
+        r = await client.post("/sdk/token", content=body, headers=headers)
+    finally:
+        vault.policy.rules.remove(revoke_during_check)
+    assert (
+        r.status_code == 403
+        and r.json()["error"] == "grant_revoked"
+        and "access_token" not in r.text
+    )
+    async with vault.db.read() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(audit_events.c.event, audit_events.c.outcome)
+                .where(audit_events.c.grant_id == grant_id)
+                .order_by(audit_events.c.seq)
+            )
+        ).all()
+    assert [tuple(r) for r in rows][-2:] == [
+        ("grant.revoked", "success"),
+        ("credential.retrieved", "denied"),
+    ]
+
+
+async def test_hostile_context_header_does_not_fail_the_batch(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app)
+    sc = SignedClient(client, key)
+    body = json.dumps(_token_body(grant_id), separators=(",", ":")).encode()
+    hostile = '{"x":"\\ud800"}'
+    requests = [sc.headers("POST", "/sdk/token", body) for _ in range(8)]
+    requests.append(
+        {
+            **sc.headers("POST", "/sdk/token", body, actor={"X-Alter-Context": hostile}),
+            "X-Alter-Context": hostile,
+        }
+    )
+    responses = await asyncio.gather(
+        *(client.post("/sdk/token", content=body, headers=h) for h in requests)
+    )
+    assert [r.status_code for r in responses] == [200] * 9

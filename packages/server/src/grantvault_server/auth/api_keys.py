@@ -27,14 +27,27 @@ class KeyRecord:
     last_used_at: datetime | None = None
 
 
-def check_key_state(key: KeyRecord, now: datetime) -> None:
-    """Raise the typed error for a key that may not be used at ``now``."""
-    if key.revoked_at is not None and key.revoked_at <= now:
-        raise VaultError(ErrorCode.KEY_REVOKED, "This API key was revoked; use an active key.")
-    if key.grace_expires_at is not None and key.grace_expires_at <= now:
-        raise VaultError(
+def key_state_error(
+    revoked_at: datetime | None,
+    grace_expires_at: datetime | None,
+    expires_at: datetime | None,
+    now: datetime,
+) -> VaultError | None:
+    """The typed error for a key that may not be used at ``now``, or None."""
+    if revoked_at is not None and revoked_at <= now:
+        return VaultError(ErrorCode.KEY_REVOKED, "This API key was revoked; use an active key.")
+    if grace_expires_at is not None and grace_expires_at <= now:
+        return VaultError(
             ErrorCode.KEY_ROTATED_GRACE_EXPIRED,
             "This API key was rotated and its overlap window has ended; use its successor.",
         )
-    if key.expires_at is not None and key.expires_at <= now:
-        raise VaultError(ErrorCode.KEY_EXPIRED, "This API key has expired; create a new one.")
+    if expires_at is not None and expires_at <= now:
+        return VaultError(ErrorCode.KEY_EXPIRED, "This API key has expired; create a new one.")
+    return None
+
+
+def check_key_state(key: KeyRecord, now: datetime) -> None:
+    """Raise the typed error for a key that may not be used at ``now``."""
+    error = key_state_error(key.revoked_at, key.grace_expires_at, key.expires_at, now)
+    if error is not None:
+        raise error

@@ -17,7 +17,8 @@ from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.auth.api_keys import KeyRecord, hash_key
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
-from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import api_keys, apps

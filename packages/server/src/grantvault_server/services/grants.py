@@ -15,7 +15,8 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
-from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import credentials, grants, managed_secrets
 

@@ -16,6 +16,7 @@ request in it fails and no token leaves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +24,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from grantvault.types.errors import ErrorCode
 from grantvault_server.audit.chain import AuditChain, AuditRecord
+from grantvault_server.audit.events import Outcome
+from grantvault_server.auth.api_keys import key_state_error
+from grantvault_server.errors import VaultError
+from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn, Database
 from grantvault_server.storage.tables import api_keys, grants, request_nonces
 
@@ -32,6 +38,7 @@ MAX_BATCH = 256
 
 @dataclass(frozen=True)
 class RetrievalWrite:
+    grant_id: str
     key_id: str
     nonce: str
     nonce_expires_at: datetime
@@ -78,6 +85,25 @@ def _claim_statement(dialect: str) -> Any:
     return stmt
 
 
+Outcome_ = Exception | None  # None: committed
+
+
+def _grant_check(dialect: str) -> Any:
+    stmt = sa.select(grants.c.id, grants.c.status, grants.c.expires_at).where(
+        grants.c.id.in_(sa.bindparam("ids", expanding=True))
+    )
+    return stmt.order_by(grants.c.id).with_for_update() if dialect == "postgresql" else stmt
+
+
+def _key_check(dialect: str) -> Any:
+    stmt = sa.select(
+        api_keys.c.id, api_keys.c.revoked_at, api_keys.c.grace_expires_at, api_keys.c.expires_at
+    ).where(api_keys.c.id.in_(sa.bindparam("ids", expanding=True)))
+    return (
+        stmt.order_by(api_keys.c.id).with_for_update(read=True) if dialect == "postgresql" else stmt
+    )
+
+
 class RetrievalWriter:
     """Collects retrieval writes and commits them in batches (one per loop turn under load)."""
 
@@ -90,7 +116,7 @@ class RetrievalWriter:
         self.items = 0
 
     async def commit(self, write: RetrievalWrite) -> None:
-        """Make ``write`` durable; raise :class:`Replayed` or the storage error."""
+        """Make ``write`` durable; raise :class:`Replayed`, a grant/key refusal or the storage error."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append((write, future))
@@ -104,41 +130,96 @@ class RetrievalWriter:
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                writes = [w for w, _ in batch]
                 try:
-                    outcomes = await self._write(batch)
+                    outcomes = await self._write(writes)
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), ok in zip(batch, outcomes, strict=True):
-                    if not future.done():
-                        if ok:
-                            future.set_result(None)
-                        else:
-                            future.set_exception(Replayed())
+                    # One bad item must not fail its neighbours: retry each on its own.
+                    outcomes = [exc] if len(writes) == 1 else [await self._alone(w) for w in writes]
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if outcome is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(outcome)
         finally:
             self._flushing = False
 
-    async def _write(self, batch: list[tuple[RetrievalWrite, asyncio.Future[None]]]) -> list[bool]:
+    async def _alone(self, write: RetrievalWrite) -> Outcome_:
+        try:
+            return (await self._write([write]))[0]
+        except Exception as exc:
+            return exc
+
+    async def _write(self, writes: list[RetrievalWrite]) -> list[Outcome_]:
         async with self.db.write() as conn:
-            fresh = await self._claim(conn, [w for w, _ in batch])
-            accepted = [w for w, ok in zip((w for w, _ in batch), fresh, strict=True) if ok]
-            if accepted:
-                await self.audit.append(conn, [w.record for w in accepted])
+            fresh = await self._claim(conn, writes)
+            outcomes: list[Outcome_] = [None if ok else Replayed() for ok in fresh]
+            live = [i for i, o in enumerate(outcomes) if o is None]
+            if live:
+                await self._recheck(conn, writes, outcomes, live)
+                records = [
+                    writes[i].record
+                    if outcomes[i] is None
+                    else dataclasses.replace(
+                        writes[i].record,
+                        outcome=Outcome.DENIED,
+                        reason=getattr(outcomes[i], "code", "refused"),
+                        details={"error": str(getattr(outcomes[i], "code", "refused"))},
+                    )
+                    for i in live
+                ]
+                await self.audit.append(conn, records)
+                ok = [writes[i] for i in live if outcomes[i] is None]
                 touches = [
-                    {"gid": w.touch_grant, "used_at": w.used_at} for w in accepted if w.touch_grant
+                    {"gid": w.touch_grant, "used_at": w.used_at} for w in ok if w.touch_grant
                 ]
                 if touches:
                     await conn.execute(_TOUCH, touches)
-                keys = {w.key_id: w.used_at for w in accepted if w.touch_key}
+                keys = {w.key_id: w.used_at for w in ok if w.touch_key}
                 if keys:
                     await conn.execute(
                         _TOUCH_KEY, [{"kid": k, "used_at": t} for k, t in keys.items()]
                     )
         self.batches += 1
-        self.items += len(batch)
-        return fresh
+        self.items += len(writes)
+        return outcomes
+
+    @staticmethod
+    async def _recheck(
+        conn: Conn, writes: list[RetrievalWrite], outcomes: list[Outcome_], live: list[int]
+    ) -> None:
+        """Re-read grant and key state inside the transaction, locking in a fixed order.
+
+        The retrieval checked both before this transaction; a revocation may have committed
+        since. On PostgreSQL the rows are locked (grants, then keys, then the chain heads in
+        ``audit.append``), the same order revocations take, so a revocation either commits
+        before (and the token is refused here) or after this retrieval; never a deadlock.
+        """
+        dialect = conn.dialect.name
+        now = utcnow()
+        grant_ids = sorted({writes[i].grant_id for i in live})
+        grant_rows = {
+            r.id: r for r in await conn.execute(_grant_check(dialect), {"ids": grant_ids})
+        }
+        key_ids = sorted({writes[i].key_id for i in live})
+        key_rows = {r.id: r for r in await conn.execute(_key_check(dialect), {"ids": key_ids})}
+        for i in live:
+            grant = grant_rows.get(writes[i].grant_id)
+            key = key_rows.get(writes[i].key_id)
+            if grant is None or grant.status == "revoked":
+                outcomes[i] = VaultError(
+                    ErrorCode.GRANT_REVOKED, "This grant was revoked; create a new grant."
+                )
+            elif grant.expires_at is not None and grant.expires_at <= now:
+                outcomes[i] = VaultError(ErrorCode.GRANT_EXPIRED, "This grant has expired.")
+            elif key is None:
+                outcomes[i] = VaultError(ErrorCode.INVALID_KEY, "The API key no longer exists.")
+            else:
+                outcomes[i] = key_state_error(
+                    key.revoked_at, key.grace_expires_at, key.expires_at, now
+                )
 
     @staticmethod
     async def _claim(conn: Conn, writes: list[RetrievalWrite]) -> list[bool]:

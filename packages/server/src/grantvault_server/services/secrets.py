@@ -25,7 +25,8 @@ from grantvault_server.crypto.barrier import aad_for
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.providers.schema import SLUG, InjectionSpec, check_host_rule
 from grantvault_server.services.apps import App, _iso
-from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import credentials, managed_secrets
 

@@ -29,7 +29,8 @@ from grantvault_server.services.grants import grant_status, principal_label
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
 from grantvault_server.services.requests import claim_nonce_in, key_needs_touch
 from grantvault_server.services.secrets import credential_aad, token_fields
-from grantvault_server.services.vault import Vault, utcnow
+from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import credentials, grants, managed_secrets
@@ -262,6 +263,7 @@ async def retrieve(
         try:
             await vault.retrieval_writer.commit(
                 RetrievalWrite(
+                    grant_id=row.id,
                     key_id=nonce.key_id,
                     nonce=nonce.nonce,
                     nonce_expires_at=nonce_expiry(now, vault.settings.clock_skew_seconds),
@@ -273,6 +275,8 @@ async def retrieve(
             )
         except Replayed:
             raise replayed_error() from None
+        # A VaultError here means the grant or key was revoked between the checks above and
+        # the commit: refused, and audited as denied in that same transaction.
     return {
         **fields,
         "token_type": "Bearer",
@@ -318,7 +322,7 @@ async def _audit_denial(
                     )
                 ],
             )
-    except VaultError as exc:
-        if exc.code is ErrorCode.REPLAYED_REQUEST:
+    except Exception as exc:
+        if isinstance(exc, VaultError) and exc.code is ErrorCode.REPLAYED_REQUEST:
             raise
         log.warning("could not audit a denied retrieval", extra={"error_code": denial.code.value})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from grantvault_server.audit.chain import AuditChain
@@ -22,10 +21,6 @@ log = logging.getLogger(__name__)
 
 #: The vault-wide key of the audit HMAC chain (see ``audit.chain``).
 AUDIT_KEY_NAME = "audit-chain"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
