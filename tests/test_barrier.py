@@ -268,3 +268,23 @@ async def test_missing_keyring_state_refuses_instead_of_starting_a_second_keyrin
             settings.model_copy(update={"master_key": SecretStr(new_master_key())}),
             migrate_schema=False,
         )
+
+
+async def test_second_rotation_while_one_is_recorded_is_refused(
+    vault: Vault, settings: Settings, tmp_path: Path
+) -> None:
+    await _secret_with_value(vault)
+    first = _write(tmp_path / "first.key", new_master_key())
+    partial = await rotation.rotate(settings, new_key_file=first, stop_after=0)
+    assert partial["complete"] is False
+    # Another operator starts a rotation to a different key: refused, nothing changes.
+    async with vault.db.write() as conn:
+        with pytest.raises(BarrierError, match="in progress"):
+            await rotation.begin(
+                vault.barrier, conn, MasterKey(base64.b64decode(new_master_key())), vault.audit
+            )
+    # Rerunning resumes the recorded rotation.
+    done = await rotation.rotate(
+        settings, new_key_file=_write(tmp_path / "other.key", new_master_key())
+    )
+    assert done["resumed"] is True and done["new_key_id"] == partial["new_key_id"]

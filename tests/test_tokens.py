@@ -659,3 +659,35 @@ async def test_hostile_context_header_does_not_fail_the_batch(
         *(client.post("/sdk/token", content=body, headers=h) for h in requests)
     )
     assert [r.status_code for r in responses] == [200] * 9
+
+
+async def test_post_call_rows_never_store_the_credential(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
+    app, key = await make_app(vault)
+    grant_id = await _grant(vault, app, values={"token": "sk-echoed-secret-987654"})
+    r = await SignedClient(client, key).post(
+        "/sdk/oauth/audit/api-call",
+        {
+            "grant_id": grant_id,
+            "provider_id": "openai",
+            "method": "POST",
+            "url": "https://api.openai.com/v1/x",
+            "request_headers": {"X-Debug": "Bearer sk-echoed-secret-987654"},
+            "response_status": 401,
+            "response_body": {
+                "error": {"message": "Incorrect API key provided: sk-echoed-secret-987654"}
+            },
+        },
+    )
+    assert r.status_code == 202, r.text
+    async with vault.db.read() as conn:
+        row = (
+            await conn.execute(
+                sa.select(audit_events.c.details).where(
+                    audit_events.c.grant_id == grant_id, audit_events.c.event == "provider.api_call"
+                )
+            )
+        ).one()
+    text = json.dumps(row.details)
+    assert "sk-echoed-secret-987654" not in text and "[redacted]" in text

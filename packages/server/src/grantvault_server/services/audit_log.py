@@ -11,10 +11,12 @@ import sqlalchemy as sa
 from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
-from grantvault_server.audit.redact import redact_headers, redact_url
+from grantvault_server.audit.redact import REDACTED, redact_headers, redact_url
 from grantvault_server.errors import InvalidInput
+from grantvault_server.observability import redact
 from grantvault_server.services.apps import App, _iso, find_app
 from grantvault_server.services.grants import load_grant, principal_label
+from grantvault_server.services.tokens import credential_strings
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import apps, audit_events
 
@@ -121,6 +123,20 @@ async def verify(vault: Vault, app: str | None = None) -> dict[str, Any]:
 MAX_AUDIT_BODY = 10_000
 
 
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    """Replace credential values (and anything credential-shaped) in every string."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    return value
+
+
 def _bounded(value: Any) -> Any:
     """Keep a body up to 10,000 bytes; replace a larger one by its size (wire protocol §2.8)."""
     if value is None:
@@ -140,6 +156,9 @@ async def record_api_call(
     """
     async with vault.db.write() as conn:
         grant = await load_grant(conn, app, str(call["grant_id"]))
+        # The SDK strips credential headers, but a provider may echo the key in an error body
+        # ("Incorrect API key provided: sk-...") or a caller may log it in a custom header.
+        call = _scrub(call, await credential_strings(vault, conn, app, grant.id))
         status = int(call.get("response_status") or 0)
         context = call.get("context") or {}
         details = {

@@ -1,12 +1,12 @@
 """Master-key rotation, online and resumable.
 
-1. A new master key is written next to the current one (``master.key.next``, mode 0600) or
+1. A new master key is staged next to the current one (``master.key.next-<key id>``, 0600) or
    supplied by the operator.
 2. One transaction wraps every existing data-key term with the new master key too, adds a
    new term (wrapped by both keys) as the active term for new writes, and records the
    rotation in ``keyring_state``. Servers still holding the old master key keep working:
    every term is wrapped for both keys.
-3. The key files are swapped (``master.key`` -> ``master.key.prev``, ``.next`` -> ``master.key``).
+3. The key files are swapped (``master.key`` -> ``master.key.prev``, staged -> ``master.key``).
 4. The re-encryption pass rewrites every encrypted column to the new term in batches, each
    batch its own transaction; killed at any point, it resumes where rows still carry an old
    term, and every row is readable with either key throughout.
@@ -50,6 +50,7 @@ from grantvault_server.crypto.barrier import (
 )
 from grantvault_server.services.vault import Vault, operator_actor
 from grantvault_server.storage.db import Conn
+from grantvault_server.storage.sql import for_update
 from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, data_keys, keyring_state
 
 Progress = Callable[[str, int], None]
@@ -58,6 +59,16 @@ Progress = Callable[[str, int], None]
 async def begin(barrier: Barrier, conn: Conn, new_master: MasterKey, audit: AuditChain) -> int:
     """Step 2: wrap all terms for ``new_master`` and start a new active term."""
     old = barrier.master
+    current = (
+        await conn.execute(
+            for_update(conn, sa.select(keyring_state).where(keyring_state.c.id == 1))
+        )
+    ).one()
+    if current.rotation_to is not None:
+        raise BarrierError(
+            f"another rotation (to master key {current.rotation_to}) is in progress; run "
+            "`grantvault master-key rotate` again to resume it"
+        )
     await barrier.reload(conn)
     rows = (
         await conn.execute(sa.select(data_keys).where(data_keys.c.master_key_id == old.key_id))
@@ -182,9 +193,14 @@ async def state(conn: Conn) -> tuple[str | None, str | None]:
     return row.rotation_from, row.rotation_to
 
 
-def swap_key_files(current: Path) -> None:
-    """Step 3: ``master.key`` -> ``master.key.prev``; ``master.key.next`` -> ``master.key``."""
-    nxt = current.with_name(current.name + ".next")
+def next_key_path(current: Path, key_id: str) -> Path:
+    """Where a rotation stages its new key (named by key id: two runs never share a file)."""
+    return current.with_name(f"{current.name}.next-{key_id}")
+
+
+def swap_key_files(current: Path, new_key_id: str) -> None:
+    """Step 3: ``master.key`` -> ``master.key.prev``; the staged new key -> ``master.key``."""
+    nxt = next_key_path(current, new_key_id)
     if not nxt.exists():
         return
     if current.exists():
@@ -236,10 +252,18 @@ async def rotate(
                 new_master.key_id != current_key_id(current.key),
                 "the new master key equals the current one",
             )
-            if key_file is not None:
-                write_key_file(key_file.with_name(key_file.name + ".next"), text)
-            async with vault.db.write() as conn:
-                await begin(vault.barrier, conn, new_master, vault.audit)
+            staged = next_key_path(key_file, new_master.key_id) if key_file is not None else None
+            if staged is not None:
+                # Written before the database learns of the key, so a crash cannot leave data
+                # wrapped under a key that exists nowhere.
+                write_key_file(staged, text)
+            try:
+                async with vault.db.write() as conn:
+                    await begin(vault.barrier, conn, new_master, vault.audit)
+            except BaseException:
+                if staged is not None:
+                    staged.unlink(missing_ok=True)
+                raise
             old_id, new_id = vault.barrier.master.key_id, new_master.key_id
             report("new data key term", vault.barrier.active_term)
         else:
@@ -249,7 +273,7 @@ async def rotate(
                 await vault.barrier.reload(conn)
             report("resuming rotation to master key", 0)
         if key_file is not None and vault.barrier.master.key_id == old_id:
-            swap_key_files(key_file)
+            swap_key_files(key_file, new_id)
         total, batches = 0, 0
         while stop_after is None or batches < stop_after:
             async with vault.db.write() as conn:

@@ -289,6 +289,29 @@ async def retrieve(
     }
 
 
+async def credential_strings(vault: Vault, conn: Conn, app: App, grant_id: str) -> list[str]:
+    """Every string a grant's credential could appear as in a request or response body.
+
+    The raw field values and the injected forms (a Basic value is base64), longest first so
+    that scrubbing replaces a whole token before any part of it.
+    """
+    row = await _BY_GRANT_ID.first(conn, {"app_id": app.id, "grant_id": grant_id})
+    if row is None or row.cred_id is None:
+        return []
+    try:
+        values = json.loads(
+            await vault.barrier.decrypt_fresh(
+                conn, row.secret_ct, credential_aad(app.id, row.cred_id)
+            )
+        )
+    except BarrierError:
+        return []
+    fields = token_fields(vault.injection_spec(row.injection), values)
+    found = {str(v) for v in values.values()} | {fields["access_token"]}
+    found |= set((fields.get("additional_credentials") or {}).values())
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
 def replayed_error() -> VaultError:
     return VaultError(
         ErrorCode.REPLAYED_REQUEST, "This request was already received (nonce reused)."
