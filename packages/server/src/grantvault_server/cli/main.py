@@ -855,7 +855,9 @@ def audit_export(
 
 @audit_cli.command("verify")
 def audit_verify(
-    app: Annotated[str | None, typer.Option(help="App name or id (default: every chain).")] = None,
+    app: Annotated[
+        str | None, typer.Option(help="App name or id, or `system` (default: every chain).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check the hash chains: detects edited, deleted and reordered rows."""
@@ -867,7 +869,8 @@ def audit_verify(
             status = "[green]intact[/]" if not chain_report["problems"] else "[bold red]TAMPERED[/]"
             out.print(f"{chain_report['name']}: {chain_report['events']} events, {status}")
             for p in chain_report["problems"]:
-                out.print(f"  seq {p['seq']}: {p['problem']}")
+                where = f"seq {p['seq']}" if p["seq"] is not None else "chain"
+                out.print(f"  {where}: {p['problem']}")
     if not report["ok"]:
         raise typer.Exit(1)
 

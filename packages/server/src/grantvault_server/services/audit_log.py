@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
-from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.audit.events import SYSTEM_CHAIN, AuditEvent, Outcome
 from grantvault_server.audit.redact import REDACTED, redact_headers, redact_url
 from grantvault_server.errors import InvalidInput
 from grantvault_server.observability import redact
@@ -55,7 +55,9 @@ async def query(
         apps, apps.c.id == audit_events.c.chain
     )
     async with vault.db.read() as conn:
-        if app is not None:
+        if app == SYSTEM_CHAIN:
+            stmt = stmt.where(audit_events.c.chain == SYSTEM_CHAIN)
+        elif app is not None:
             stmt = stmt.where(audit_events.c.chain == (await find_app(conn, app)).id)
         if event is not None:
             stmt = stmt.where(audit_events.c.event == event)
@@ -103,7 +105,10 @@ async def verify(vault: Vault, app: str | None = None) -> dict[str, Any]:
     reports = []
     async with vault.db.read() as conn:
         names = {r.id: r.name for r in await conn.execute(sa.select(apps.c.id, apps.c.name))}
-        targets = [(await find_app(conn, app)).id] if app else await chain.chains(conn)
+        if app == SYSTEM_CHAIN:
+            targets = [SYSTEM_CHAIN]
+        else:
+            targets = [(await find_app(conn, app)).id] if app else await chain.chains(conn)
         for target in targets:
             problems = await vault.audit.verify(conn, target)
             count = (
