@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="Destination hosts that may be called over plain http (for local testing, "
         'e.g. `127.0.0.1` or `["127.0.0.1", "localhost"]`). Everything else must be https.',
     )
+    otel: bool = Field(
+        default=False,
+        description="Emit OpenTelemetry traces, metrics and logs through FastAPI's native "
+        "instrumentation (configure the exporter with the standard OTEL_* variables).",
+    )
     clock_skew_seconds: int = Field(
         default=300, ge=30, le=900, description="Allowed clock skew of signed requests."
     )
