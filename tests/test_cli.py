@@ -200,7 +200,9 @@ def test_master_key_rotate_with_key_files(embedded: Path) -> None:
     # The vault opens with the new key file; retiring the old key completes the rotation.
     code, out, err = invoke("master-key", "retire-old", "--json")
     assert code == 0, err
-    code, out, _ = invoke("audit", "list", "--app", "system", "--event", "master_key.rotated", "--json")
+    code, out, _ = invoke(
+        "audit", "list", "--app", "system", "--event", "master_key.rotated", "--json"
+    )
     assert code == 0 and len(json.loads(out)["events"]) == 1
     assert invoke("audit", "verify")[0] == 0
 
