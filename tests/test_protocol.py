@@ -227,3 +227,27 @@ async def test_oversized_body_is_refused_fast(vault: Vault, client: httpx.AsyncC
     big = b"{" + b" " * (vault.settings.max_body_bytes + 10) + b"}"
     r = await client.post("/sdk/token", content=big, headers={"x-api-key": key})
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+
+
+async def test_expired_nonces_are_purged_in_chunks(vault: Vault, client: httpx.AsyncClient) -> None:
+    import sqlalchemy as sa
+
+    from grantvault_server.services import requests as request_service
+    from grantvault_server.storage.tables import request_nonces
+
+    app, key = await make_app(vault)
+    [info] = await app_service.list_keys(vault, app)
+    past = datetime.now(UTC) - timedelta(hours=1)
+    async with vault.db.write() as conn:
+        await conn.execute(
+            sa.insert(request_nonces),
+            [{"key_id": info.id, "nonce": f"{i:032x}", "expires_at": past} for i in range(4500)],
+        )
+    assert (await SignedClient(client, key).post("/sdk/grants/list", LIST)).status_code == 200
+    removed = await request_service.purge_nonces(vault, datetime.now(UTC))
+    assert removed == 4500
+    async with vault.db.read() as conn:
+        left = (
+            await conn.execute(sa.select(sa.func.count()).select_from(request_nonces))
+        ).scalar_one()
+    assert left == 1  # the fresh nonce of the request above stays
