@@ -123,14 +123,17 @@ async def _housekeeping(vault: Vault) -> None:
             log.warning("housekeeping failed; will retry", exc_info=True)
 
 
-def create_app(settings: Settings | None = None, *, vault: Vault | None = None) -> FastAPI:
-    """Build the application. Pass ``vault`` to share one already started (tests, CLI)."""
+def create_app(
+    settings: Settings | None = None, *, vault: Vault | None = None, close_vault: bool = False
+) -> FastAPI:
+    """Build the application. Pass ``vault`` to share one already started (tests, CLI);
+    ``close_vault`` hands it over, to be closed when the application shuts down."""
     settings = settings or (vault.settings if vault else load_settings())
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = vault is None
+        owned = vault is None or close_vault
         active = vault or await Vault.start(settings)
         app.state.vault = active
         task = asyncio.create_task(_housekeeping(active))

@@ -173,7 +173,9 @@ def serve(
             gc.freeze()
             gc.set_threshold(20_000, 50, 100)
             config = uvicorn.Config(
-                create_app(vault=vault),
+                # The app closes the vault in its shutdown: uvicorn re-raises SIGTERM after
+                # shutting down, so code after serve() may never run.
+                create_app(vault=vault, close_vault=True),
                 host=settings.host,
                 port=settings.port,
                 log_config=None,
