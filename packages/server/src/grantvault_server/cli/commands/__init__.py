@@ -1,0 +1,1 @@
+"""One module per ``grantvault`` command group; ``grantvault_server.cli.main`` assembles them."""

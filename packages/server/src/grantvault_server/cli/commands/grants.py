@@ -1,0 +1,131 @@
+"""``grantvault grants``: who may use which secret."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from grantvault_server.cli._common import (
+    AppOpt,
+    JsonOpt,
+    emit,
+    out,
+    parse_duration,
+    run,
+    table,
+    with_vault,
+)
+from grantvault_server.services import (
+    apps as app_service,
+    grants as grant_service,
+    secrets as secret_service,
+)
+from grantvault_server.services.vault import Vault, operator_actor
+
+grants_cli = typer.Typer(help="Grants: who may use which secret.", no_args_is_help=True)
+
+
+@grants_cli.command("create")
+def grants_create(
+    secret: Annotated[str, typer.Option("--secret", help="managed_secret_id.")],
+    principal: Annotated[str, typer.Option(help="system, user or group.")] = "system",
+    subject: Annotated[str | None, typer.Option(help="User: the IdP subject id (sub).")] = None,
+    group: Annotated[str | None, typer.Option(help="Group: the external group id.")] = None,
+    label: Annotated[str | None, typer.Option(help="Label to tell sibling grants apart.")] = None,
+    ttl: Annotated[str | None, typer.Option(help="Expire after e.g. 30d.")] = None,
+    credential: Annotated[
+        str | None, typer.Option(help="Credential id, when the secret has several.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Grant a principal the use of a managed secret."""
+    principal_id = subject if principal == "user" else group if principal == "group" else None
+    policy = (
+        grant_service.GrantPolicy(max_ttl_seconds=int(parse_duration(ttl).total_seconds()))
+        if ttl
+        else None
+    )
+
+    async def action(vault: Vault) -> dict[str, Any]:
+        app, ms = await secret_service.find_secret_any_app(vault, secret)
+        return await grant_service.create_grant(
+            vault,
+            app,
+            ms,
+            operator_actor(),
+            principal_type=principal,
+            principal_id=principal_id,
+            label=label,
+            policy=policy,
+            credential_id=credential,
+        )
+
+    result = run(with_vault(action))
+    if as_json:
+        emit(result)
+    else:
+        out.print(
+            f"Created grant [bold]{result['grant_id']}[/] for {principal}"
+            + (f" (expires {result['expires_at']})" if result["expires_at"] else "")
+            + "."
+        )
+
+
+@grants_cli.command("list")
+def grants_list(
+    app: AppOpt,
+    secret: Annotated[str | None, typer.Option(help="Only this secret (slug or id).")] = None,
+    status: Annotated[str | None, typer.Option(help="active, revoked or expired.")] = None,
+    limit: int = 100,
+    offset: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List an app's grants."""
+
+    async def action(vault: Vault) -> dict[str, Any]:
+        target = await app_service.get_app(vault, app)
+        return await grant_service.list_grants(
+            vault, target, provider=secret, status=status, limit=limit, offset=offset
+        )
+
+    result = run(with_vault(action))
+    if as_json:
+        emit(result)
+    else:
+        table(
+            f"Grants ({result['total']})",
+            ["grant_id", "secret", "principal", "status", "expires", "last used"],
+            [
+                [
+                    g["grant_id"],
+                    g["managed_secret_slug"],
+                    grant_service.principal_label(g["principal_type"], g["principal_id"]),
+                    g["status"],
+                    g["expires_at"],
+                    g["last_used_at"],
+                ]
+                for g in result["grants"]
+            ],
+        )
+
+
+@grants_cli.command("revoke")
+def grants_revoke(
+    grant_id: str,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the audit trail).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a grant at once."""
+
+    async def action(vault: Vault) -> dict[str, Any]:
+        app = await grant_service.find_grant_any_app(vault, grant_id)
+        return await grant_service.revoke_grant(
+            vault, app, grant_id, operator_actor(), reason=reason
+        )
+
+    result = run(with_vault(action))
+    if as_json:
+        emit(result)
+    else:
+        out.print(f"{result['message']} ({result['grant_id']} at {result['revoked_at']})")
