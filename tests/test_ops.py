@@ -66,7 +66,15 @@ async def test_openapi_documents_the_protocol(vault: Vault, client: httpx.AsyncC
         "/sdk/oauth/audit/api-call",
     ):
         assert path in spec["paths"], path
-    assert "TokenResponse" in spec["components"]["schemas"]
+    schemas = spec["components"]["schemas"]
+    assert {"TokenResponse", "TokenBody", "RequestTarget"} <= set(schemas)
+    body = spec["paths"]["/sdk/token"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    assert body == {"$ref": "#/components/schemas/TokenBody"}
+    assert schemas["TokenBody"]["properties"]["request"] == {
+        "$ref": "#/components/schemas/RequestTarget"
+    }
 
 
 def test_log_lines_are_json_and_redacted() -> None:

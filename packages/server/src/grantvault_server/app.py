@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grantvault._version import __version__
@@ -159,6 +160,18 @@ def create_app(
         redoc_url=None,
     )
     app.state.metrics = metrics
+
+    def openapi() -> dict[str, Any]:
+        # Routes that validate their own body (see api.sdk) contribute their schemas here.
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(sdk.TOKEN_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     if vault is not None:
         app.state.vault = vault
     errors.install(app)

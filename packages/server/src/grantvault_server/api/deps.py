@@ -106,7 +106,7 @@ async def authenticate(request: Request, vault: VaultDep) -> Caller:
     return caller
 
 
-async def authenticate_deferred_nonce(request: Request, vault: VaultDep) -> Caller:
+async def authenticate_deferred_nonce(request: Request, vault: Vault) -> Caller:
     """Like :func:`authenticate`, but the route claims the nonce inside its own write.
 
     For the credential-retrieval hot path: the nonce row and the audit row commit in one
@@ -122,4 +122,3 @@ def replayed() -> VaultError:
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
-DeferredNonceCallerDep = Annotated[Caller, Depends(authenticate_deferred_nonce)]
