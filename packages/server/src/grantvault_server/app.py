@@ -136,6 +136,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = vault is None or close_vault
         active = vault or await Vault.start(settings)
+        active.retrieval_writer.observe = metrics.commit_batch.observe
         app.state.vault = active
         task = asyncio.create_task(_housekeeping(active))
         try:

@@ -92,6 +92,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.commit_batch = Histogram(
+            "grantvault_retrieval_commit_batch_size",
+            "Retrievals committed together by one group-commit transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.denials = Counter(
             "grantvault_denials_total",
             "Refused requests by error code.",

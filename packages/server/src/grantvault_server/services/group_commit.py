@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -107,9 +108,12 @@ def _key_check(dialect: str) -> Any:
 class RetrievalWriter:
     """Collects retrieval writes and commits them in batches (one per loop turn under load)."""
 
-    def __init__(self, db: Database, audit: AuditChain) -> None:
+    def __init__(
+        self, db: Database, audit: AuditChain, observe: Callable[[int], None] | None = None
+    ) -> None:
         self.db = db
         self.audit = audit
+        self.observe = observe
         self._pending: list[tuple[RetrievalWrite, asyncio.Future[None]]] = []
         self._flushing = False
         self.batches = 0
@@ -184,6 +188,8 @@ class RetrievalWriter:
                     )
         self.batches += 1
         self.items += len(writes)
+        if self.observe is not None:
+            self.observe(len(writes))
         return outcomes
 
     @staticmethod
