@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -251,3 +252,14 @@ async def test_expired_nonces_are_purged_in_chunks(vault: Vault, client: httpx.A
             await conn.execute(sa.select(sa.func.count()).select_from(request_nonces))
         ).scalar_one()
     assert left == 1  # the fresh nonce of the request above stays
+
+
+async def test_oversized_chunked_body_is_refused(vault: Vault, client: httpx.AsyncClient) -> None:
+    _, key = await make_app(vault)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 100_000
+
+    r = await client.post("/sdk/token", content=chunks(), headers={"x-api-key": key})
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"

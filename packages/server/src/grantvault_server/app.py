@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grantvault._version import __version__
+from grantvault.types.errors import ErrorCode
 from grantvault_server.api import errors, ops, sdk
 from grantvault_server.config import Settings, load_settings
 from grantvault_server.errors import VaultError
@@ -58,7 +59,8 @@ class RequestContextMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise VaultError(
-                        _too_large_code(), f"The request body exceeds {self.max_body_bytes} bytes."
+                        ErrorCode.PAYLOAD_TOO_LARGE,
+                        f"The request body exceeds {self.max_body_bytes} bytes.",
                     )
             return message
 
@@ -84,12 +86,6 @@ class RequestContextMiddleware:
         path = getattr(route, "path", "unmatched")
         self.metrics.requests.labels(scope["method"], path, str(status)).inc()
         self.metrics.latency.labels(path).observe(time.perf_counter() - started)
-
-
-def _too_large_code() -> Any:
-    from grantvault.types.errors import ErrorCode
-
-    return ErrorCode.PAYLOAD_TOO_LARGE
 
 
 async def _reject_too_large(send: Send, request_id: str, limit: int) -> None:
