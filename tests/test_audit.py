@@ -195,3 +195,33 @@ async def test_hostile_strings_are_stored_not_fatal(vault: Vault) -> None:
     async with vault.db.write() as conn:
         await vault.audit.append(conn, [record])
     assert await _problems(vault, app) == []
+
+
+async def test_anchor_detects_a_truncated_tail(vault: Vault) -> None:
+    """Deleting the newest rows and moving the head back is consistent on its own; an anchor catches it."""
+    from grantvault_server.storage.tables import audit_heads
+
+    app = await _app_with_events(vault, 2)
+    anchor = await audit_log.verify(vault, app.name)
+    assert anchor["ok"] and anchor["chains"][0]["head"]["seq"] == 4
+    await app_service.create_key(vault, app, OPERATOR)  # legitimate growth after the anchor
+    assert (await audit_log.verify(vault, app.name, anchor=anchor))["ok"] is True
+    async with vault.db.write() as conn:
+        rows = {
+            r.seq: r
+            for r in await conn.execute(
+                sa.select(audit_events).where(audit_events.c.chain == app.id)
+            )
+        }
+        await conn.execute(
+            sa.delete(audit_events).where(audit_events.c.chain == app.id, audit_events.c.seq >= 4)
+        )
+        await conn.execute(
+            sa.update(audit_heads)
+            .where(audit_heads.c.chain == app.id)
+            .values(seq=3, hash=rows[3].hash)
+        )
+    assert (await audit_log.verify(vault, app.name))["ok"] is True  # undetectable alone
+    report = await audit_log.verify(vault, app.name, anchor=anchor)
+    assert report["ok"] is False
+    assert "rolled back or truncated" in report["chains"][0]["problems"][0]["problem"]

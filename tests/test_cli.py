@@ -236,3 +236,14 @@ def test_allow_http_hosts_accepts_json_or_commas(monkeypatch: pytest.MonkeyPatch
     assert load_settings().allow_http_hosts == ["127.0.0.1", "localhost"]
     monkeypatch.setenv("GRANTVAULT_ALLOW_HTTP_HOSTS", '["127.0.0.1"]')
     assert load_settings().allow_http_hosts == ["127.0.0.1"]
+
+
+def test_audit_verify_with_an_anchor_file(embedded: Path, tmp_path: Path) -> None:
+    assert invoke("apps", "create", "demo")[0] == 0
+    code, out, _ = invoke("audit", "verify", "--json")
+    anchor = tmp_path / "anchor.json"
+    anchor.write_text(out)
+    assert invoke("audit", "verify", "--anchor", str(anchor))[0] == 0
+    anchor.write_text("{not json")
+    code, _, err = invoke("audit", "verify", "--anchor", str(anchor))
+    assert code == 2 and "cannot read the anchor" in err

@@ -18,7 +18,8 @@ from grantvault_server.services.apps import App, _iso, find_app
 from grantvault_server.services.grants import load_grant, principal_label
 from grantvault_server.services.tokens import credential_strings
 from grantvault_server.services.vault import Vault
-from grantvault_server.storage.tables import apps, audit_events
+from grantvault_server.storage.db import Conn
+from grantvault_server.storage.tables import apps, audit_events, audit_heads
 
 CSV_FIELDS = [
     "seq", "occurred_at", "app", "event", "outcome", "reason", "actor", "principal",
@@ -101,7 +102,17 @@ async def query(
     ]
 
 
-async def verify(vault: Vault, app: str | None = None) -> dict[str, Any]:
+async def verify(
+    vault: Vault, app: str | None = None, *, anchor: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Check every chain (or one); with ``anchor``, also check nothing was rolled back.
+
+    The report lists each chain's head. Kept somewhere the database's administrators cannot
+    write (a ticket, a log store, object storage with retention), an earlier report is an
+    anchor: a later ``verify`` against it detects a truncated tail or a restored backup,
+    which no chain can detect on its own.
+    """
+    anchored = {c["chain"]: c.get("head") for c in (anchor or {}).get("chains", [])}
     reports = []
     async with vault.db.read() as conn:
         names = {r.id: r.name for r in await conn.execute(sa.select(apps.c.id, apps.c.name))}
@@ -114,15 +125,63 @@ async def verify(vault: Vault, app: str | None = None) -> dict[str, Any]:
             count = (
                 await conn.execute(sa.select(sa.func.count()).where(audit_events.c.chain == target))
             ).scalar_one()
+            head = (
+                await conn.execute(
+                    sa.select(audit_heads.c.seq, audit_heads.c.hash).where(
+                        audit_heads.c.chain == target
+                    )
+                )
+            ).first()
+            found = [{"seq": p.seq, "problem": p.problem} for p in problems]
+            if anchored.get(target):
+                found += await _check_anchor(conn, target, anchored[target])
             reports.append(
                 {
                     "chain": target,
                     "name": names.get(target, target),
                     "events": count,
-                    "problems": [{"seq": p.seq, "problem": p.problem} for p in problems],
+                    "head": {"seq": head.seq, "hash": head.hash} if head is not None else None,
+                    "problems": found,
                 }
             )
+        for missing in sorted(set(anchored) - set(targets)):
+            if app is None:
+                reports.append(
+                    {
+                        "chain": missing,
+                        "name": names.get(missing, missing),
+                        "events": 0,
+                        "head": None,
+                        "problems": [{"seq": None, "problem": "chain in the anchor is gone"}],
+                    }
+                )
     return {"ok": all(not r["problems"] for r in reports), "chains": reports}
+
+
+async def _check_anchor(conn: Conn, chain_id: str, head: dict[str, Any]) -> list[dict[str, Any]]:
+    """The anchored head row must still be there, unchanged."""
+    try:
+        seq, digest = int(head["seq"]), str(head["hash"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInput(f"The anchor's entry for chain {chain_id} has no seq/hash.") from None
+    if seq == 0:
+        return []
+    row = (
+        await conn.execute(
+            sa.select(audit_events.c.hash).where(
+                audit_events.c.chain == chain_id, audit_events.c.seq == seq
+            )
+        )
+    ).first()
+    if row is None or row.hash != digest:
+        return [
+            {
+                "seq": seq,
+                "problem": "rolled back or truncated since the anchor: the anchored event is "
+                "missing or different",
+            }
+        ]
+    return []
 
 
 MAX_AUDIT_BODY = 10_000

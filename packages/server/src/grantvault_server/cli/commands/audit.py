@@ -6,11 +6,21 @@ import csv
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from grantvault_server.cli._common import JsonOpt, emit, out, parse_duration, run, table, with_vault
+from grantvault_server.cli._common import (
+    JsonOpt,
+    emit,
+    fail,
+    out,
+    parse_duration,
+    run,
+    table,
+    with_vault,
+)
 from grantvault_server.services import audit_log
 
 audit_cli = typer.Typer(help="The audit trail.", no_args_is_help=True)
@@ -103,10 +113,27 @@ def audit_verify(
     app: Annotated[
         str | None, typer.Option(help="App name or id, or `system` (default: every chain).")
     ] = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier `audit verify --json` report: also detect a rollback or a "
+            "truncated tail since then."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the hash chains: detects edited, deleted and reordered rows."""
-    report = run(with_vault(lambda v: audit_log.verify(v, app)))
+    """Check the hash chains: detects edited, deleted and reordered rows.
+
+    Keep the `--json` report somewhere the database's administrators cannot write; passing
+    it back as `--anchor` later also detects a truncated or restored trail.
+    """
+    anchor_data = None
+    if anchor is not None:
+        try:
+            anchor_data = json.loads(anchor.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the anchor {anchor}: {exc}", 2)
+    report = run(with_vault(lambda v: audit_log.verify(v, app, anchor=anchor_data)))
     if as_json:
         emit(report)
     else:
