@@ -92,3 +92,14 @@ def test_log_lines_are_json_and_redacted() -> None:
     assert data["grant_id"] == "g1" and data["level"] == "info"
     assert "sk-live-abcdef123456" not in line and "alter_rk_abcdefghijklmnopqrstuv" not in line
     assert redact("api_key=supersecretvalue&x=1") == "api_key= [redacted]&x=1"
+
+
+async def test_access_log_lines_name_the_route_not_the_raw_path(
+    vault: Vault, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, key = await make_app(vault)
+    with caplog.at_level(logging.INFO, logger="grantvault.access"):
+        await SignedClient(client, key).post("/sdk/oauth/grants/some-grant/revoke?token=leak", {})
+    [record] = [r for r in caplog.records if r.name == "grantvault.access"]
+    assert record.route == "/sdk/oauth/grants/{grant_id}/revoke"  # type: ignore[attr-defined]
+    assert record.status == 404 and "leak" not in JsonFormatter().format(record)  # type: ignore[attr-defined]

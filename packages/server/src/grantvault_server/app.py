@@ -26,6 +26,7 @@ from grantvault_server.services.requests import purge_nonces
 from grantvault_server.services.vault import Vault
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("grantvault.access")
 
 HOUSEKEEPING_INTERVAL_S = 60.0
 
@@ -48,7 +49,7 @@ class RequestContextMiddleware:
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await _reject_too_large(send, request_id, self.max_body_bytes)
-            self._observe(scope, 413, started)
+            self._observe(scope, 413, started, request_id)
             return
         received = 0
 
@@ -79,13 +80,28 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, limited_receive, send_with_id)
         finally:
-            self._observe(scope, status, started)
+            self._observe(scope, status, started, request_id)
 
-    def _observe(self, scope: Scope, status: int, started: float) -> None:
+    def _observe(
+        self, scope: Scope, status: int, started: float, request_id: str | None = None
+    ) -> None:
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
+        elapsed = time.perf_counter() - started
         self.metrics.requests.labels(scope["method"], path, str(status)).inc()
-        self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        self.metrics.latency.labels(path).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            # The route template, never the raw path or query: those can carry credentials.
+            access_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "request_id": request_id,
+                },
+            )
 
 
 async def _reject_too_large(send: Send, request_id: str, limit: int) -> None:
