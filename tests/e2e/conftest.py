@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +19,26 @@ import httpx
 import pytest
 
 from tests.conftest import new_master_key
+
+
+def wait_ready(
+    base_url: str,
+    proc: subprocess.Popen[Any],
+    *,
+    describe: Callable[[], str] = str,
+    timeout: float = 30,
+) -> None:
+    """Wait until ``/readyz`` answers 200; fail with the server's output if it dies or hangs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not start:\n{describe()}")
+        time.sleep(0.1)
 
 
 def free_port() -> int:
@@ -85,16 +105,7 @@ def server(tmp_path: Path, database_url: str, backend: str) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{srv.base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.1)
+        wait_ready(srv.base_url, proc, describe=log.read_text)
         yield srv
     finally:
         proc.terminate()

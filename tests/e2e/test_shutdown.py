@@ -6,13 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -33,15 +31,7 @@ def test_sigterm_closes_the_database(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
         assert (tmp_path / "data" / "grantvault.db-wal").exists()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
