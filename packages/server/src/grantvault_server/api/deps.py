@@ -17,7 +17,8 @@ from grantvault_server.auth.api_keys import KeyRecord, check_key_state
 from grantvault_server.auth.signing import verify_signature
 from grantvault_server.errors import VaultError
 from grantvault_server.services.apps import App, lookup_key
-from grantvault_server.services.requests import claim_nonce, key_needs_touch
+from grantvault_server.services.last_used import needs_touch
+from grantvault_server.services.requests import claim_nonce
 from grantvault_server.services.vault import Vault
 
 
@@ -100,7 +101,7 @@ async def authenticate(request: Request, vault: VaultDep) -> Caller:
     """Verify key, signature, clock and nonce, in that order; raise the typed 401 otherwise."""
     caller = await _verify(request, vault)
     now = caller.app.created_at
-    touch = key_needs_touch(caller.key.last_used_at, now)
+    touch = needs_touch(caller.key.last_used_at, now)
     if not await claim_nonce(vault, caller.key.id, caller.nonce, now, touch=touch):
         raise replayed()
     return caller

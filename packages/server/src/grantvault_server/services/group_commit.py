@@ -30,6 +30,7 @@ from grantvault_server.audit.chain import AuditChain, AuditRecord
 from grantvault_server.audit.events import Outcome
 from grantvault_server.auth.api_keys import key_state_error
 from grantvault_server.errors import VaultError
+from grantvault_server.services.last_used import TOUCH_GRANT, TOUCH_KEY
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn, Database
 from grantvault_server.storage.tables import api_keys, grants, request_nonces
@@ -51,18 +52,6 @@ class RetrievalWrite:
 
 class Replayed(Exception):
     """The nonce was already used (in an earlier request or earlier in the same batch)."""
-
-
-_TOUCH_KEY = (
-    sa.update(api_keys)
-    .where(api_keys.c.id == sa.bindparam("kid"))
-    .values(last_used_at=sa.bindparam("used_at"))
-)
-_TOUCH = (
-    sa.update(grants)
-    .where(grants.c.id == sa.bindparam("gid"))
-    .values(last_used_at=sa.bindparam("used_at"))
-)
 
 
 _CLAIMS: dict[str, Any] = {}
@@ -180,11 +169,11 @@ class RetrievalWriter:
                     {"gid": w.touch_grant, "used_at": w.used_at} for w in ok if w.touch_grant
                 ]
                 if touches:
-                    await conn.execute(_TOUCH, touches)
+                    await conn.execute(TOUCH_GRANT, touches)
                 keys = {w.key_id: w.used_at for w in ok if w.touch_key}
                 if keys:
                     await conn.execute(
-                        _TOUCH_KEY, [{"kid": k, "used_at": t} for k, t in keys.items()]
+                        TOUCH_KEY, [{"kid": k, "used_at": t} for k, t in keys.items()]
                     )
         self.batches += 1
         self.items += len(writes)

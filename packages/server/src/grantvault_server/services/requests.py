@@ -7,27 +7,15 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from grantvault_server.services.last_used import TOUCH_KEY
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import insert_ignore
-from grantvault_server.storage.tables import api_keys, request_nonces
-
-LAST_USED_RESOLUTION = timedelta(seconds=60)
-
-_TOUCH_KEY = (
-    sa.update(api_keys)
-    .where(api_keys.c.id == sa.bindparam("kid"))
-    .values(last_used_at=sa.bindparam("used_at"))
-)
-
-
-def key_needs_touch(last_used_at: datetime | None, now: datetime) -> bool:
-    """``last_used_at`` is kept to the minute: writing it on every request would cost a write."""
-    return last_used_at is None or last_used_at < now - LAST_USED_RESOLUTION
+from grantvault_server.storage.tables import request_nonces
 
 
 async def touch_key(conn: Conn, key_id: str, now: datetime) -> None:
-    await conn.execute(_TOUCH_KEY, {"kid": key_id, "used_at": now})
+    await conn.execute(TOUCH_KEY, {"kid": key_id, "used_at": now})
 
 
 async def claim_nonce(

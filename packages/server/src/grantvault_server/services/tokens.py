@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +27,8 @@ from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import grant_status, principal_label
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
-from grantvault_server.services.requests import claim_nonce_in, key_needs_touch
+from grantvault_server.services.last_used import TOUCH_GRANT, needs_touch
+from grantvault_server.services.requests import claim_nonce_in
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
@@ -88,12 +89,6 @@ def _resolve_base() -> sa.Select[Any]:
 
 # Built once: reusing the statement object skips expression building and cache-key work.
 _BY_GRANT_ID = PreparedRead(_resolve_base().where(grants.c.id == sa.bindparam("grant_id")))
-_TOUCH_GRANT = (
-    sa.update(grants)
-    .where(grants.c.id == sa.bindparam("gid"))
-    .values(last_used_at=sa.bindparam("used_at"))
-)
-LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
@@ -253,12 +248,12 @@ async def retrieve(
         details={"policy": decision.reason, "token_generation": row.generation},
         **audit,
     )
-    stale = row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION
+    stale = needs_touch(row.last_used_at, now)
     if nonce is None:
         async with vault.db.write() as conn:
             await vault.audit.append(conn, [record])
             if stale:
-                await conn.execute(_TOUCH_GRANT, {"gid": row.id, "used_at": now})
+                await conn.execute(TOUCH_GRANT, {"gid": row.id, "used_at": now})
     else:
         try:
             await vault.retrieval_writer.commit(
@@ -269,7 +264,7 @@ async def retrieve(
                     nonce_expires_at=nonce_expiry(now, vault.settings.clock_skew_seconds),
                     record=record,
                     touch_grant=row.id if stale else None,
-                    touch_key=key_needs_touch(nonce.key_last_used_at, now),
+                    touch_key=needs_touch(nonce.key_last_used_at, now),
                     used_at=now,
                 )
             )
