@@ -28,6 +28,8 @@ from grantvault_server.config import Settings
 from grantvault_server.services import apps as app_service
 from grantvault_server.services.vault import Vault
 
+from .peer import Peer, start_peer
+
 PG_ADMIN_URL = os.environ.get(
     "GRANTVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -180,3 +182,17 @@ async def make_app(vault: Vault, name: str | None = None) -> tuple[app_service.A
     app = await app_service.create_app(vault, name or f"app-{uuid.uuid4().hex[:8]}", OPERATOR)
     _, key = await app_service.create_key(vault, app, OPERATOR)
     return app, key
+
+
+@pytest.fixture(scope="session")
+def oauth_peer() -> Iterator[Peer]:
+    """One real OIDC peer for the session (5-second access tokens, rotation on refresh).
+
+    Tests that disable users or rotate keys should start their own with ``start_peer``
+    (or reset this one) so they do not disturb others.
+    """
+    peer = start_peer(PEER_ACCESS_TOKEN_TTL=5)
+    try:
+        yield peer
+    finally:
+        peer.stop()
