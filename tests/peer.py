@@ -47,6 +47,7 @@ class Peer:
     proc: subprocess.Popen[str]
     ready: dict[str, Any]
     log: list[str] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
 
     def admin(self, path: str) -> httpx.Response:
         """Call a test-only admin route (``/__peer/...``)."""
@@ -85,6 +86,11 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for thread in self.threads:
+            thread.join(timeout=2)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def start_peer(**env: str | int) -> Peer:
@@ -127,8 +133,10 @@ def start_peer(**env: str | int) -> Peer:
         for raw in stream:
             sink.append(raw.rstrip("\n"))
 
-    threading.Thread(target=drain, args=(proc.stderr, peer.log), daemon=True).start()
-    threading.Thread(target=drain, args=(proc.stdout, peer.log), daemon=True).start()
+    for stream in (proc.stderr, proc.stdout):
+        thread = threading.Thread(target=drain, args=(stream, peer.log), daemon=True)
+        thread.start()
+        peer.threads.append(thread)
     return peer
 
 

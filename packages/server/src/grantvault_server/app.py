@@ -18,10 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grantvault._version import __version__
 from grantvault.types.errors import ErrorCode
-from grantvault_server.api import errors, ops, sdk
+from grantvault_server.api import connect_pages, errors, ops, sdk
+from grantvault_server.api import identity as identity_api
 from grantvault_server.config import Settings, load_settings
 from grantvault_server.errors import VaultError
 from grantvault_server.observability import Metrics
+from grantvault_server.services.oauth_tokens import run_revocations
 from grantvault_server.services.requests import purge_nonces
 from grantvault_server.services.vault import Vault
 
@@ -130,6 +132,7 @@ async def _housekeeping(vault: Vault) -> None:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
         try:
             await purge_nonces(vault, datetime.now(UTC))
+            await run_revocations(vault)
             async with vault.db.read() as conn:
                 await vault.barrier.reload(conn)
         except Exception:
@@ -189,6 +192,9 @@ def create_app(
         app.state.vault = vault
     errors.install(app)
     app.include_router(sdk.router)
+    app.include_router(identity_api.router)
+    app.include_router(connect_pages.router)
+    app.mount("/connect/static", connect_pages.static_files, name="connect-static")
     app.include_router(ops.router)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes

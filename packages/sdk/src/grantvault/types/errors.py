@@ -36,6 +36,24 @@ class ErrorCode(StrEnum):
     JWT_VALIDATION_ERROR = "jwt_validation_error"
     IDP_NOT_CONFIGURED = "idp_not_configured"
     UNSUPPORTED_PRINCIPAL = "unsupported_principal"
+    # OAuth grants and the Connect flow.
+    CREDENTIAL_REVOKED = "credential_revoked"
+    TOKEN_REFRESH_IN_PROGRESS = "token_refresh_in_progress"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    PROVIDER_NOT_CONFIGURED = "provider_not_configured"
+    SCOPE_NOT_ALLOWED = "scope_not_allowed"
+    CONNECT_DENIED = "connect_denied"
+    CONNECT_CONFIG_ERROR = "connect_config_error"
+    INVALID_REDIRECT_URI = "invalid_redirect_uri"
+    INVALID_CLIENT = "invalid_client"
+    UNAUTHORIZED_CLIENT = "unauthorized_client"
+    SESSION_NOT_FOUND = "session_not_found"
+    # End-user identity: the app's identity provider and its users.
+    USER_DISABLED = "user_disabled"
+    IDP_SIGNIN_NOT_CONFIGURED = "idp_signin_not_configured"
+    IDP_DISCOVERY_FAILED = "idp_discovery_failed"
+    IDP_MAPPINGS_LOCKED = "idp_mappings_locked"
+    IDP_UNAVAILABLE = "idp_unavailable"
     # Generic request problems.
     INVALID_REQUEST = "invalid_request"
     CONSTRAINTS_UNSUPPORTED = "constraints_unsupported"
@@ -73,6 +91,23 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.JWT_VALIDATION_ERROR: 401,
     ErrorCode.IDP_NOT_CONFIGURED: 400,
     ErrorCode.UNSUPPORTED_PRINCIPAL: 422,
+    ErrorCode.CREDENTIAL_REVOKED: 403,
+    ErrorCode.TOKEN_REFRESH_IN_PROGRESS: 409,
+    ErrorCode.PROVIDER_UNAVAILABLE: 503,
+    ErrorCode.PROVIDER_NOT_CONFIGURED: 400,
+    ErrorCode.SCOPE_NOT_ALLOWED: 400,
+    ErrorCode.CONNECT_DENIED: 400,
+    ErrorCode.CONNECT_CONFIG_ERROR: 400,
+    ErrorCode.INVALID_REDIRECT_URI: 400,
+    ErrorCode.INVALID_CLIENT: 400,
+    ErrorCode.UNAUTHORIZED_CLIENT: 400,
+    ErrorCode.SESSION_NOT_FOUND: 404,
+    ErrorCode.USER_DISABLED: 403,
+    ErrorCode.IDP_SIGNIN_NOT_CONFIGURED: 409,
+    ErrorCode.IDP_DISCOVERY_FAILED: 400,
+    ErrorCode.IDP_MAPPINGS_LOCKED: 409,
+    # 503: the SDK retries; an unreachable IdP is not the user's bad token.
+    ErrorCode.IDP_UNAVAILABLE: 503,
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.CONSTRAINTS_UNSUPPORTED: 400,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,

@@ -135,3 +135,44 @@ class ApiCallAuditBody(BaseModel):
     latency_ms: int = Field(default=0, ge=0, le=86_400_000)
     reason: ShortText | None = None
     context: dict[str, Any] | None = None
+
+
+ProviderId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ConnectGrantPolicyBody(_Strict):
+    """Connect sessions accept only the two TTL bounds (the user picks within them)."""
+
+    max_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    default_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+
+
+class ConnectMetadataBody(_Strict):
+    ip_address: Annotated[str, StringConstraints(max_length=64)] | None = None
+    user_agent: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+
+class ConnectSessionBody(_Strict):
+    allowed_providers: Annotated[list[ProviderId], Field(min_length=1, max_length=50)] | None = None
+    return_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    allowed_origin: Annotated[str, StringConstraints(max_length=512)] | None = None
+    metadata: ConnectMetadataBody | None = None
+    grant_policy: ConnectGrantPolicyBody | None = None
+    required_scopes: (
+        dict[ProviderId, list[Annotated[str, StringConstraints(min_length=1, max_length=512)]]]
+        | None
+    ) = None
+    switch_account: bool = False
+    repair_grant_id: UUID | None = None
+    direct: bool = False
+    allow_user_policy_rules: bool = True
+    user_token: Annotated[str, StringConstraints(max_length=16_384)] | None = None
+    # Accepted so that clients sending them get a clear answer rather than a 422.
+    agent: Annotated[str, StringConstraints(max_length=255)] | None = None
+    requested_grant: dict[str, Any] | None = None
+    delegable: bool | None = None
+    scope_constraint: list[str] | None = None
+
+
+class ConnectPollBody(_Strict):
+    session_token: Annotated[str, StringConstraints(min_length=1, max_length=200)]

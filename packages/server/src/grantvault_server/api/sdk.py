@@ -24,6 +24,8 @@ from grantvault.types.wire import (
 from grantvault_server.api.deps import CallerDep, VaultDep, authenticate_deferred_nonce
 from grantvault_server.api.schemas import (
     ApiCallAuditBody,
+    ConnectPollBody,
+    ConnectSessionBody,
     CreateGrantBody,
     GroupPrincipalBody,
     ListGrantsBody,
@@ -32,7 +34,8 @@ from grantvault_server.api.schemas import (
     TokenBody,
 )
 from grantvault_server.errors import InvalidInput, VaultError
-from grantvault_server.services import audit_log, grants as grant_service, tokens
+from grantvault_server.providers.oauth_catalog import catalog_item, load_oauth_catalog
+from grantvault_server.services import audit_log, connect, grants as grant_service, tokens
 from grantvault_server.services.secrets import get_secret
 
 router = APIRouter(prefix="/sdk", tags=["sdk"])
@@ -95,6 +98,7 @@ async def post_token(request: Request) -> Response:
                 grant_id=str(body.grant_id) if body.grant_id else None,
                 provider_id=body.provider_id,
                 label=body.label,
+                account=body.account,
                 reason=body.reason,
                 user_token=body.user_token,
             ),
@@ -174,6 +178,7 @@ async def post_grants_list(
         provider=body.provider_id,
         status=body.status,
         label=body.label,
+        account=body.account,
         limit=body.limit,
         offset=body.offset,
     )
@@ -199,3 +204,61 @@ async def post_api_call_audit(
     """Store the SDK's record of a provider call (credentials stripped again here)."""
     await audit_log.record_api_call(vault, caller.app, caller.actor, body.model_dump(mode="json"))
     return {"accepted": True}
+
+
+@router.get("/oauth/provider-catalog")
+async def get_provider_catalog(caller: CallerDep) -> dict[str, Any]:  # noqa: ARG001
+    """Every OAuth provider this vault knows, with scopes described in plain words."""
+    return {"providers": {pid: catalog_item(spec) for pid, spec in load_oauth_catalog().items()}}
+
+
+@router.post("/oauth/connect/session")
+async def post_connect_session(
+    body: ConnectSessionBody, caller: CallerDep, vault: VaultDep
+) -> dict[str, Any]:
+    """Start a Connect session: the end user finishes it at ``connect_url``."""
+    if body.agent is not None or body.delegable or body.scope_constraint:
+        raise VaultError(
+            ErrorCode.UNSUPPORTED_PRINCIPAL,
+            "Delegating a connection to an agent is not supported by this vault yet; omit "
+            "agent, delegable and scope_constraint.",
+        )
+    if body.requested_grant is not None:
+        raise InvalidInput("requested_grant (labels and restrictions) is not supported yet.")
+    principal = await connect_principal(vault, caller, body.user_token)
+    return await connect.create_session(
+        vault,
+        caller.app,
+        caller.actor,
+        connect.SessionRequest(
+            allowed_providers=body.allowed_providers,
+            return_url=body.return_url,
+            allowed_origin=body.allowed_origin,
+            metadata=body.metadata.model_dump(exclude_none=True) if body.metadata else None,
+            max_ttl_seconds=body.grant_policy.max_ttl_seconds if body.grant_policy else None,
+            default_ttl_seconds=body.grant_policy.default_ttl_seconds
+            if body.grant_policy
+            else None,
+            required_scopes=body.required_scopes,
+            switch_account=body.switch_account,
+            repair_grant_id=str(body.repair_grant_id) if body.repair_grant_id else None,
+            direct=body.direct,
+        ),
+        principal,
+    )
+
+
+async def connect_principal(vault: Any, caller: Any, user_token: str | None) -> connect.Principal:
+    """The owner of grants made by a session: the end user of ``user_token``, else the app."""
+    if user_token is None:
+        return connect.Principal()
+    _no_user_tokens(user_token)
+    return connect.Principal()
+
+
+@router.post("/oauth/connect/session/poll")
+async def post_connect_poll(
+    body: ConnectPollBody, caller: CallerDep, vault: VaultDep
+) -> dict[str, Any]:
+    """The session's state: pending, completed (with grants), error or expired."""
+    return await connect.poll_session(vault, caller.app, body.session_token)

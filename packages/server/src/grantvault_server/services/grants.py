@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,11 +16,20 @@ from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.services.apps import App, _iso
+from grantvault_server.services.oauth_tokens import detach_tokens_for_revocation, run_revocations
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
-from grantvault_server.storage.tables import credentials, grants, managed_secrets
+from grantvault_server.storage.tables import (
+    credentials,
+    grants,
+    managed_secrets,
+    oauth_providers,
+    oauth_tokens,
+)
+
+log = logging.getLogger(__name__)
 
 PRINCIPAL_TYPES = ("system", "user", "group")
 GRANT_STATUSES = ("active", "revoked", "expired")
@@ -52,7 +63,29 @@ def grant_status(row: Any, now: datetime) -> str:
 
 
 def grant_item(row: Any, now: datetime) -> dict[str, Any]:
-    """A grant as ``ManagedSecretGrantItem`` on the wire."""
+    """A grant as ``ManagedSecretGrantItem`` or ``OAuthGrantItem`` on the wire."""
+    if row.kind == "oauth":
+        return {
+            "grant_kind": "oauth",
+            "grant_id": row.id,
+            "provider_id": row.slug,
+            "scopes": list(row.scopes or []),
+            "account_identifier": row.account_identifier,
+            "account_display_name": row.account_display_name,
+            "api_base_url": row.api_base_url,
+            "status": grant_status(row, now),
+            "scope_mismatch": False,
+            "needs_reconnect": bool(row.needs_reconnect),
+            "label": row.label,
+            "grant_policy": row.policy,
+            "expires_at": _iso(row.expires_at),
+            "grant_expires_at": _iso(row.expires_at),
+            "created_at": _iso(row.created_at),
+            "last_used_at": _iso(row.last_used_at),
+            "principal_type": row.principal_type,
+            "principal_id": row.principal_id,
+            "revoked_at": _iso(row.revoked_at),
+        }
     return {
         "grant_kind": "managed_secret",
         "grant_id": row.id,
@@ -75,8 +108,16 @@ def grant_item(row: Any, now: datetime) -> dict[str, Any]:
 
 
 def _grant_select() -> sa.Select[Any]:
-    return sa.select(grants, managed_secrets.c.slug, managed_secrets.c.name).join(
-        managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id
+    return (
+        sa.select(
+            grants,
+            sa.func.coalesce(managed_secrets.c.slug, oauth_providers.c.provider_id).label("slug"),
+            managed_secrets.c.name,
+            sa.func.coalesce(oauth_tokens.c.needs_reconnect, sa.false()).label("needs_reconnect"),
+        )
+        .outerjoin(managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id)
+        .outerjoin(oauth_providers, oauth_providers.c.id == grants.c.oauth_provider_id)
+        .outerjoin(oauth_tokens, oauth_tokens.c.grant_id == grants.c.id)
     )
 
 
@@ -205,6 +246,7 @@ async def list_grants(
     provider: str | None = None,
     status: str | None = None,
     label: str | None = None,
+    account: str | None = None,
     principal_type: str | None = None,
     limit: int = 100,
     offset: int = 0,
@@ -217,8 +259,14 @@ async def list_grants(
     stmt = _grant_select().where(grants.c.app_id == app.id)
     if provider:
         stmt = stmt.where(
-            sa.or_(managed_secrets.c.slug == provider, managed_secrets.c.id == provider)
+            sa.or_(
+                managed_secrets.c.slug == provider,
+                managed_secrets.c.id == provider,
+                oauth_providers.c.provider_id == provider,
+            )
         )
+    if account is not None:
+        stmt = stmt.where(grants.c.account_identifier == account)
     if label is not None:
         stmt = stmt.where(grants.c.label == label)
     if principal_type is not None:
@@ -271,6 +319,12 @@ async def revoke_grant(
             .where(grants.c.id == grant_id)
             .values(status="revoked", revoked_at=now, revoke_reason=reason)
         )
+        queued: list[str] = []
+        if row.kind == "oauth":
+            # The tokens leave the vault's grant at once; the provider is told next.
+            queued = await detach_tokens_for_revocation(
+                vault, conn, app.id, grant_id, row.oauth_provider_id
+            )
         await vault.audit.append(
             conn,
             [
@@ -286,12 +340,22 @@ async def revoke_grant(
                 )
             ],
         )
+    if queued:
+        await revoke_at_provider(vault, grant_id)
     return {
         "success": True,
         "message": "Grant revoked.",
         "grant_id": grant_id,
         "revoked_at": _iso(now),
     }
+
+
+async def revoke_at_provider(vault: Vault, grant_id: str) -> None:
+    """Tell the provider now (refresh token first); if it is down, housekeeping retries."""
+    try:
+        await asyncio.wait_for(run_revocations(vault, grant_id=grant_id), timeout=10)
+    except Exception:  # the queue keeps the work; never fail a revocation on the provider
+        log.warning("provider revocation deferred", extra={"grant_id": grant_id}, exc_info=True)
 
 
 async def find_grant_any_app(vault: Vault, grant_id: str) -> App:

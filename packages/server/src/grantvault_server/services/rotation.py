@@ -138,9 +138,10 @@ async def reencrypt_batch(
     for column in ENCRYPTED_COLUMNS:
         table = column.table
         col = table.c[column.column]
+        key = table.c[column.key]
         rows = (
             await conn.execute(
-                sa.select(table.c.id, table.c.app_id, col)
+                sa.select(key.label("id"), table.c.app_id, col)
                 .where(sa.func.substr(col, 2, 4) != term_bytes)
                 .limit(batch - converted)
             )
@@ -154,7 +155,7 @@ async def reencrypt_batch(
             plaintext = await barrier.decrypt_fresh(conn, blob, aad)
             await conn.execute(
                 sa.update(table)
-                .where(table.c.id == row.id, col == blob)
+                .where(key == row.id, col == blob)
                 .values({column.column: barrier.encrypt(plaintext, aad)})
             )
         if converted >= batch:

@@ -24,6 +24,7 @@ from grantvault_server.crypto.barrier import BarrierError, CorruptCiphertext
 from grantvault_server.errors import NotFound, VaultError
 from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
+from grantvault_server.services import oauth_providers as oauth_configs, oauth_tokens
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import grant_status, principal_label
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
@@ -34,7 +35,7 @@ from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
-from grantvault_server.storage.tables import credentials, grants, managed_secrets
+from grantvault_server.storage.tables import credentials, grants, managed_secrets, oauth_providers
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TokenRequest:
     grant_id: str | None = None
     provider_id: str | None = None
     label: str | None = None
+    account: str | None = None
     reason: str | None = None
     user_token: str | None = None
 
@@ -74,14 +76,19 @@ def _resolve_base() -> sa.Select[Any]:
             grants.c.principal_id,
             grants.c.label,
             grants.c.last_used_at,
-            managed_secrets.c.slug,
+            grants.c.kind,
+            grants.c.oauth_provider_id,
+            grants.c.scopes,
+            grants.c.api_base_url,
+            sa.func.coalesce(managed_secrets.c.slug, oauth_providers.c.provider_id).label("slug"),
             managed_secrets.c.injection,
             managed_secrets.c.allowed_hosts,
             credentials.c.id.label("cred_id"),
             credentials.c.secret_ct,
             credentials.c.generation,
         )
-        .join(managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id)
+        .outerjoin(managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id)
+        .outerjoin(oauth_providers, oauth_providers.c.id == grants.c.oauth_provider_id)
         .outerjoin(credentials, credentials.c.id == _credential_for_grant())
         .where(grants.c.app_id == sa.bindparam("app_id"))
     )
@@ -99,12 +106,17 @@ async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
         return row
     # Identity mode without a user token: the app's own (system) grant for this secret.
     stmt = _resolve_base().where(
-        managed_secrets.c.slug == req.provider_id,
+        sa.or_(
+            managed_secrets.c.slug == req.provider_id,
+            oauth_providers.c.provider_id == req.provider_id,
+        ),
         grants.c.principal_type == "system",
         grants.c.status == "active",
     )
     if req.label is not None:
         stmt = stmt.where(grants.c.label == req.label)
+    if req.account is not None:
+        stmt = stmt.where(grants.c.account_identifier == req.account)
     now = utcnow()
     result = await conn.execute(stmt.limit(51), {"app_id": app.id})
     rows = [r for r in result.all() if grant_status(r, now) == "active"]
@@ -120,13 +132,16 @@ async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
             ErrorCode.AMBIGUOUS_GRANT,
             f"Several grants match {req.provider_id!r}; pass grant_id or label.",
             provider_id=req.provider_id,
-            account_identifiers=[],
+            account_identifiers=sorted(
+                {r.account_identifier for r in rows if r.account_identifier}
+            ),
+            account_was_provided=req.account is not None,
             grant_ids=[r.id for r in rows[:50]],
             candidates=[
                 {
                     "grant_id": r.id,
                     "label": r.label,
-                    "account_identifier": None,
+                    "account_identifier": r.account_identifier,
                     "account_display_name": None,
                 }
                 for r in rows[:50]
@@ -187,8 +202,14 @@ async def retrieve(
                     grant_id=row.id,
                     provider_id=row.slug,
                 )
+            cfg = None
+            if row.kind == "oauth":
+                cfg = await oauth_configs.get_config_by_id(conn, app.id, row.oauth_provider_id)
+                allowed_hosts = oauth_configs.api_hosts(cfg, row.api_base_url)
+            else:
+                allowed_hosts = row.allowed_hosts
             host = check_destination(
-                req.url, row.allowed_hosts, allow_http_hosts=vault.settings.allow_http_hosts
+                req.url, allowed_hosts, allow_http_hosts=vault.settings.allow_http_hosts
             )
             decision = vault.policy.evaluate(
                 PolicyRequest(
@@ -210,16 +231,19 @@ async def retrieve(
                     "A policy denies this use of the grant.",
                     policy_error=decision.reason,
                 )
-            if row.cred_id is None:
+            if cfg is not None:
+                plaintext = b""
+            elif row.cred_id is None:
                 raise VaultError(
                     ErrorCode.CREDENTIAL_NOT_SET,
                     f"The secret {row.slug!r} has no credential yet; set one with "
                     "`grantvault secrets set-credential`.",
                 )
             try:
-                plaintext = await vault.barrier.decrypt_fresh(
-                    conn, row.secret_ct, credential_aad(app.id, row.cred_id)
-                )
+                if cfg is None:
+                    plaintext = await vault.barrier.decrypt_fresh(
+                        conn, row.secret_ct, credential_aad(app.id, row.cred_id)
+                    )
             except CorruptCiphertext:
                 log.error(
                     "stored credential failed authentication", extra={"credential_id": row.cred_id}
@@ -236,7 +260,23 @@ async def retrieve(
                     "This server's master key was retired by a key rotation; restart it with "
                     "the current master key.",
                 ) from None
-        fields = token_fields(vault.injection_spec(row.injection), json.loads(plaintext))
+        if cfg is not None:
+            # Outside the read transaction: a refresh talks to the provider.
+            token = await oauth_tokens.access_token(vault, cfg, row.id)
+            generation = token.generation
+            fields = {
+                "access_token": token.value,
+                "injection_header": "Authorization",
+                "injection_format": "Bearer {token}",
+            }
+            if token.expires_at is not None:
+                fields["expires_at"] = _iso(token.expires_at)
+                fields["expires_in"] = max(0, int((token.expires_at - utcnow()).total_seconds()))
+            if token.retry_info is not None:
+                fields["retry_info"] = token.retry_info
+        else:
+            generation = row.generation
+            fields = token_fields(vault.injection_spec(row.injection), json.loads(plaintext))
     except VaultError as denial:
         await _audit_denial(vault, audit, row, denial, nonce)
         raise
@@ -245,7 +285,7 @@ async def retrieve(
         principal=principal_label(row.principal_type, row.principal_id),
         grant_id=row.id,
         provider_id=row.slug,
-        details={"policy": decision.reason, "token_generation": row.generation},
+        details={"policy": decision.reason, "token_generation": generation},
         **audit,
     )
     stale = needs_touch(row.last_used_at, now)
@@ -276,10 +316,10 @@ async def retrieve(
         **fields,
         "token_type": "Bearer",
         "grant_expires_at": _iso(row.expires_at),
-        "scopes": [],
+        "scopes": list(row.scopes or []),
         "grant_id": row.id,
         "provider_id": row.slug,
-        "token_generation": row.generation,
+        "token_generation": generation,
         "scope_mismatch": False,
     }
 
@@ -291,6 +331,8 @@ async def credential_strings(vault: Vault, conn: Conn, app: App, grant_id: str) 
     that scrubbing replaces a whole token before any part of it.
     """
     row = await _BY_GRANT_ID.first(conn, {"app_id": app.id, "grant_id": grant_id})
+    if row is not None and row.kind == "oauth":
+        return await oauth_tokens.token_strings(vault, conn, app.id, grant_id)
     if row is None or row.cred_id is None:
         return []
     try:

@@ -10,6 +10,7 @@ from typing import Any
 from grantvault_server.audit.chain import AuditChain
 from grantvault_server.config import SchemaOutOfDate, Settings, resolve_master_key
 from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
+from grantvault_server.oauth.client import OAuthClient
 from grantvault_server.policy.engine import PolicyEngine
 from grantvault_server.providers.catalog import load_templates
 from grantvault_server.providers.schema import InjectionSpec, SecretTemplate
@@ -34,6 +35,9 @@ class Vault:
     key_generated: bool = False
     _specs: dict[str, InjectionSpec] = field(default_factory=dict, repr=False)
     _writer: RetrievalWriter | None = field(default=None, repr=False)
+    _oauth: OAuthClient | None = field(default=None, repr=False)
+    #: In-process single flight of token refreshes: grant id -> the refresh in progress.
+    refreshes: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def retrieval_writer(self) -> RetrievalWriter:
@@ -41,6 +45,13 @@ class Vault:
         if self._writer is None:
             self._writer = RetrievalWriter(self.db, self.audit)
         return self._writer
+
+    @property
+    def oauth(self) -> OAuthClient:
+        """The HTTP client for every call to an OAuth provider (bounded, no redirects)."""
+        if self._oauth is None:
+            self._oauth = OAuthClient(self.settings.allow_http_hosts)
+        return self._oauth
 
     def injection_spec(self, raw: dict[str, Any]) -> InjectionSpec:
         """Parse a stored injection spec, memoised (it is validated data read on every use)."""
@@ -97,6 +108,8 @@ class Vault:
         )
 
     async def close(self) -> None:
+        if self._oauth is not None:
+            await self._oauth.aclose()
         await self.db.dispose()
 
 

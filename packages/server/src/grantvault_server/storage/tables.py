@@ -165,13 +165,27 @@ grants = sa.Table(
     metadata,
     _id(),
     _app_fk(),
+    # "managed_secret" or "oauth": exactly one of managed_secret_id / oauth_provider_id is set.
+    sa.Column("kind", sa.String(16), nullable=False, server_default="managed_secret"),
     sa.Column(
         "managed_secret_id",
         sa.String(36),
         sa.ForeignKey("managed_secrets.id", ondelete="CASCADE"),
-        nullable=False,
+        nullable=True,
         index=True,
     ),
+    sa.Column(
+        "oauth_provider_id",
+        sa.String(36),
+        sa.ForeignKey("oauth_providers.id", ondelete="CASCADE"),
+        nullable=True,
+        index=True,
+    ),
+    # OAuth grants: the connected account and what it was granted (never secret).
+    sa.Column("account_identifier", sa.String(320), nullable=True),
+    sa.Column("account_display_name", sa.String(255), nullable=True),
+    sa.Column("scopes", sa.JSON, nullable=True),
+    sa.Column("api_base_url", sa.String(2048), nullable=True),
     sa.Column("credential_id", sa.String(36), nullable=True),
     sa.Column("principal_type", sa.String(8), nullable=False),
     # External subject id (user) or external group id (group); NULL for the system.
@@ -187,6 +201,127 @@ grants = sa.Table(
     sa.Column("revoke_reason", sa.String(512), nullable=True),
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.Index("ix_grants_app_status", "app_id", "status"),
+)
+
+# --- oauth ---
+
+oauth_providers = sa.Table(
+    "oauth_providers",
+    metadata,
+    # One OAuth client registration of an app at a provider ("google", or a custom id).
+    _id(),
+    _app_fk(),
+    sa.Column("provider_id", sa.String(50), nullable=False),
+    # Catalog entries store only overrides and params; custom providers store their whole
+    # validated spec (providers.oauth_schema.OAuthProviderSpec).
+    sa.Column("custom_spec", sa.JSON, nullable=True),
+    sa.Column("overrides", sa.JSON, nullable=True),
+    sa.Column("params", sa.JSON, nullable=True),
+    sa.Column("client_id", sa.String(512), nullable=False),
+    sa.Column("client_secret_ct", sa.LargeBinary, nullable=True),
+    sa.Column("default_scopes", sa.JSON, nullable=False),
+    sa.Column("allowed_scopes", sa.JSON, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("app_id", "provider_id"),
+)
+
+oauth_tokens = sa.Table(
+    "oauth_tokens",
+    metadata,
+    # The token set behind one OAuth grant, plus the refresh lease that serialises refreshes
+    # across processes and replicas. Deleted the moment the grant is revoked.
+    sa.Column(
+        "grant_id",
+        sa.String(36),
+        sa.ForeignKey("grants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    _app_fk(),
+    sa.Column("access_ct", sa.LargeBinary, nullable=True),
+    sa.Column("refresh_ct", sa.LargeBinary, nullable=True),
+    sa.Column("access_expires_at", UTCDateTime(), nullable=True),
+    # Changes on every refresh: the fencing token for the lease and ``token_generation``.
+    sa.Column("generation", sa.String(36), nullable=False),
+    sa.Column("lease_owner", sa.String(36), nullable=True),
+    sa.Column("lease_until", UTCDateTime(), nullable=True),
+    sa.Column("refresh_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cooldown_until", UTCDateTime(), nullable=True),
+    sa.Column("last_refresh_error", sa.String(255), nullable=True),
+    # The provider refused the refresh token (invalid_grant): the user must connect again.
+    sa.Column("needs_reconnect", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+connect_sessions = sa.Table(
+    "connect_sessions",
+    metadata,
+    _id(),
+    _app_fk(),
+    # SHA-256 of the bearer session token; the token itself is never stored.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    # SHA-256 of the browser cookie that first opened the session: later steps must match.
+    sa.Column("browser_hash", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("allowed_providers", sa.JSON, nullable=False),
+    sa.Column("return_url", sa.String(2048), nullable=True),
+    sa.Column("allowed_origin", sa.String(512), nullable=True),
+    sa.Column("metadata", sa.JSON, nullable=True),
+    sa.Column("grant_policy", sa.JSON, nullable=True),
+    sa.Column("required_scopes", sa.JSON, nullable=True),
+    sa.Column("switch_account", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("repair_grant_id", sa.String(36), nullable=True),
+    sa.Column("principal_type", sa.String(8), nullable=False),
+    sa.Column("principal_id", sa.String(255), nullable=True),
+    sa.Column("idp_id", sa.String(64), nullable=True),
+    sa.Column("actor", sa.JSON, nullable=False),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("completed_at", UTCDateTime(), nullable=True),
+)
+
+oauth_flows = sa.Table(
+    "oauth_flows",
+    metadata,
+    # One trip to the provider's authorization endpoint: state, PKCE verifier and nonce.
+    _id(),
+    _app_fk(),
+    sa.Column(
+        "session_id",
+        sa.String(36),
+        sa.ForeignKey("connect_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("oauth_provider_id", sa.String(36), nullable=False),
+    sa.Column("state_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("verifier_ct", sa.LargeBinary, nullable=False),
+    sa.Column("nonce", sa.String(64), nullable=True),
+    sa.Column("redirect_uri", sa.String(2048), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("ttl_seconds", sa.Integer, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    # Set once, atomically: a callback is exchanged at most once.
+    sa.Column("used_at", UTCDateTime(), nullable=True),
+)
+
+oauth_revocations = sa.Table(
+    "oauth_revocations",
+    metadata,
+    # Provider-side revocations still to do (the provider was down); tokens kept encrypted
+    # only until the provider confirms or the attempts run out.
+    _id(),
+    _app_fk(),
+    sa.Column("oauth_provider_id", sa.String(36), nullable=False),
+    sa.Column("grant_id", sa.String(36), nullable=False),
+    sa.Column("token_ct", sa.LargeBinary, nullable=False),
+    sa.Column("token_type_hint", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("last_error", sa.String(255), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 audit_events = sa.Table(
@@ -222,12 +357,164 @@ audit_heads = sa.Table(
 )
 
 
+# --- identity ---
+
+identity_providers = sa.Table(
+    "identity_providers",
+    metadata,
+    # The app's identity provider (OIDC issuer) whose JWTs name the app's end users. One
+    # active row per app; replacing the issuer deactivates the old row (its users stay, with
+    # their audit history, but no token of the old issuer verifies any more).
+    _id(),
+    _app_fk(),
+    sa.Column("issuer", sa.String(512), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("jwks_uri", sa.String(2048), nullable=False),
+    # Signature algorithms accepted (asymmetric only), from discovery or the operator.
+    sa.Column("algorithms", sa.JSON, nullable=False),
+    # The discovery document's endpoints the sign-in broker uses (never secret).
+    sa.Column("endpoints", sa.JSON, nullable=False),
+    sa.Column("audience", sa.String(512), nullable=False),
+    sa.Column("user_id_claim", sa.String(255), nullable=False),
+    sa.Column("groups_claim", sa.String(255), nullable=True),
+    sa.Column("email_claim", sa.String(255), nullable=False),
+    sa.Column("name_claim", sa.String(255), nullable=False),
+    # Set at the first sign-in: changing the mappings afterwards needs --force.
+    sa.Column("mappings_locked_at", UTCDateTime(), nullable=True),
+    # The vault's own OIDC client at the IdP, for the sign-in broker (authenticate()).
+    sa.Column("signin_client_id", sa.String(255), nullable=True),
+    sa.Column("signin_client_secret_ct", sa.LargeBinary, nullable=True),
+    # Shared secret of the inbound deprovisioning webhook.
+    sa.Column("webhook_secret_ct", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index(
+        "uq_identity_providers_active_app",
+        "app_id",
+        unique=True,
+        sqlite_where=sa.text("active"),
+        postgresql_where=sa.text("active"),
+    ),
+)
+
+app_users = sa.Table(
+    "app_users",
+    metadata,
+    # An end user of an app, created just in time from their first verified token.
+    _id(),
+    _app_fk(),
+    sa.Column(
+        "idp_id",
+        sa.String(36),
+        sa.ForeignKey("identity_providers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # The mapped user id claim (``sub`` by default): what grants name as principal_id.
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("email", sa.String(320), nullable=True),
+    sa.Column("display_name", sa.String(255), nullable=True),
+    # active | disabled | deleted
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status_reason", sa.String(512), nullable=True),
+    sa.Column("status_changed_at", UTCDateTime(), nullable=True),
+    # The external group ids of the last verified token, and removals announced by the IdP
+    # (group id -> unix time): the hot path reads both with the user, in one row.
+    sa.Column("groups", sa.JSON, nullable=False),
+    sa.Column("group_removals", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("idp_id", "subject"),
+    sa.Index("ix_app_users_app_id", "app_id"),
+)
+
+app_groups = sa.Table(
+    "app_groups",
+    metadata,
+    _id(),
+    _app_fk(),
+    sa.Column(
+        "idp_id",
+        sa.String(36),
+        sa.ForeignKey("identity_providers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("external_id", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("idp_id", "external_id"),
+)
+
+app_group_members = sa.Table(
+    "app_group_members",
+    metadata,
+    sa.Column(
+        "group_id",
+        sa.String(36),
+        sa.ForeignKey("app_groups.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "user_id",
+        sa.String(36),
+        sa.ForeignKey("app_users.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+auth_sessions = sa.Table(
+    "auth_sessions",
+    metadata,
+    # One brokered end-user sign-in (POST /sdk/auth/session): the SDK polls with the session
+    # token, the browser carries the start handle, then state, to the IdP and back.
+    _id(),
+    _app_fk(),
+    sa.Column(
+        "idp_id",
+        sa.String(36),
+        sa.ForeignKey("identity_providers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # SHA-256 of the bearer values; the values themselves are never stored.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("start_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("state_hash", sa.String(64), nullable=True, unique=True),
+    # SHA-256 of the cookie of the browser that opened the sign-in link.
+    sa.Column("browser_hash", sa.String(64), nullable=True),
+    sa.Column("nonce", sa.String(64), nullable=True),
+    sa.Column("verifier_ct", sa.LargeBinary, nullable=True),
+    # created | started | exchanging | completed | error
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.String(512), nullable=True),
+    # The user's ID token, held encrypted for exactly one pickup by the poll.
+    sa.Column("user_token_ct", sa.LargeBinary, nullable=True),
+    sa.Column("user_info", sa.JSON, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+idp_webhook_deliveries = sa.Table(
+    "idp_webhook_deliveries",
+    metadata,
+    # Delivery ids of accepted deprovisioning webhooks, kept past the timestamp window so a
+    # replayed delivery is refused on every replica.
+    sa.Column("app_id", sa.String(36), primary_key=True),
+    sa.Column("delivery_id", sa.String(128), primary_key=True),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+
 @dataclass(frozen=True)
 class EncryptedColumn:
     """A column holding barrier ciphertext; the re-encryption pass walks every one of these."""
 
     table: sa.Table
     column: str
+    #: The row id bound into the ciphertext's AAD.
+    key: str = "id"
 
     @property
     def name(self) -> str:
@@ -237,4 +524,14 @@ class EncryptedColumn:
 ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn(credentials, "secret_ct"),
     EncryptedColumn(vault_keys, "key_ct"),
+    EncryptedColumn(oauth_providers, "client_secret_ct"),
+    EncryptedColumn(oauth_tokens, "access_ct", key="grant_id"),
+    EncryptedColumn(oauth_tokens, "refresh_ct", key="grant_id"),
+    EncryptedColumn(oauth_flows, "verifier_ct"),
+    EncryptedColumn(oauth_revocations, "token_ct"),
+    # identity
+    EncryptedColumn(identity_providers, "signin_client_secret_ct"),
+    EncryptedColumn(identity_providers, "webhook_secret_ct"),
+    EncryptedColumn(auth_sessions, "verifier_ct"),
+    EncryptedColumn(auth_sessions, "user_token_ct"),
 )

@@ -1,0 +1,323 @@
+"""The hosted Connect pages the end user sees (audience: browsers, not SDKs).
+
+Server-rendered with Jinja2 and usable without JavaScript; scripts only hand the popup's
+fragment token to the server and deliver the result to the opener. Every page is sent with
+a strict CSP (no inline script, ``frame-ancestors 'none'``), ``Referrer-Policy: no-referrer``
+and ``Cache-Control: no-store``; the browser is tied to the session by an HttpOnly cookie
+(see ``services.connect``), and form posts carry a token derived from that cookie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.staticfiles import StaticFiles
+
+from grantvault_server.services import connect
+from grantvault_server.services.apps import _iso
+from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import utcnow
+
+router = APIRouter(include_in_schema=False)
+PACKAGE = Path(__file__).resolve().parent.parent
+templates = Environment(
+    loader=FileSystemLoader(PACKAGE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+static_files = StaticFiles(directory=PACKAGE / "static")
+
+COOKIE = "gv_connect"
+
+
+def _csp(form_action: str = "'self'") -> str:
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
+def _secure_headers(response: Response, form_action: str = "'self'") -> Response:
+    response.headers["Content-Security-Policy"] = _csp(form_action)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Cross-Origin-Opener-Policy"] = "unsafe-none"
+    return response
+
+
+def page(name: str, status: int = 200, form_action: str = "'self'", **context: Any) -> Response:
+    html = templates.get_template(name).render(**context)
+    return _secure_headers(HTMLResponse(html, status_code=status), form_action)
+
+
+def redirect(url: str) -> Response:
+    return _secure_headers(RedirectResponse(url, status_code=303))
+
+
+def refused(exc: connect.FlowRefused) -> Response:
+    status = 410 if exc.code in ("session_expired", "session_finished", "state_used") else 400
+    return page("connect_error.html", status=status, code=exc.code, message=exc.message)
+
+
+def _csrf(browser: str) -> str:
+    return hashlib.sha256(b"gv-connect-csrf:" + browser.encode()).hexdigest()[:32]
+
+
+def _vault(request: Request) -> Vault:
+    vault: Vault = request.app.state.vault
+    return vault
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@router.get("/sdk/oauth/connect")
+async def widget_entry() -> Response:
+    """What the popup widget opens (``/sdk/oauth/connect#session=...``)."""
+    return page("connect_widget.html")
+
+
+@router.get("/connect/start")
+async def start(request: Request, session: str = "") -> Response:
+    """``connect_url``: trade the session token for a browser-bound cookie, then go on."""
+    vault = _vault(request)
+    try:
+        row, cookie = await connect.open_session(vault, session, request.cookies.get(COOKIE))
+    except connect.FlowRefused as exc:
+        return refused(exc)
+    response = redirect(f"/connect/s/{row.id}")
+    if cookie is not None:
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=int(connect.SESSION_TTL.total_seconds()) + 60,
+            httponly=True,
+            samesite="lax",
+            secure=vault.settings.effective_public_base_url.startswith("https://"),
+            path="/",
+        )
+    return response
+
+
+@router.get("/connect/s/{session_id}")
+async def session_home(request: Request, session_id: str) -> Response:
+    vault = _vault(request)
+    browser = request.cookies.get(COOKIE)
+    try:
+        session = await connect.browser_session(vault, session_id, browser)
+    except connect.FlowRefused as exc:
+        return refused(exc)
+    assert browser is not None
+    if session.status != "pending":
+        return await _result(vault, session)
+    configs = await connect.session_configs(vault, session)
+    declined = {d["provider_id"] for d in (session.result or {}).get("declined_providers", [])}
+    remaining = [c for c in configs if c.provider_id not in declined]
+    direct = bool((session.result or {}).get("direct")) or session.repair_grant_id is not None
+    if len(configs) == 1 and direct:
+        try:
+            url = await connect.start_flow(vault, session, configs[0].provider_id, None)
+        except connect.FlowRefused as exc:
+            return refused(exc)
+        return redirect(url)
+    if len(remaining) == 1 and len(configs) == 1:
+        return _consent(session, remaining[0], browser)
+    return page(
+        "connect_picker.html",
+        session_id=session.id,
+        providers=configs,
+        declined=declined,
+        csrf=_csrf(browser),
+    )
+
+
+def _ttl_label(seconds: int) -> str:
+    for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def _consent(session: Any, cfg: Any, browser: str) -> Response:
+    scopes = [
+        {"scope": s, "description": cfg.spec.available_scopes.get(s, s)}
+        for s in connect.requested_scopes(cfg, session)
+    ]
+    options, default = connect.ttl_choices(session) if session.grant_policy else ([], None)
+    return page(
+        "connect_consent.html",
+        # The form's 303 goes to the provider: CSP form-action must allow its origin.
+        form_action=f"'self' {_origin(cfg.authorize_url)}",
+        session_id=session.id,
+        provider_id=cfg.provider_id,
+        spec=cfg.spec,
+        scopes=scopes,
+        ttl_options=[(o, _ttl_label(o)) for o in options],
+        ttl_default=default,
+        csrf=_csrf(browser),
+    )
+
+
+@router.get("/connect/s/{session_id}/consent")
+async def consent(request: Request, session_id: str, provider: str = "") -> Response:
+    vault = _vault(request)
+    browser = request.cookies.get(COOKIE)
+    try:
+        session = await connect.browser_session(vault, session_id, browser)
+    except connect.FlowRefused as exc:
+        return refused(exc)
+    assert browser is not None
+    if session.status != "pending":
+        return await _result(vault, session)
+    for cfg in await connect.session_configs(vault, session):
+        if cfg.provider_id == provider:
+            return _consent(session, cfg, browser)
+    return refused(
+        connect.FlowRefused("provider_not_allowed", "This provider is not part of this sign-in.")
+    )
+
+
+async def _form(request: Request, session_id: str) -> tuple[Any, dict[str, str]]:
+    vault = _vault(request)
+    browser = request.cookies.get(COOKIE)
+    session = await connect.browser_session(vault, session_id, browser)
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    assert browser is not None
+    if not hmac.compare_digest(form.get("csrf", ""), _csrf(browser)):
+        raise connect.FlowRefused("csrf", "This form expired. Go back and try again.")
+    if session.status != "pending":
+        raise connect.FlowRefused("session_finished", "This sign-in is already finished.")
+    return session, form
+
+
+@router.post("/connect/s/{session_id}/authorize")
+async def authorize(request: Request, session_id: str) -> Response:
+    """The user agreed: record state/PKCE/nonce and go to the provider."""
+    try:
+        session, form = await _form(request, session_id)
+        ttl_raw = form.get("ttl")
+        ttl = int(ttl_raw) if ttl_raw and ttl_raw.isdigit() else None
+        url = await connect.start_flow(_vault(request), session, form.get("provider", ""), ttl)
+    except connect.FlowRefused as exc:
+        return refused(exc)
+    return redirect(url)
+
+
+@router.post("/connect/s/{session_id}/decline")
+async def decline(request: Request, session_id: str) -> Response:
+    vault = _vault(request)
+    try:
+        session, form = await _form(request, session_id)
+    except connect.FlowRefused as exc:
+        return refused(exc)
+    provider = form.get("provider", "")
+    if provider == "*":
+        for pid in session.allowed_providers:
+            session = await connect.decline(vault, session, pid, "access_denied")
+    elif provider in session.allowed_providers:
+        session = await connect.decline(vault, session, provider, "access_denied")
+    return redirect(f"/connect/s/{session.id}")
+
+
+@router.get("/sdk/oauth/callback")
+async def callback(request: Request) -> Response:
+    """The provider's redirect back. Never cached; the code is exchanged at most once."""
+    vault = _vault(request)
+    params = {k: v for k, v in request.query_params.items()}
+    try:
+        session = await connect.finish_flow(vault, params, request.cookies.get(COOKIE))
+    except connect.FlowRefused as exc:
+        return refused(exc)
+    return redirect(f"/connect/s/{session.id}")
+
+
+async def _result(vault: Vault, session: Any) -> Response:
+    """The last page: hand the outcome to the opener (postMessage) or the return URL."""
+    result = session.result or {}
+    ok = session.status == "completed"
+    configs = {c.provider_id: c for c in await connect.session_configs(vault, session)}
+    now = _iso(utcnow())
+    grants = []
+    for g in result.get("grants", []):
+        cfg = configs.get(g["provider_id"])
+        grants.append(
+            {
+                "grant_id": g["grant_id"],
+                "provider": g["provider_id"],
+                "provider_name": cfg.spec.display_name if cfg else g["provider_id"],
+                "account_identifier": g.get("account_identifier"),
+                "timestamp": now,
+                "operation": g.get("operation", "creation"),
+                "scopes": g.get("scopes", []),
+                "status": "active",
+            }
+        )
+    error = result.get("error") or {}
+    if ok:
+        message: dict[str, Any] = {"type": "alter_connect_success", "grants": grants}
+        text = ""
+    else:
+        code = error.get(
+            "error_code", "connect_failed" if session.status == "error" else "session_expired"
+        )
+        text = error.get("error_message", "The connection was not completed.")
+        message = {"type": "alter_connect_error", "error": code, "error_description": text}
+    return_link = None
+    if session.return_url:
+        if ok and grants:
+            first = grants[0]
+            query = {
+                "alter_connect_success": "true",
+                "grant_id": first["grant_id"],
+                "provider": first["provider"],
+                "account_identifier": first["account_identifier"] or "",
+                "provider_name": first["provider_name"],
+                "timestamp": now or "",
+                "operation": first["operation"],
+                "scopes": ",".join(first["scopes"]),
+                "status": "active",
+            }
+        else:
+            query = {
+                "alter_connect_error": "true",
+                "error_code": message.get("error", "connect_failed"),
+                "error_description": text,
+            }
+        sep = "&" if urlsplit(session.return_url).query else "?"
+        return_link = session.return_url + sep + urlencode(query)
+    payload = {
+        "allowed_origin": session.allowed_origin,
+        "message": message,
+        "auto_continue": return_link is not None,
+    }
+    return page(
+        "connect_result.html",
+        ok=ok,
+        grants=grants,
+        message=text,
+        return_link=return_link,
+        payload=payload,
+    )
+
+
+@router.get("/connect/s/{session_id}/result")
+async def result_page(request: Request, session_id: str) -> Response:
+    vault = _vault(request)
+    try:
+        session = await connect.browser_session(vault, session_id, request.cookies.get(COOKIE))
+    except connect.FlowRefused as exc:
+        return refused(exc)
+    return await _result(vault, session)

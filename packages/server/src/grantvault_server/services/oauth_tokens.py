@@ -1,0 +1,585 @@
+"""OAuth tokens behind a grant: storage, refresh (once, across replicas) and revocation.
+
+Refresh is where token vaults hurt their users (field-lessons §1.5-1.6): two refreshes with
+the same rotating refresh token make the provider revoke the whole grant. So:
+
+* **one refresh per grant at a time, everywhere.** Inside a process, callers of the same
+  grant share one refresh (single flight). Across processes and replicas, the refresher
+  takes a lease in the database row (``lease_owner``/``lease_until``), conditional on the
+  token ``generation`` it read: the generation is the fencing token, so a process that read
+  an old row can neither take the lease nor write its result. Whoever loses waits and reads
+  the winner's tokens from the row.
+* **the rotated refresh token is committed before the new access token is used**, and the
+  old refresh token is kept when the provider's answer omits one.
+* ``invalid_grant`` marks the grant "needs re-connect" (``credential_revoked``) and drops the
+  dead tokens; transient failures are retried a few times with backoff and jitter, then the
+  grant cools down (exponential, capped) instead of hammering the provider, and the current
+  access token is served as long as it is still valid.
+* tokens without an expiry are used until the provider says otherwise.
+
+The same function serves retrieval (``/sdk/token``) and any later proxy mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from grantvault.types.errors import ErrorCode
+from grantvault_server.audit.chain import AuditRecord
+from grantvault_server.audit.events import AuditEvent, Outcome
+from grantvault_server.crypto.barrier import aad_for
+from grantvault_server.errors import VaultError
+from grantvault_server.oauth.client import OAuthError, TokenSet
+from grantvault_server.services import oauth_providers as providers
+from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import utcnow
+from grantvault_server.storage.db import Conn
+from grantvault_server.storage.tables import grants, oauth_revocations, oauth_tokens
+
+log = logging.getLogger(__name__)
+
+#: How long a refresher owns a grant's refresh; longer than one token call with retries.
+LEASE = timedelta(seconds=45)
+#: How long a caller waits for someone else's refresh before answering 409.
+WAIT_FOR_REFRESH_S = 30.0
+#: Refresh this long before expiry at most (less for short-lived tokens: a tenth of life).
+MAX_MARGIN = timedelta(seconds=60)
+ATTEMPTS = 3
+COOLDOWN_BASE_S = 5.0
+COOLDOWN_MAX_S = 300.0
+REVOCATION_ATTEMPTS = 8
+
+
+def token_aad(app_id: str, grant_id: str, column: str) -> bytes:
+    return aad_for("oauth_tokens", app_id, grant_id, column)
+
+
+def revocation_aad(app_id: str, row_id: str) -> bytes:
+    return aad_for("oauth_revocations", app_id, row_id, "token_ct")
+
+
+def expiry_for(tokens: TokenSet, now: datetime) -> datetime | None:
+    return now + timedelta(seconds=tokens.expires_in) if tokens.expires_in else None
+
+
+async def store_new_tokens(
+    vault: Vault, conn: Conn, app_id: str, grant_id: str, tokens: TokenSet, now: datetime
+) -> str:
+    """Insert or replace a grant's tokens after a (re)connect; returns the new generation."""
+    generation = str(uuid.uuid4())
+    values: dict[str, Any] = {
+        "access_ct": vault.barrier.encrypt(
+            tokens.access_token.encode(), token_aad(app_id, grant_id, "access_ct")
+        ),
+        "refresh_ct": vault.barrier.encrypt(
+            tokens.refresh_token.encode(), token_aad(app_id, grant_id, "refresh_ct")
+        )
+        if tokens.refresh_token
+        else None,
+        "access_expires_at": expiry_for(tokens, now),
+        "generation": generation,
+        "lease_owner": None,
+        "lease_until": None,
+        "refresh_failures": 0,
+        "cooldown_until": None,
+        "last_refresh_error": None,
+        "needs_reconnect": False,
+        "updated_at": now,
+    }
+    updated = await conn.execute(
+        sa.update(oauth_tokens).where(oauth_tokens.c.grant_id == grant_id).values(**values)
+    )
+    if updated.rowcount == 0:
+        await conn.execute(
+            sa.insert(oauth_tokens).values(grant_id=grant_id, app_id=app_id, **values)
+        )
+    return generation
+
+
+@dataclass
+class AccessToken:
+    """What retrieval hands out: never the refresh token."""
+
+    value: str
+    expires_at: datetime | None
+    generation: str
+    retry_info: dict[str, Any] | None = None
+
+
+@dataclass
+class _Attempts:
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def info(self, success: int | None) -> dict[str, Any] | None:
+        if not self.errors:
+            return None
+        return {
+            "total_attempts": len(self.errors) + (1 if success else 0),
+            "successful_attempt": success,
+            "errors": self.errors,
+        }
+
+
+def _margin(row: Any) -> timedelta:
+    if row.access_expires_at is None:
+        return timedelta(0)
+    life = row.access_expires_at - row.updated_at
+    return min(MAX_MARGIN, max(timedelta(0), life / 10))
+
+
+def fresh_enough(row: Any, now: datetime) -> bool:
+    return row.access_expires_at is None or row.access_expires_at - _margin(row) > now
+
+
+def _still_valid(row: Any, now: datetime) -> bool:
+    return row.access_ct is not None and (
+        row.access_expires_at is None or row.access_expires_at > now
+    )
+
+
+def credential_revoked(grant_id: str, provider_id: str) -> VaultError:
+    return VaultError(
+        ErrorCode.CREDENTIAL_REVOKED,
+        "The provider no longer accepts this grant's credentials (revoked or expired at the "
+        "provider); ask the user to connect again (create a session with repair_grant_id).",
+        grant_id=grant_id,
+        provider_id=provider_id,
+    )
+
+
+async def _read(conn: Conn, grant_id: str) -> Any:
+    return (
+        await conn.execute(sa.select(oauth_tokens).where(oauth_tokens.c.grant_id == grant_id))
+    ).first()
+
+
+async def _decrypt_access(vault: Vault, conn: Conn, row: Any) -> str:
+    return (
+        await vault.barrier.decrypt_fresh(
+            conn, row.access_ct, token_aad(row.app_id, row.grant_id, "access_ct")
+        )
+    ).decode()
+
+
+async def access_token(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -> AccessToken:
+    """A usable access token for the grant, refreshing it first when it is (nearly) expired."""
+    async with vault.db.read() as conn:
+        row = await _read(conn, grant_id)
+        if row is None or row.needs_reconnect or row.access_ct is None:
+            raise credential_revoked(grant_id, cfg.provider_id)
+        now = utcnow()
+        if fresh_enough(row, now):
+            return AccessToken(
+                await _decrypt_access(vault, conn, row), row.access_expires_at, row.generation
+            )
+    # Single flight inside this process: every caller of this grant awaits one refresh.
+    pending = vault.refreshes.get(grant_id)
+    if pending is None:
+        pending = asyncio.get_running_loop().create_task(_refresh(vault, cfg, grant_id))
+        vault.refreshes[grant_id] = pending
+        pending.add_done_callback(lambda _t: vault.refreshes.pop(grant_id, None))
+    result: AccessToken = await asyncio.shield(pending)
+    return result
+
+
+async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -> AccessToken:
+    """Refresh under the database lease, or wait for whoever holds it."""
+    owner = str(uuid.uuid4())
+    deadline = asyncio.get_running_loop().time() + WAIT_FOR_REFRESH_S
+    delay = 0.02
+    while True:
+        now = utcnow()
+        async with vault.db.write() as conn:
+            row = await _read(conn, grant_id)
+            if row is None or row.needs_reconnect or row.access_ct is None:
+                raise credential_revoked(grant_id, cfg.provider_id)
+            if fresh_enough(row, now):
+                # Someone (maybe another replica) refreshed while we waited: use theirs.
+                return AccessToken(
+                    await _decrypt_access(vault, conn, row), row.access_expires_at, row.generation
+                )
+            if row.cooldown_until is not None and row.cooldown_until > now:
+                if _still_valid(row, now):
+                    return AccessToken(
+                        await _decrypt_access(vault, conn, row),
+                        row.access_expires_at,
+                        row.generation,
+                    )
+                raise _unavailable(cfg, row.cooldown_until - now)
+            taken = await conn.execute(
+                sa.update(oauth_tokens)
+                .where(
+                    oauth_tokens.c.grant_id == grant_id,
+                    oauth_tokens.c.generation == row.generation,
+                    sa.or_(oauth_tokens.c.lease_until.is_(None), oauth_tokens.c.lease_until < now),
+                )
+                .values(lease_owner=owner, lease_until=now + LEASE)
+            )
+            leased = taken.rowcount == 1
+            refresh_ct = row.refresh_ct
+        if leased:
+            return await _refresh_leased(vault, cfg, row, owner, refresh_ct)
+        if asyncio.get_running_loop().time() > deadline:
+            raise VaultError(
+                ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
+                "Another process is refreshing this grant's token; retry in a moment.",
+                grant_id=grant_id,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def _unavailable(cfg: providers.ProviderConfig, wait: timedelta) -> VaultError:
+    seconds = max(1, int(wait.total_seconds()) + 1)
+    return VaultError(
+        ErrorCode.PROVIDER_UNAVAILABLE,
+        f"{cfg.spec.display_name} could not refresh this grant's token; retry after {seconds} s.",
+        provider_id=cfg.provider_id,
+        retry_after_seconds=seconds,
+    )
+
+
+async def _refresh_leased(
+    vault: Vault, cfg: providers.ProviderConfig, row: Any, owner: str, refresh_ct: bytes | None
+) -> AccessToken:
+    grant_id, app_id = row.grant_id, row.app_id
+    fence = (
+        (oauth_tokens.c.grant_id == grant_id)
+        & (oauth_tokens.c.lease_owner == owner)
+        & (oauth_tokens.c.generation == row.generation)
+    )
+    async with vault.db.read() as conn:
+        creds = await providers.client_credentials(vault, conn, cfg)
+        refresh_token = (
+            (
+                await vault.barrier.decrypt_fresh(
+                    conn, refresh_ct, token_aad(app_id, grant_id, "refresh_ct")
+                )
+            ).decode()
+            if refresh_ct is not None
+            else None
+        )
+    if refresh_token is None or not cfg.spec.supports_refresh:
+        # Nothing to refresh with: the token has expired for good.
+        await _mark_dead(vault, cfg, row, fence, "no_refresh_token")
+        raise credential_revoked(grant_id, cfg.provider_id)
+    attempts = _Attempts()
+    tokens: TokenSet | None = None
+    failure: OAuthError | None = None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            tokens = await vault.oauth.refresh(cfg.spec, cfg.token_url, creds, refresh_token)
+            break
+        except OAuthError as exc:
+            failure = exc
+            permanent = not exc.transient
+            wait = 0.0
+            if not permanent and attempt < ATTEMPTS:
+                wait = min(exc.retry_after or 0.25 * 2 ** (attempt - 1), 2.0) * random.uniform(
+                    0.5, 1.0
+                )
+            attempts.errors.append(
+                {
+                    "attempt": attempt,
+                    "error": exc.error[:500],
+                    "error_type": "provider_error" if exc.status else "network_error",
+                    "delay_s": round(wait, 3),
+                    "permanent": permanent,
+                }
+            )
+            if permanent:
+                break
+            if attempt < ATTEMPTS:
+                await asyncio.sleep(wait)
+    now = utcnow()
+    if tokens is not None:
+        new_refresh = tokens.refresh_token or refresh_token
+        generation = str(uuid.uuid4())
+        async with vault.db.write() as conn:
+            stored = await conn.execute(
+                sa.update(oauth_tokens)
+                .where(fence)
+                .values(
+                    access_ct=vault.barrier.encrypt(
+                        tokens.access_token.encode(), token_aad(app_id, grant_id, "access_ct")
+                    ),
+                    refresh_ct=vault.barrier.encrypt(
+                        new_refresh.encode(), token_aad(app_id, grant_id, "refresh_ct")
+                    ),
+                    access_expires_at=expiry_for(tokens, now),
+                    generation=generation,
+                    lease_owner=None,
+                    lease_until=None,
+                    refresh_failures=0,
+                    cooldown_until=None,
+                    last_refresh_error=None,
+                    updated_at=now,
+                )
+            )
+            if stored.rowcount != 1:
+                # Our lease was taken over (we were slower than LEASE): the row is someone
+                # else's now. Never hand out a token the database does not know about.
+                log.error("refresh lease lost before commit", extra={"grant_id": grant_id})
+                raise VaultError(
+                    ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
+                    "The token refresh took too long and was taken over; retry.",
+                    grant_id=grant_id,
+                )
+            if tokens.scopes is not None:
+                await conn.execute(
+                    sa.update(grants)
+                    .where(grants.c.id == grant_id)
+                    .values(scopes=list(tokens.scopes))
+                )
+            await vault.audit.append(
+                conn,
+                [
+                    AuditRecord(
+                        chain=app_id,
+                        event=AuditEvent.TOKEN_REFRESHED,
+                        outcome=Outcome.SUCCESS,
+                        actor={"type": "vault", "via": "refresh"},
+                        grant_id=grant_id,
+                        provider_id=cfg.provider_id,
+                        details={
+                            "attempts": len(attempts.errors) + 1,
+                            "rotated": tokens.refresh_token is not None
+                            and tokens.refresh_token != refresh_token,
+                        },
+                    )
+                ],
+            )
+        # Committed: only now does the new access token leave this function.
+        return AccessToken(
+            tokens.access_token,
+            expiry_for(tokens, now),
+            generation,
+            attempts.info(len(attempts.errors) + 1),
+        )
+    assert failure is not None
+    if failure.dead_credential:
+        await _mark_dead(vault, cfg, row, fence, failure.error)
+        raise credential_revoked(grant_id, cfg.provider_id)
+    failures = int(row.refresh_failures or 0) + 1
+    cooldown = timedelta(seconds=min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (failures - 1)))
+    async with vault.db.write() as conn:
+        await conn.execute(
+            sa.update(oauth_tokens)
+            .where(fence)
+            .values(
+                lease_owner=None,
+                lease_until=None,
+                refresh_failures=failures,
+                cooldown_until=now + cooldown,
+                last_refresh_error=failure.error[:255],
+            )
+        )
+        await vault.audit.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=app_id,
+                    event=AuditEvent.TOKEN_REFRESH_FAILED,
+                    outcome=Outcome.FAILURE,
+                    actor={"type": "vault", "via": "refresh"},
+                    grant_id=grant_id,
+                    provider_id=cfg.provider_id,
+                    reason=failure.error[:64],
+                    details={
+                        "attempts": len(attempts.errors),
+                        "cooldown_s": cooldown.total_seconds(),
+                    },
+                )
+            ],
+        )
+        if _still_valid(row, now):
+            return AccessToken(
+                await _decrypt_access(vault, conn, row),
+                row.access_expires_at,
+                row.generation,
+                attempts.info(None),
+            )
+    if failure.config_error:
+        raise VaultError(
+            ErrorCode.CONNECT_CONFIG_ERROR,
+            f"{cfg.spec.display_name} rejected this app's client credentials ({failure.error}); "
+            "fix the provider registration.",
+            provider_id=cfg.provider_id,
+        )
+    raise _unavailable(cfg, cooldown)
+
+
+async def _mark_dead(
+    vault: Vault, cfg: providers.ProviderConfig, row: Any, fence: Any, reason: str
+) -> None:
+    async with vault.db.write() as conn:
+        await conn.execute(
+            sa.update(oauth_tokens)
+            .where(fence)
+            .values(
+                needs_reconnect=True,
+                access_ct=None,
+                refresh_ct=None,
+                lease_owner=None,
+                lease_until=None,
+                last_refresh_error=reason[:255],
+                updated_at=utcnow(),
+            )
+        )
+        await vault.audit.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=row.app_id,
+                    event=AuditEvent.GRANT_NEEDS_RECONNECT,
+                    outcome=Outcome.FAILURE,
+                    actor={"type": "vault", "via": "refresh"},
+                    grant_id=row.grant_id,
+                    provider_id=cfg.provider_id,
+                    reason=reason[:64],
+                )
+            ],
+        )
+
+
+async def token_strings(vault: Vault, conn: Conn, app_id: str, grant_id: str) -> list[str]:
+    """The grant's current tokens, to scrub them from audit bodies the SDK posts."""
+    row = await _read(conn, grant_id)
+    out: list[str] = []
+    for column in ("access_ct", "refresh_ct"):
+        blob = None if row is None else row._mapping[column]
+        if blob is not None:
+            out.append(
+                (
+                    await vault.barrier.decrypt_fresh(
+                        conn, blob, token_aad(app_id, grant_id, column)
+                    )
+                ).decode()
+            )
+    return sorted((s for s in out if len(s) >= 4), key=len, reverse=True)
+
+
+# -- revocation -----------------------------------------------------------------------------
+
+
+async def detach_tokens_for_revocation(
+    vault: Vault, conn: Conn, app_id: str, grant_id: str, oauth_provider_id: str
+) -> list[str]:
+    """Inside the revoking transaction: delete the grant's tokens and queue their revocation
+    at the provider (refresh token first). Returns the queued row ids."""
+    row = await _read(conn, grant_id)
+    if row is None:
+        return []
+    queued: list[str] = []
+    now = utcnow()
+    for column, hint in (("refresh_ct", "refresh_token"), ("access_ct", "access_token")):
+        blob = row._mapping[column]
+        if blob is None:
+            continue
+        plaintext = await vault.barrier.decrypt_fresh(
+            conn, blob, token_aad(app_id, grant_id, column)
+        )
+        rid = str(uuid.uuid4())
+        await conn.execute(
+            sa.insert(oauth_revocations).values(
+                id=rid,
+                app_id=app_id,
+                oauth_provider_id=oauth_provider_id,
+                grant_id=grant_id,
+                token_ct=vault.barrier.encrypt(plaintext, revocation_aad(app_id, rid)),
+                token_type_hint=hint,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now + timedelta(microseconds=len(queued)),
+            )
+        )
+        queued.append(rid)
+    await conn.execute(sa.delete(oauth_tokens).where(oauth_tokens.c.grant_id == grant_id))
+    return queued
+
+
+async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: int = 50) -> int:
+    """Call providers' revocation endpoints for queued tokens; returns how many are done.
+
+    A success (or a provider with no revocation endpoint) deletes the queued token. A failure
+    is retried later with backoff, up to ``REVOCATION_ATTEMPTS``; then the token is dropped
+    and the give-up is audited (the grant itself was revoked in the vault long before).
+    """
+    now = utcnow()
+    stmt = (
+        sa.select(oauth_revocations)
+        .where(oauth_revocations.c.next_attempt_at <= now)
+        .order_by(oauth_revocations.c.created_at)
+        .limit(limit)
+    )
+    if grant_id is not None:
+        stmt = stmt.where(oauth_revocations.c.grant_id == grant_id)
+    async with vault.db.read() as conn:
+        rows = (await conn.execute(stmt)).all()
+    done = 0
+    for item in rows:
+        async with vault.db.read() as conn:
+            try:
+                cfg = await providers.get_config_by_id(conn, item.app_id, item.oauth_provider_id)
+            except VaultError:
+                cfg = None
+            creds = await providers.client_credentials(vault, conn, cfg) if cfg else None
+            token = (
+                await vault.barrier.decrypt_fresh(
+                    conn, item.token_ct, revocation_aad(item.app_id, item.id)
+                )
+            ).decode()
+        error: str | None = None
+        if cfg is not None and creds is not None and cfg.revocation_url is not None:
+            try:
+                await vault.oauth.revoke(
+                    cfg.spec, cfg.revocation_url, creds, token, item.token_type_hint
+                )
+            except OAuthError as exc:
+                error = exc.error
+        attempts = int(item.attempts) + 1
+        async with vault.db.write() as conn:
+            if error is None or attempts >= REVOCATION_ATTEMPTS:
+                await conn.execute(
+                    sa.delete(oauth_revocations).where(oauth_revocations.c.id == item.id)
+                )
+                done += 1
+                await vault.audit.append(
+                    conn,
+                    [
+                        AuditRecord(
+                            chain=item.app_id,
+                            event=AuditEvent.GRANT_PROVIDER_REVOKED,
+                            outcome=Outcome.SUCCESS if error is None else Outcome.FAILURE,
+                            actor={"type": "vault", "via": "revocation"},
+                            grant_id=item.grant_id,
+                            provider_id=cfg.provider_id if cfg else None,
+                            reason=error,
+                            details={
+                                "token_type": item.token_type_hint,
+                                "attempts": attempts,
+                                "endpoint": cfg is not None and cfg.revocation_url is not None,
+                            },
+                        )
+                    ],
+                )
+            else:
+                backoff = timedelta(seconds=min(3600, 10 * 2**attempts))
+                await conn.execute(
+                    sa.update(oauth_revocations)
+                    .where(oauth_revocations.c.id == item.id)
+                    .values(
+                        attempts=attempts,
+                        last_error=error[:255],
+                        next_attempt_at=utcnow() + backoff,
+                    )
+                )
+    return done
