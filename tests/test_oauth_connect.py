@@ -325,3 +325,172 @@ async def test_state_and_verifier_are_not_stored_in_clear(
     assert flow.nonce is not None
     r = await follow(browser, step.url)
     assert r.response.status_code == 200
+
+
+# -- refresh and revocation -------------------------------------------------------------------
+
+
+def refreshes(peer: Peer) -> int:
+    return sum(
+        1 for e in peer.log_events("grant.success") if e.get("grant_type") == "refresh_token"
+    )
+
+
+def grant_errors(peer: Peer) -> int:
+    return len(peer.log_events("grant.error"))
+
+
+async def stored_tokens(setup: Setup, grant_id: str) -> tuple[str, str | None, str]:
+    from grantvault_server.services.oauth_tokens import token_aad
+
+    async with setup.vault.db.read() as conn:
+        row = (
+            await conn.execute(sa.select(oauth_tokens).where(oauth_tokens.c.grant_id == grant_id))
+        ).one()
+        access = await setup.vault.barrier.decrypt_fresh(
+            conn, row.access_ct, token_aad(row.app_id, grant_id, "access_ct")
+        )
+        refresh = (
+            await setup.vault.barrier.decrypt_fresh(
+                conn, row.refresh_ct, token_aad(row.app_id, grant_id, "refresh_ct")
+            )
+            if row.refresh_ct
+            else None
+        )
+    return access.decode(), refresh.decode() if refresh else None, row.generation
+
+
+async def expire_now(setup: Setup, grant_id: str) -> None:
+    """Skip the wait: the peer's 5-second token is treated as expired by the vault."""
+    async with setup.vault.db.write() as conn:
+        await conn.execute(
+            sa.update(oauth_tokens)
+            .where(oauth_tokens.c.grant_id == grant_id)
+            .values(access_expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+async def test_expired_token_is_refreshed_once_and_rotation_is_persisted(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    grant = await connect_grant(setup, browser, user="frank")
+    access0, refresh0, gen0 = await stored_tokens(setup, grant["grant_id"])
+    assert refresh0 is not None
+    before, errors_before = refreshes(setup.peer), grant_errors(setup.peer)
+    await asyncio.sleep(5.5)  # the peer's real 5-second expiry
+    r = await setup.token(grant["grant_id"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert refreshes(setup.peer) == before + 1
+    access1, refresh1, gen1 = await stored_tokens(setup, grant["grant_id"])
+    assert body["access_token"] == access1 != access0
+    assert refresh1 not in (None, refresh0)  # rotated and persisted
+    assert body["token_generation"] == gen1 != gen0
+    # The next retrievals use the fresh token: no further refresh.
+    assert (await setup.token(grant["grant_id"])).json()["access_token"] == access1
+    assert refreshes(setup.peer) == before + 1
+    # The old refresh token was never sent again (reuse would show as a grant error and
+    # kill the family); the new one is alive at the peer.
+    assert grant_errors(setup.peer) == errors_before
+    assert setup.peer.introspect(refresh1)["active"] is True
+    who = httpx.get(
+        f"{setup.peer.issuer}/api/whoami", headers={"Authorization": f"Bearer {access1}"}
+    )
+    assert who.status_code == 200
+
+
+async def test_fifty_concurrent_retrievals_of_an_expired_grant_refresh_once(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    grant = await connect_grant(setup, browser, user="gina")
+    await expire_now(setup, grant["grant_id"])
+    before, errors_before = refreshes(setup.peer), grant_errors(setup.peer)
+    answers = await asyncio.gather(*(setup.token(grant["grant_id"]) for _ in range(50)))
+    assert [a.status_code for a in answers] == [200] * 50, {a.text for a in answers}
+    assert refreshes(setup.peer) == before + 1
+    assert grant_errors(setup.peer) == errors_before
+    assert len({a.json()["access_token"] for a in answers}) == 1
+    token = answers[0].json()["access_token"]
+    who = httpx.get(f"{setup.peer.issuer}/api/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert who.status_code == 200
+
+
+async def test_user_disabled_at_the_provider_turns_into_credential_revoked(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    grant = await connect_grant(setup, browser, user="hank")
+    setup.peer.admin("users/hank/disable")
+    try:
+        await expire_now(setup, grant["grant_id"])
+        r = await setup.token(grant["grant_id"])
+        assert r.status_code == 403 and r.json()["error"] == "credential_revoked", r.text
+        assert r.json()["grant_id"] == grant["grant_id"]
+        # Dead tokens are dropped and the grant is flagged; no refresh storm afterwards.
+        before = len(setup.peer.log_events())
+        r = await setup.token(grant["grant_id"])
+        assert r.json()["error"] == "credential_revoked"
+        assert len(setup.peer.log_events()) == before
+        listed = await setup.signed.post("/sdk/grants/list", {"provider_id": "peer"})
+        (item,) = listed.json()["grants"]
+        assert item["needs_reconnect"] is True and item["grant_kind"] == "oauth"
+    finally:
+        setup.peer.admin("users/hank/enable")
+    # Repair: a session with repair_grant_id reconnects the same grant in place.
+    session = await setup.session(repair_grant_id=grant["grant_id"])
+    step = await follow(browser, session["connect_url"], user="hank")
+    assert step.response.status_code == 200 and "Connected" in step.response.text
+    polled = await setup.poll(session["session_token"])
+    assert polled["grants"][0]["grant_id"] == grant["grant_id"]
+    assert polled["grants"][0]["operation"] == "reauth"
+    assert (await setup.token(grant["grant_id"])).status_code == 200
+
+
+async def test_revoked_grant_is_inactive_at_the_provider_and_never_refreshed(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    grant = await connect_grant(setup, browser, user="ivan")
+    access, refresh, _ = await stored_tokens(setup, grant["grant_id"])
+    assert refresh is not None and setup.peer.introspect(refresh)["active"] is True
+    r = await setup.signed.post(f"/sdk/oauth/grants/{grant['grant_id']}/revoke", {"reason": "test"})
+    assert r.status_code == 200 and r.json()["success"] is True
+    assert setup.peer.introspect(refresh) == {"active": False}
+    assert setup.peer.introspect(access) == {"active": False}
+    assert await setup.count(oauth_tokens) == 0
+    before = refreshes(setup.peer)
+    r = await setup.token(grant["grant_id"])
+    assert r.status_code == 403 and r.json()["error"] == "grant_revoked"
+    assert refreshes(setup.peer) == before
+
+
+async def test_revocation_is_retried_when_the_provider_is_down(
+    vault: Vault, api: httpx.AsyncClient, browser: httpx.AsyncClient
+) -> None:
+    from grantvault_server.services.oauth_tokens import run_revocations
+    from grantvault_server.storage.tables import oauth_revocations
+
+    peer = start_peer(PEER_ACCESS_TOKEN_TTL=60)
+    try:
+        app, key = await make_app(vault)
+        await register_peer(vault, app, peer)
+        setup = Setup(vault, app, SignedClient(api, key), peer)
+        grant = await connect_grant(setup, browser, user="judy")
+        _, refresh, _ = await stored_tokens(setup, grant["grant_id"])
+        peer.proc.send_signal(__import__("signal").SIGSTOP)  # provider unreachable
+        try:
+            r = await setup.signed.post(f"/sdk/oauth/grants/{grant['grant_id']}/revoke", {})
+            assert r.status_code == 200
+            assert await setup.count(oauth_tokens) == 0  # gone from the grant at once
+            assert await setup.count(oauth_revocations) == 2  # queued for the provider
+        finally:
+            peer.proc.send_signal(__import__("signal").SIGCONT)
+        async with vault.db.write() as conn:
+            await conn.execute(sa.update(oauth_revocations).values(next_attempt_at=utcnow()))
+        assert await run_revocations(vault) == 2
+        assert await setup.count(oauth_revocations) == 0
+        assert peer.introspect(refresh or "") == {"active": False}
+    finally:
+        peer.stop()

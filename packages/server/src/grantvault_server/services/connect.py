@@ -636,12 +636,12 @@ async def finish_flow(vault: Vault, params: dict[str, str], browser: str | None)
         error = params["error"][:64]
         if error == "access_denied":
             return await decline(vault, session, cfg.provider_id, "access_denied")
-        code = error if error in CONFIG_CODES else "connect_config_error"
+        failure = error if error in CONFIG_CODES else "connect_config_error"
         return await _fail_session(
             vault,
             session,
             cfg.provider_id,
-            code,
+            failure,
             f"The provider refused the sign-in ({error}); check the provider configuration.",
         )
     code = params.get("code")

@@ -131,7 +131,7 @@ class _Attempts:
 def _margin(row: Any) -> timedelta:
     if row.access_expires_at is None:
         return timedelta(0)
-    life = row.access_expires_at - row.updated_at
+    life: timedelta = row.access_expires_at - row.updated_at
     return min(MAX_MARGIN, max(timedelta(0), life / 10))
 
 

@@ -264,7 +264,7 @@ async def retrieve(
             # Outside the read transaction: a refresh talks to the provider.
             token = await oauth_tokens.access_token(vault, cfg, row.id)
             generation = token.generation
-            fields = {
+            fields: dict[str, Any] = {
                 "access_token": token.value,
                 "injection_header": "Authorization",
                 "injection_format": "Bearer {token}",

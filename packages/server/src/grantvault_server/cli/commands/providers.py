@@ -1,0 +1,232 @@
+"""``grantvault providers``: an app's OAuth client registrations at providers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from grantvault_server.cli._common import AppOpt, JsonOpt, emit, fail, out, run, table, with_vault
+from grantvault_server.services import apps as app_service, oauth_providers as providers
+from grantvault_server.services.vault import Vault, operator_actor
+
+providers_cli = typer.Typer(
+    help="OAuth providers: the app's client id and secret at Google, GitHub, any OIDC server.",
+    no_args_is_help=True,
+)
+
+
+@providers_cli.command("catalog")
+def providers_catalog(as_json: JsonOpt = False) -> None:
+    """List the providers the vault knows (endpoints, scopes and quirks are built in)."""
+    from grantvault_server.providers.oauth_catalog import catalog_item, load_oauth_catalog
+
+    catalog = load_oauth_catalog()
+    if as_json:
+        emit({"providers": {pid: catalog_item(spec) for pid, spec in catalog.items()}})
+        return
+    table(
+        "OAuth provider catalog",
+        ["id", "name", "category", "refresh", "pkce", "default scopes"],
+        [
+            [
+                s.id,
+                s.display_name,
+                s.category,
+                "yes" if s.supports_refresh else "no",
+                s.pkce,
+                " ".join(s.default_scopes),
+            ]
+            for s in catalog.values()
+        ],
+    )
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    out_: list[str] = []
+    for v in values:
+        out_.extend(p for p in v.replace(",", " ").split() if p)
+    return out_
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{what} takes NAME=VALUE, got {item!r}")
+        result[name.strip()] = value.strip()
+    return result
+
+
+@providers_cli.command("add")
+def providers_add(
+    app: AppOpt,
+    provider: Annotated[str, typer.Argument(help="Catalog id (google) or a custom id.")],
+    client_id: Annotated[str, typer.Option(help="The OAuth client id from the provider.")],
+    client_secret_stdin: Annotated[
+        bool, typer.Option(help="Read the client secret from stdin (never pass it as an argument).")
+    ] = False,
+    scopes: Annotated[
+        list[str] | None, typer.Option("--scopes", help="Default scopes (space/comma separated).")
+    ] = None,
+    allowed_scopes: Annotated[
+        list[str] | None,
+        typer.Option(help="Scopes sessions may add with required_scopes (default: any)."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Deployment parameter NAME=VALUE, e.g. tenant=contoso.onmicrosoft.com."),
+    ] = None,
+    override: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Endpoint override NAME=URL (authorize_url, token_url, revocation_url, "
+            "userinfo_url, api_base_url, issuer), e.g. for GitHub Enterprise Server."
+        ),
+    ] = None,
+    api_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Custom/override: API host the tokens may be sent to (repeat)."),
+    ] = None,
+    issuer: Annotated[
+        str | None, typer.Option(help="Custom OIDC provider: issuer URL (discovery is used).")
+    ] = None,
+    authorize_url: Annotated[
+        str | None, typer.Option(help="Custom OAuth 2.0: authorize URL.")
+    ] = None,
+    token_url: Annotated[str | None, typer.Option(help="Custom OAuth 2.0: token URL.")] = None,
+    revocation_url: Annotated[str | None, typer.Option(help="Custom: RFC 7009 URL.")] = None,
+    userinfo_url: Annotated[
+        str | None, typer.Option(help="Custom: URL answering who the account is.")
+    ] = None,
+    account_field: Annotated[
+        str | None, typer.Option(help="Custom: claim/field naming the account (default sub).")
+    ] = None,
+    display_name: Annotated[str | None, typer.Option(help="Custom: name shown to users.")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an existing registration.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register an OAuth client for an app (catalog provider, custom OAuth 2.0, or OIDC)."""
+    secret: str | None = None
+    if client_secret_stdin:
+        secret = sys.stdin.read().strip()
+        if not secret:
+            fail("--client-secret-stdin was given but stdin was empty", 2)
+    overrides = _pairs(override, "--override")
+    if api_host:
+        overrides["api_hosts"] = api_host  # type: ignore[assignment]
+    custom = bool(issuer or authorize_url or token_url)
+
+    async def action(vault: Vault) -> providers.ProviderConfig:
+        found = await app_service.get_app(vault, app)
+        spec = None
+        scope_list = _split(scopes)
+        if custom:
+            allow = vault.settings.allow_http_hosts
+            if issuer:
+                doc = await vault.oauth.discover(issuer)
+                spec = providers.spec_from_discovery(
+                    provider,
+                    doc,
+                    display_name=display_name,
+                    api_hosts=api_host or [],
+                    api_base_url=None,
+                    scopes=scope_list or ["openid"],
+                    account_field=account_field,
+                    allow_http_hosts=allow,
+                )
+            else:
+                if not (authorize_url and token_url):
+                    fail("a custom OAuth 2.0 provider needs --authorize-url and --token-url", 2)
+                spec = providers.custom_spec(
+                    provider,
+                    display_name=display_name,
+                    authorize_url=authorize_url or "",
+                    token_url=token_url or "",
+                    revocation_url=revocation_url,
+                    userinfo_url=userinfo_url,
+                    issuer=None,
+                    iss_parameter=False,
+                    api_hosts=api_host or [],
+                    api_base_url=None,
+                    scopes=scope_list or [],
+                    account_field=account_field,
+                    allow_http_hosts=allow,
+                )
+        return await providers.add_provider(
+            vault,
+            found,
+            provider,
+            operator_actor(),
+            client_id=client_id,
+            client_secret=secret,
+            scopes=scope_list,
+            allowed_scopes=_split(allowed_scopes),
+            overrides=None if custom else (overrides or None),
+            params=_pairs(param, "--param"),
+            spec=spec,
+            replace=replace,
+        )
+
+    from grantvault_server.oauth.client import OAuthError
+
+    try:
+        cfg = run(with_vault(action))
+    except OAuthError as exc:
+        fail(f"the provider's discovery document could not be used: {exc.error}", 1)
+        return
+    if as_json:
+        emit(cfg.public())
+    else:
+        out.print(
+            f"Registered [bold]{cfg.provider_id}[/] ({cfg.spec.display_name}) for this app. "
+            "Register this redirect URI at the provider: "
+            "[bold]<GRANTVAULT_PUBLIC_BASE_URL>/sdk/oauth/callback[/]"
+        )
+
+
+@providers_cli.command("list")
+def providers_list(app: AppOpt, as_json: JsonOpt = False) -> None:
+    """The app's registrations (client secrets are never shown)."""
+
+    async def action(vault: Vault) -> list[dict[str, Any]]:
+        found = await app_service.get_app(vault, app)
+        async with vault.db.read() as conn:
+            return [c.public() for c in await providers.list_configs(conn, found.id)]
+
+    items = run(with_vault(action))
+    if as_json:
+        emit({"providers": items})
+        return
+    table(
+        "OAuth providers",
+        ["provider", "name", "client id", "secret", "default scopes"],
+        [
+            [
+                i["provider_id"],
+                i["display_name"],
+                i["client_id"],
+                "set" if i["client_secret_set"] else "-",
+                " ".join(i["default_scopes"]),
+            ]
+            for i in items
+        ],
+    )
+
+
+@providers_cli.command("remove")
+def providers_remove(
+    app: AppOpt, provider: Annotated[str, typer.Argument(help="Provider id.")]
+) -> None:
+    """Remove a registration (refused while it has grants that are not revoked)."""
+
+    async def action(vault: Vault) -> None:
+        found = await app_service.get_app(vault, app)
+        await providers.remove_provider(vault, found, provider, operator_actor())
+
+    run(with_vault(action))
+    out.print(f"Removed {provider}.")
