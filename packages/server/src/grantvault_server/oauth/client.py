@@ -160,9 +160,15 @@ def authorization_url(
 class OAuthClient:
     """One pooled HTTP client for every provider call the vault makes."""
 
-    def __init__(self, allow_http_hosts: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        allow_http_hosts: Sequence[str] = (),
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.allow_http_hosts = tuple(allow_http_hosts)
         self._http = httpx.AsyncClient(
+            transport=transport,
             timeout=TIMEOUT,
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
