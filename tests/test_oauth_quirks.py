@@ -68,7 +68,7 @@ async def exchange(pid: str, fake: Fake) -> Any:
 
 async def test_github_form_encoded_answer_without_expiry_or_refresh() -> None:
     fake = Fake(
-        lambda r: httpx.Response(
+        lambda _r: httpx.Response(
             200,
             content=b"access_token=gho_abc&scope=repo%2Cuser&token_type=bearer",
             headers={"content-type": "application/x-www-form-urlencoded"},
@@ -85,13 +85,13 @@ async def test_github_form_encoded_answer_without_expiry_or_refresh() -> None:
 
 
 async def test_github_json_answer_when_it_honours_accept() -> None:
-    fake = Fake(lambda r: httpx.Response(200, json={"access_token": "gho_j", "scope": "repo"}))
+    fake = Fake(lambda _r: httpx.Response(200, json={"access_token": "gho_j", "scope": "repo"}))
     assert (await exchange("github", fake)).access_token == "gho_j"
 
 
 async def test_github_error_sent_with_http_200_is_an_error() -> None:
     fake = Fake(
-        lambda r: httpx.Response(
+        lambda _r: httpx.Response(
             200,
             content=b"error=bad_verification_code&error_description=The+code+is+wrong",
             headers={"content-type": "application/x-www-form-urlencoded"},
@@ -114,7 +114,7 @@ async def test_slack_v2_user_token_nested_under_authed_user() -> None:
         },
         "team": {"id": "T1", "name": "Acme"},
     }
-    fake = Fake(lambda r: httpx.Response(200, json=body))
+    fake = Fake(lambda _r: httpx.Response(200, json=body))
     tokens = await exchange("slack", fake)
     assert tokens.access_token == "xoxp-1"
     assert tokens.scopes == ("chat:write", "users:read")
@@ -138,14 +138,14 @@ async def test_slack_v2_user_token_nested_under_authed_user() -> None:
 
 
 async def test_slack_error_with_ok_false() -> None:
-    fake = Fake(lambda r: httpx.Response(200, json={"ok": False, "error": "invalid_code"}))
+    fake = Fake(lambda _r: httpx.Response(200, json={"ok": False, "error": "invalid_code"}))
     with pytest.raises(OAuthError) as info:
         await exchange("slack", fake)
     assert info.value.error == "invalid_code"
 
 
 async def test_notion_json_body_and_basic_auth() -> None:
-    fake = Fake(lambda r: httpx.Response(200, json={"access_token": "ntn_1", "bot_id": "b"}))
+    fake = Fake(lambda _r: httpx.Response(200, json={"access_token": "ntn_1", "bot_id": "b"}))
     tokens = await exchange("notion", fake)
     assert tokens.access_token == "ntn_1" and tokens.expires_in is None
     sent = fake.requests[0]
@@ -164,7 +164,7 @@ async def test_salesforce_instance_url_becomes_the_api_host() -> None:
     from grantvault_server.services.oauth_providers import ProviderConfig, api_hosts
 
     body = {"access_token": "00D!x", "instance_url": "https://acme.my.salesforce.com", "id": "x"}
-    tokens = await exchange("salesforce", Fake(lambda r: httpx.Response(200, json=body)))
+    tokens = await exchange("salesforce", Fake(lambda _r: httpx.Response(200, json=body)))
     s = spec("salesforce")
     cfg = ProviderConfig(
         id="c",
@@ -208,25 +208,25 @@ def test_microsoft_tenant_and_google_offline_access_are_data() -> None:
 
 
 async def test_token_endpoint_redirects_are_not_followed() -> None:
-    fake = Fake(lambda r: httpx.Response(302, headers={"location": "https://evil.example/token"}))
+    fake = Fake(lambda _r: httpx.Response(302, headers={"location": "https://evil.example/token"}))
     with pytest.raises(OAuthError):
         await exchange("google", fake)
     assert len(fake.requests) == 1
 
 
 async def test_oversized_answers_are_refused() -> None:
-    fake = Fake(lambda r: httpx.Response(200, content=b"{" + b" " * (2 << 20) + b"}"))
+    fake = Fake(lambda _r: httpx.Response(200, content=b"{" + b" " * (2 << 20) + b"}"))
     with pytest.raises(OAuthError) as info:
         await exchange("google", fake)
     assert info.value.error == "malformed_response"
 
 
 async def test_server_errors_are_transient_and_invalid_grant_is_not() -> None:
-    fake = Fake(lambda r: httpx.Response(503, text="down", headers={"retry-after": "7"}))
+    fake = Fake(lambda _r: httpx.Response(503, text="down", headers={"retry-after": "7"}))
     with pytest.raises(OAuthError) as info:
         await exchange("google", fake)
     assert info.value.transient and info.value.retry_after == 7
-    fake = Fake(lambda r: httpx.Response(400, json={"error": "invalid_grant"}))
+    fake = Fake(lambda _r: httpx.Response(400, json={"error": "invalid_grant"}))
     with pytest.raises(OAuthError) as info:
         await exchange("google", fake)
     assert info.value.dead_credential and not info.value.transient
@@ -234,7 +234,7 @@ async def test_server_errors_are_transient_and_invalid_grant_is_not() -> None:
 
 async def test_plain_http_endpoints_are_refused_unless_allowed() -> None:
     s = spec("google")
-    client = OAuthClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json={})))
+    client = OAuthClient(transport=httpx.MockTransport(lambda _r: httpx.Response(200, json={})))
     try:
         with pytest.raises(OAuthError) as info:
             await client.exchange_code(
@@ -251,8 +251,8 @@ async def test_plain_http_endpoints_are_refused_unless_allowed() -> None:
 
 
 async def test_missing_expires_in_means_no_expiry_unless_the_catalog_says_otherwise() -> None:
-    fake = Fake(lambda r: httpx.Response(200, json={"access_token": "t", "refresh_token": "r"}))
+    fake = Fake(lambda _r: httpx.Response(200, json={"access_token": "t", "refresh_token": "r"}))
     tokens = await exchange("google", fake)
     assert tokens.expires_in is None
-    fake = Fake(lambda r: httpx.Response(200, json={"access_token": "t", "expires_in": 0}))
+    fake = Fake(lambda _r: httpx.Response(200, json={"access_token": "t", "expires_in": 0}))
     assert (await exchange("google", fake)).expires_in is None
