@@ -14,8 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from grantvault_server.services import apps as app_service
-from grantvault_server.services import oauth_providers
+from grantvault_server.services import apps as app_service, oauth_providers
 from grantvault_server.services.vault import Vault
 
 from .peer import BASIC_CLIENT, VAULT_BASE_URL, Peer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -77,9 +78,10 @@ class Server:
         return data
 
 
-@pytest.fixture
-def server(tmp_path: Path, database_url: str, backend: str) -> Iterator[Server]:
-    port = free_port()
+def server_env(
+    tmp_path: Path, database_url: str, backend: str, port: int, **extra: str
+) -> dict[str, str]:
+    """The environment of a ``grantvault serve`` on ``port`` (and of its CLI)."""
     env = {
         **os.environ,
         "GRANTVAULT_DATA_DIR": str(tmp_path / "data"),
@@ -89,13 +91,22 @@ def server(tmp_path: Path, database_url: str, backend: str) -> Iterator[Server]:
     }
     env.pop("GRANTVAULT_DATABASE_URL", None)
     env.pop("GRANTVAULT_MASTER_KEY", None)
+    env.pop("GRANTVAULT_PUBLIC_BASE_URL", None)
     if backend == "postgresql":
         # Production shape: explicit database and master key, schema migrated by `db upgrade`.
         env["GRANTVAULT_DATABASE_URL"] = database_url
         env["GRANTVAULT_MASTER_KEY"] = new_master_key()
-    log = tmp_path / "server.log"
-    srv = Server(f"http://127.0.0.1:{port}", env, tmp_path / "data", log)
-    if backend == "postgresql":
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def running_server(env: dict[str, str], log: Path, *, migrate: bool) -> Iterator[Server]:
+    """Start ``grantvault serve`` with ``env``; stop it (SIGTERM) when the block ends."""
+    srv = Server(
+        f"http://127.0.0.1:{env['GRANTVAULT_PORT']}", env, Path(env["GRANTVAULT_DATA_DIR"]), log
+    )
+    if migrate:
         srv.cli("db", "upgrade")
     with log.open("w") as handle:
         proc = subprocess.Popen(
@@ -113,6 +124,13 @@ def server(tmp_path: Path, database_url: str, backend: str) -> Iterator[Server]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str, backend: str) -> Iterator[Server]:
+    env = server_env(tmp_path, database_url, backend, free_port())
+    with running_server(env, tmp_path / "server.log", migrate=backend == "postgresql") as srv:
+        yield srv
 
 
 @dataclass
