@@ -37,6 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from tests.conftest import SignedClient, new_master_key  # noqa: E402
+from tests.oauth_flow import approve, browser_for, register_peer  # noqa: E402
+from tests.peer import VAULT_BASE_URL, start_peer  # noqa: E402
 
 from grantvault_server.app import create_app  # noqa: E402
 from grantvault_server.config import Settings  # noqa: E402
@@ -44,9 +47,6 @@ from grantvault_server.services import apps as app_service  # noqa: E402
 from grantvault_server.services.vault import Vault  # noqa: E402
 from grantvault_server.services.vault_time import utcnow  # noqa: E402
 from grantvault_server.storage.tables import oauth_tokens  # noqa: E402
-from tests.conftest import SignedClient, new_master_key  # noqa: E402
-from tests.oauth_flow import approve, browser_for, register_peer  # noqa: E402
-from tests.peer import VAULT_BASE_URL, start_peer  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
