@@ -18,8 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grantvault._version import __version__
 from grantvault.types.errors import ErrorCode
-from grantvault_server.api import connect_pages, errors, ops, sdk
-from grantvault_server.api import identity as identity_api
+from grantvault_server.api import connect_pages, errors, identity as identity_api, ops, sdk
 from grantvault_server.config import Settings, load_settings
 from grantvault_server.errors import VaultError
 from grantvault_server.observability import Metrics

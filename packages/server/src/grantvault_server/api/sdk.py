@@ -32,8 +32,10 @@ from grantvault_server.api.schemas import (
     RevokeBody,
     SystemPrincipalBody,
     TokenBody,
+    UserPrincipalBody,
 )
 from grantvault_server.errors import InvalidInput, VaultError
+from grantvault_server.identity.service import active_idp_id, resolve_user
 from grantvault_server.providers.oauth_catalog import catalog_item, load_oauth_catalog
 from grantvault_server.services import audit_log, connect, grants as grant_service, tokens
 from grantvault_server.services.secrets import get_secret
@@ -42,14 +44,6 @@ router = APIRouter(prefix="/sdk", tags=["sdk"])
 
 #: Ids and slugs in paths: anything else cannot exist, so it is "not found" without a query.
 _ID = re.compile(r"^[a-z0-9-]{1,64}$")
-
-
-def _no_user_tokens(user_token: str | None) -> None:
-    if user_token is not None:
-        raise VaultError(
-            ErrorCode.IDP_NOT_CONFIGURED,
-            "This vault does not verify end-user tokens yet; omit user_token.",
-        )
 
 
 def _body_schema(model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -131,15 +125,11 @@ async def post_managed_secret_grant(
         principal_type, principal_id, idp_id = (
             "group",
             principal.external_group_id,
-            principal.idp_id,
+            principal.idp_id or await active_idp_id(vault, caller.app.id),
         )
-    elif principal.type == "user":
-        raise VaultError(
-            ErrorCode.IDP_NOT_CONFIGURED,
-            "User principals need the app's identity provider, which this vault does not "
-            "verify yet; grant to a group or the system, or use `grantvault grants create "
-            "--principal user --subject <id>` as an operator.",
-        )
+    elif isinstance(principal, UserPrincipalBody):
+        identity = await resolve_user(vault, caller.app.id, principal.user_token)
+        principal_type, principal_id, idp_id = "user", identity.subject, identity.idp_id
     else:
         raise VaultError(
             ErrorCode.UNSUPPORTED_PRINCIPAL,
@@ -171,10 +161,13 @@ async def post_grants_list(
     body: ListGrantsBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
     """List the app's grants (managed-secret grants; OAuth grants arrive with OAuth Connect)."""
-    _no_user_tokens(body.user_token)
+    identity = (
+        await resolve_user(vault, caller.app.id, body.user_token) if body.user_token else None
+    )
     return await grant_service.list_grants(
         vault,
         caller.app,
+        identity=identity,
         provider=body.provider_id,
         status=body.status,
         label=body.label,
@@ -191,9 +184,11 @@ async def post_revoke_grant(
     """Revoke a grant; the next retrieval with it answers ``grant_revoked``."""
     if not _ID.fullmatch(grant_id):
         raise VaultError(ErrorCode.GRANT_NOT_FOUND, "No grant with that id in this app.")
-    _no_user_tokens(body.user_token)
+    identity = (
+        await resolve_user(vault, caller.app.id, body.user_token) if body.user_token else None
+    )
     return await grant_service.revoke_grant(
-        vault, caller.app, grant_id, caller.actor, reason=body.reason
+        vault, caller.app, grant_id, caller.actor, reason=body.reason, identity=identity
     )
 
 
@@ -252,8 +247,8 @@ async def connect_principal(vault: Any, caller: Any, user_token: str | None) -> 
     """The owner of grants made by a session: the end user of ``user_token``, else the app."""
     if user_token is None:
         return connect.Principal()
-    _no_user_tokens(user_token)
-    return connect.Principal()
+    identity = await resolve_user(vault, caller.app.id, user_token)
+    return connect.Principal("user", identity.subject, identity.idp_id)
 
 
 @router.post("/oauth/connect/session/poll")

@@ -16,10 +16,13 @@ from grantvault_server.cli.commands.apps import apps_cli
 from grantvault_server.cli.commands.audit import audit_cli
 from grantvault_server.cli.commands.db import db_cli
 from grantvault_server.cli.commands.grants import grants_cli
+from grantvault_server.cli.commands.idp import idp_cli
 from grantvault_server.cli.commands.keys import keys_cli
 from grantvault_server.cli.commands.master_key import master_key_cli
+from grantvault_server.cli.commands.providers import providers_cli
 from grantvault_server.cli.commands.secrets import secrets_cli
 from grantvault_server.cli.commands.serve import serve
+from grantvault_server.cli.commands.users import groups_cli, users_cli
 
 cli = typer.Typer(
     name="grantvault",
@@ -34,6 +37,10 @@ for sub, name in (
     (keys_cli, "keys"),
     (secrets_cli, "secrets"),
     (grants_cli, "grants"),
+    (providers_cli, "providers"),
+    (idp_cli, "idp"),
+    (users_cli, "users"),
+    (groups_cli, "groups"),
     (audit_cli, "audit"),
     (db_cli, "db"),
     (master_key_cli, "master-key"),

@@ -7,7 +7,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -28,6 +28,9 @@ from grantvault_server.storage.tables import (
     oauth_providers,
     oauth_tokens,
 )
+
+if TYPE_CHECKING:  # identity.users imports this module
+    from grantvault_server.identity.users import Identity
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +251,7 @@ async def list_grants(
     label: str | None = None,
     account: str | None = None,
     principal_type: str | None = None,
+    identity: Identity | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> dict[str, Any]:
@@ -271,6 +275,21 @@ async def list_grants(
         stmt = stmt.where(grants.c.label == label)
     if principal_type is not None:
         stmt = stmt.where(grants.c.principal_type == principal_type)
+    if identity is not None:
+        # An end user sees their own grants and those of their groups, nothing else.
+        stmt = stmt.where(
+            sa.or_(grants.c.idp_id.is_(None), grants.c.idp_id == identity.idp_id),
+            sa.or_(
+                sa.and_(
+                    grants.c.principal_type == "user",
+                    grants.c.principal_id == identity.subject,
+                ),
+                sa.and_(
+                    grants.c.principal_type == "group",
+                    grants.c.principal_id.in_(sorted(identity.groups) or [""]),
+                ),
+            )
+        )
     if status == "revoked":
         stmt = stmt.where(grants.c.status == "revoked")
     elif status == "expired":
@@ -299,13 +318,27 @@ async def list_grants(
 
 
 async def revoke_grant(
-    vault: Vault, app: App, grant_id: str, actor: dict[str, Any], *, reason: str | None = None
+    vault: Vault,
+    app: App,
+    grant_id: str,
+    actor: dict[str, Any],
+    *,
+    reason: str | None = None,
+    identity: Identity | None = None,
 ) -> dict[str, Any]:
-    """Revoke a grant at once; revoking a revoked grant answers with its original time."""
+    """Revoke a grant at once; revoking a revoked grant answers with its original time.
+
+    With ``identity`` (a user token was sent) only that user's own grants can be revoked;
+    anyone else's answers like an unknown grant.
+    """
     if reason is not None and len(reason) > 512:
         raise InvalidInput("reason is at most 512 characters.")
     async with vault.db.write() as conn:
         row = await load_grant(conn, app, grant_id)
+        if identity is not None and (
+            row.principal_type != "user" or row.principal_id != identity.subject
+        ):
+            raise NotFound("grant", grant_id, ErrorCode.GRANT_NOT_FOUND)
         if row.status == "revoked":
             return {
                 "success": True,

@@ -583,3 +583,54 @@ async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: i
                     )
                 )
     return done
+
+
+async def revoke_user_oauth_grants(vault: Vault, app_id: str, subject: str) -> None:
+    """A user was disabled or deleted: revoke their OAuth grants, drop the tokens and tell the
+    providers (one of the ``identity.service.on_user_disabled`` hooks)."""
+    from grantvault_server.services.grants import principal_label
+
+    now = utcnow()
+    revoked: list[str] = []
+    async with vault.db.write() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(grants.c.id, grants.c.status, grants.c.oauth_provider_id).where(
+                    grants.c.app_id == app_id,
+                    grants.c.kind == "oauth",
+                    grants.c.principal_type == "user",
+                    grants.c.principal_id == subject,
+                )
+            )
+        ).all()
+        for row in rows:
+            if row.status != "revoked":
+                await conn.execute(
+                    sa.update(grants)
+                    .where(grants.c.id == row.id)
+                    .values(status="revoked", revoked_at=now, revoke_reason="user deprovisioned")
+                )
+                await vault.audit.append(
+                    conn,
+                    [
+                        AuditRecord(
+                            chain=app_id,
+                            event=AuditEvent.GRANT_REVOKED,
+                            outcome=Outcome.SUCCESS,
+                            actor={"type": "vault", "via": "deprovisioning"},
+                            reason="user deprovisioned",
+                            principal=principal_label("user", subject),
+                            grant_id=row.id,
+                        )
+                    ],
+                )
+            if await detach_tokens_for_revocation(
+                vault, conn, app_id, row.id, row.oauth_provider_id
+            ):
+                revoked.append(row.id)
+    for grant_id in revoked:
+        try:
+            await asyncio.wait_for(run_revocations(vault, grant_id=grant_id), timeout=10)
+        except Exception:  # queued; housekeeping retries
+            log.warning("provider revocation deferred", extra={"grant_id": grant_id})
+

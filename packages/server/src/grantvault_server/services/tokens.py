@@ -22,6 +22,8 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.audit.redact import redact_url
 from grantvault_server.crypto.barrier import BarrierError, CorruptCiphertext
 from grantvault_server.errors import NotFound, VaultError
+from grantvault_server.identity.service import resolve_user
+from grantvault_server.identity.users import Identity
 from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services import oauth_providers as oauth_configs, oauth_tokens
@@ -74,7 +76,9 @@ def _resolve_base() -> sa.Select[Any]:
             grants.c.expires_at,
             grants.c.principal_type,
             grants.c.principal_id,
+            grants.c.idp_id,
             grants.c.label,
+            grants.c.account_identifier,
             grants.c.last_used_at,
             grants.c.kind,
             grants.c.oauth_provider_id,
@@ -98,39 +102,90 @@ def _resolve_base() -> sa.Select[Any]:
 _BY_GRANT_ID = PreparedRead(_resolve_base().where(grants.c.id == sa.bindparam("grant_id")))
 
 
-async def _resolve(conn: Conn, app: App, req: TokenRequest) -> Any:
+def system_grant_mismatch(grant_id: str | None = None) -> VaultError:
+    return VaultError(
+        ErrorCode.SYSTEM_GRANT_USER_TOKEN_MISMATCH,
+        "This grant belongs to the app itself, not to an end user, and a user token was "
+        "sent; call without user_token to use the app's own grant.",
+        grant_id=grant_id,
+    )
+
+
+def usable_by(row: Any, identity: Identity | None) -> bool:
+    """Whether the caller may use the grant: anything of the app without a user token (the
+    app's own authority, as with ``grant_id``); with one, only the user's own grants and
+    those of groups the token says they are in."""
+    if identity is None:
+        return True
+    if row.idp_id is not None and row.idp_id != identity.idp_id:
+        # Made under an identity provider the app has since replaced: its subjects are
+        # another issuer's, even when the strings are equal.
+        return False
+    if row.principal_type == "user":
+        return bool(row.principal_id == identity.subject)
+    if row.principal_type == "group":
+        return row.principal_id in identity.groups
+    return False
+
+
+async def _resolve(conn: Conn, app: App, req: TokenRequest, identity: Identity | None) -> Any:
     if req.grant_id is not None:
         row = await _BY_GRANT_ID.first(conn, {"app_id": app.id, "grant_id": req.grant_id})
         if row is None:
             raise NotFound("grant", req.grant_id, ErrorCode.GRANT_NOT_FOUND)
+        if identity is not None and not usable_by(row, identity):
+            if row.principal_type == "system":
+                raise system_grant_mismatch(row.id)
+            # Another user's grant answers exactly like an unknown one.
+            raise NotFound("grant", req.grant_id, ErrorCode.GRANT_NOT_FOUND)
         return row
-    # Identity mode without a user token: the app's own (system) grant for this secret.
+    # Identity mode: the end user's grants (and their groups') for this provider, or without
+    # a user token the app's own (system) grant.
     stmt = _resolve_base().where(
         sa.or_(
             managed_secrets.c.slug == req.provider_id,
             oauth_providers.c.provider_id == req.provider_id,
         ),
-        grants.c.principal_type == "system",
         grants.c.status == "active",
     )
+    if identity is None:
+        stmt = stmt.where(grants.c.principal_type == "system")
+    else:
+        stmt = stmt.where(
+            sa.or_(
+                sa.and_(
+                    grants.c.principal_type == "user",
+                    grants.c.principal_id == identity.subject,
+                ),
+                sa.and_(
+                    grants.c.principal_type == "group",
+                    grants.c.principal_id.in_(sorted(identity.groups) or [""]),
+                ),
+                grants.c.principal_type == "system",
+            )
+        )
     if req.label is not None:
         stmt = stmt.where(grants.c.label == req.label)
     if req.account is not None:
         stmt = stmt.where(grants.c.account_identifier == req.account)
     now = utcnow()
-    result = await conn.execute(stmt.limit(51), {"app_id": app.id})
-    rows = [r for r in result.all() if grant_status(r, now) == "active"]
+    result = await conn.execute(stmt.limit(101), {"app_id": app.id})
+    found = [r for r in result.all() if grant_status(r, now) == "active"]
+    rows = [r for r in found if usable_by(r, identity)]
     if not rows:
+        if identity is not None and found:
+            raise system_grant_mismatch()
+        who = "this user" if identity is not None else "this app (system)"
         raise VaultError(
             ErrorCode.GRANT_NOT_FOUND,
-            f"This app has no active system grant for {req.provider_id!r}; create one with "
-            "`grantvault grants create`.",
+            f"No active grant of {who} for {req.provider_id!r}; connect the account "
+            "(create_connect_session) or create a grant.",
             provider_id=req.provider_id,
         )
     if len(rows) > 1:
         raise VaultError(
             ErrorCode.AMBIGUOUS_GRANT,
-            f"Several grants match {req.provider_id!r}; pass grant_id or label.",
+            f"Several grants match {req.provider_id!r}; pass account=, label= or grant_id.",
             provider_id=req.provider_id,
             account_identifiers=sorted(
                 {r.account_identifier for r in rows if r.account_identifier}
@@ -179,14 +234,11 @@ async def retrieve(
         "url": redact_url(req.url),
     }
     try:
+        identity = None
         if req.user_token is not None:
-            raise VaultError(
-                ErrorCode.IDP_NOT_CONFIGURED,
-                "This vault does not verify end-user tokens yet; call without user_token and "
-                "use a system grant or an explicit grant_id.",
-            )
+            identity = await resolve_user(vault, app.id, req.user_token)
         async with vault.db.read() as conn:
-            row = await _resolve(conn, app, req)
+            row = await _resolve(conn, app, req, identity)
             now = utcnow()
             status = grant_status(row, now)
             if status == "revoked":
