@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_PRINCIPAL = "unsupported_principal"
     # OAuth grants and the Connect flow.
     CREDENTIAL_REVOKED = "credential_revoked"
+    SYSTEM_GRANT_USER_TOKEN_MISMATCH = "system_grant_user_token_mismatch"
     TOKEN_REFRESH_IN_PROGRESS = "token_refresh_in_progress"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     PROVIDER_NOT_CONFIGURED = "provider_not_configured"
@@ -92,6 +93,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.IDP_NOT_CONFIGURED: 400,
     ErrorCode.UNSUPPORTED_PRINCIPAL: 422,
     ErrorCode.CREDENTIAL_REVOKED: 403,
+    ErrorCode.SYSTEM_GRANT_USER_TOKEN_MISMATCH: 403,
     ErrorCode.TOKEN_REFRESH_IN_PROGRESS: 409,
     ErrorCode.PROVIDER_UNAVAILABLE: 503,
     ErrorCode.PROVIDER_NOT_CONFIGURED: 400,
