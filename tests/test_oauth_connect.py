@@ -248,9 +248,7 @@ async def test_mix_up_iss_from_another_issuer_is_refused(
         step = await approve(browser, session["connect_url"], stop_at_callback=True)
         params = query_of(step.url)
         assert params["iss"] == setup.peer.issuer
-        forged = step.url.replace(
-            f"iss={httpx.QueryParams({'iss': params['iss']})['iss']}", ""
-        )
+        forged = step.url.replace(f"iss={httpx.QueryParams({'iss': params['iss']})['iss']}", "")
         forged = f"{VAULT_BASE_URL}/sdk/oauth/callback?" + str(
             httpx.QueryParams({**params, "iss": other.issuer})
         )
@@ -494,3 +492,23 @@ async def test_revocation_is_retried_when_the_provider_is_down(
         assert peer.introspect(refresh or "") == {"active": False}
     finally:
         peer.stop()
+
+
+async def test_malformed_callbacks_are_refused(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    session = await setup.session()
+    step = await approve(browser, session["connect_url"], stop_at_callback=True)
+    params = query_of(step.url)
+    base = f"{VAULT_BASE_URL}/sdk/oauth/callback"
+    for bad in (
+        f"{base}?code=x&state={params['state']}",  # no iss from an issuer that promises it
+        f"{base}?{httpx.QueryParams({**params, 'error': 'access_denied'})}",  # code and error
+        f"{base}?{httpx.QueryParams(params)}&state={params['state']}",  # duplicated state
+        f"{base}?code=x",  # no state
+        f"{base}?code=x&state={'s' * 4096}",  # oversized state
+    ):
+        r = await browser.get(bad)
+        assert r.status_code == 400, (bad, r.text[:300])
+        assert r.headers["cache-control"] == "no-store"
+    assert await setup.count(grants) == 0

@@ -256,3 +256,29 @@ async def test_missing_expires_in_means_no_expiry_unless_the_catalog_says_otherw
     assert tokens.expires_in is None
     fake = Fake(lambda _r: httpx.Response(200, json={"access_token": "t", "expires_in": 0}))
     assert (await exchange("google", fake)).expires_in is None
+
+
+async def test_token_type_and_expires_in_are_checked() -> None:
+    for body, error in (
+        ({"access_token": "t", "token_type": "DPoP"}, "unsupported_token_type"),
+        ({"access_token": "t", "expires_in": -5}, "malformed_response"),
+        ({"access_token": "t", "expires_in": "soon"}, "malformed_response"),
+        ({"access_token": "t", "expires_in": True}, "malformed_response"),
+        ({"token_type": "Bearer"}, "malformed_response"),
+        ({"access_token": "a\r\nb"}, "malformed_response"),
+    ):
+        fake = Fake(lambda _r, body=body: httpx.Response(200, json=body))
+        with pytest.raises(OAuthError) as info:
+            await exchange("google", fake)
+        assert info.value.error == error, body
+    fake = Fake(lambda _r: httpx.Response(200, json={"access_token": "t", "expires_in": "3600"}))
+    assert (await exchange("google", fake)).expires_in == 3600
+    fake = Fake(lambda _r: httpx.Response(200, json={"access_token": "t", "expires_in": 10**12}))
+    assert (await exchange("google", fake)).expires_in == 315_360_000
+
+
+async def test_html_answer_is_refused_without_echoing_it() -> None:
+    fake = Fake(lambda _r: httpx.Response(200, text="<html>maintenance</html>"))
+    with pytest.raises(OAuthError) as info:
+        await exchange("google", fake)
+    assert info.value.error == "malformed_response" and "maintenance" not in str(info.value)

@@ -236,7 +236,14 @@ async def decline(request: Request, session_id: str) -> Response:
 async def callback(request: Request) -> Response:
     """The provider's redirect back. Never cached; the code is exchanged at most once."""
     vault = _vault(request)
-    params = {k: v for k, v in request.query_params.items()}
+    pairs = request.query_params.multi_items()
+    params = dict(pairs)
+    if len(params) != len(pairs) or ("code" in params and "error" in params):
+        # Duplicated parameters or a response that is both success and error: parsers
+        # disagree about such URLs, so nothing in them is trusted (and the state is kept).
+        return refused(
+            connect.FlowRefused("invalid_response", "This sign-in response is malformed.")
+        )
     try:
         session = await connect.finish_flow(vault, params, request.cookies.get(COOKIE))
     except connect.FlowRefused as exc:

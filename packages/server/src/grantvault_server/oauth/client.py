@@ -34,6 +34,10 @@ from grantvault_server.providers.oauth_schema import OAuthProviderSpec
 MAX_RESPONSE_BYTES = 1 << 20
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 USER_AGENT = "grantvault-server (+oauth client)"
+#: Token types usable as a bearer token (Slack calls its user tokens "user", bot tokens "bot").
+ACCEPTED_TOKEN_TYPES = frozenset({"bearer", "user", "bot"})
+#: Longest lifetime believed from a provider: ten years.
+MAX_EXPIRES_IN = 315_360_000
 
 #: OAuth error codes that mean "this credential is dead; the user must connect again".
 DEAD_CREDENTIAL = frozenset({"invalid_grant", "invalid_token", "token_revoked", "token_expired"})
@@ -306,14 +310,24 @@ class OAuthClient:
             raise OAuthError("malformed_response", "the token endpoint sent no usable access token")
         refresh = dotted(payload, f.refresh_token)
         refresh = refresh if isinstance(refresh, str) and refresh else None
+        token_type = dotted(payload, f.token_type)
+        if isinstance(token_type, str) and token_type.lower() not in ACCEPTED_TOKEN_TYPES:
+            # A sender-constrained token (DPoP, MAC) would fail at the API as a bearer token.
+            raise OAuthError("unsupported_token_type", "the provider issued a non-bearer token")
         raw_expiry = dotted(payload, f.expires_in)
-        expires_in: int | None
-        try:
-            expires_in = int(raw_expiry) if raw_expiry not in (None, "") else None
-        except (TypeError, ValueError):
-            expires_in = None
-        if expires_in is not None and expires_in <= 0:
-            expires_in = None
+        expires_in: int | None = None
+        if raw_expiry not in (None, ""):
+            if isinstance(raw_expiry, bool):
+                raise OAuthError("malformed_response", "expires_in is not a number")
+            try:
+                expires_in = int(raw_expiry)
+            except (TypeError, ValueError):
+                raise OAuthError("malformed_response", "expires_in is not a number") from None
+            if expires_in < 0:
+                raise OAuthError("malformed_response", "expires_in is negative")
+            # 0 means "no expiry" to some providers (Mailchimp); huge values are clamped,
+            # never read as "valid forever".
+            expires_in = min(expires_in, MAX_EXPIRES_IN) or None
         if expires_in is None:
             expires_in = spec.expires_in_default
         raw_scope = dotted(payload, f.scope)
