@@ -512,3 +512,19 @@ async def test_malformed_callbacks_are_refused(
         assert r.status_code == 400, (bad, r.text[:300])
         assert r.headers["cache-control"] == "no-store"
     assert await setup.count(grants) == 0
+
+
+async def test_old_sessions_are_purged(setup: Setup) -> None:
+    from grantvault_server.services.connect import purge_sessions
+
+    session = await setup.session()
+    assert await purge_sessions(setup.vault) == 0
+    async with setup.vault.db.write() as conn:
+        await conn.execute(
+            sa.update(connect_sessions).values(expires_at=utcnow() - timedelta(days=2))
+        )
+    assert await purge_sessions(setup.vault) == 1
+    r = await setup.signed.post(
+        "/sdk/oauth/connect/session/poll", {"session_token": session["session_token"]}
+    )
+    assert r.status_code == 404

@@ -22,6 +22,7 @@ from grantvault_server.api import connect_pages, errors, identity as identity_ap
 from grantvault_server.config import Settings, load_settings
 from grantvault_server.errors import VaultError
 from grantvault_server.observability import Metrics
+from grantvault_server.services import connect
 from grantvault_server.services.oauth_tokens import run_revocations
 from grantvault_server.services.requests import purge_nonces
 from grantvault_server.services.vault import Vault
@@ -132,6 +133,7 @@ async def _housekeeping(vault: Vault) -> None:
         try:
             await purge_nonces(vault, datetime.now(UTC))
             await run_revocations(vault)
+            await connect.purge_sessions(vault)
             async with vault.db.read() as conn:
                 await vault.barrier.reload(conn)
         except Exception:

@@ -869,3 +869,18 @@ async def _store_grant(
                 sa.select(connect_sessions).where(connect_sessions.c.id == session.id)
             )
         ).first()
+
+
+#: Finished and expired sessions are kept this long for the app's poll, then deleted.
+SESSION_RETENTION = timedelta(days=1)
+
+
+async def purge_sessions(vault: Vault) -> int:
+    """Delete sessions (and their flows) that expired more than a day ago."""
+    cutoff = utcnow() - SESSION_RETENTION
+    async with vault.db.write() as conn:
+        result = await conn.execute(
+            sa.delete(connect_sessions).where(connect_sessions.c.expires_at < cutoff)
+        )
+        await conn.execute(sa.delete(oauth_flows).where(oauth_flows.c.expires_at < cutoff))
+    return int(result.rowcount or 0)

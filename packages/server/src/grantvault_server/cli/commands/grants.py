@@ -75,7 +75,9 @@ def grants_create(
 @grants_cli.command("list")
 def grants_list(
     app: AppOpt,
-    secret: Annotated[str | None, typer.Option(help="Only this secret (slug or id).")] = None,
+    secret: Annotated[
+        str | None, typer.Option(help="Only this secret (slug or id) or OAuth provider id.")
+    ] = None,
     status: Annotated[str | None, typer.Option(help="active, revoked or expired.")] = None,
     limit: int = 100,
     offset: int = 0,
@@ -95,11 +97,20 @@ def grants_list(
     else:
         table(
             f"Grants ({result['total']})",
-            ["grant_id", "secret", "principal", "status", "expires", "last used"],
+            [
+                "grant_id",
+                "secret / provider",
+                "account",
+                "principal",
+                "status",
+                "expires",
+                "last used",
+            ],
             [
                 [
                     g["grant_id"],
-                    g["managed_secret_slug"],
+                    g.get("managed_secret_slug") or g.get("provider_id"),
+                    g.get("account_identifier"),
                     grant_service.principal_label(g["principal_type"], g["principal_id"]),
                     g["status"],
                     g["expires_at"],
