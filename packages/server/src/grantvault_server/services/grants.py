@@ -288,7 +288,7 @@ async def list_grants(
                     grants.c.principal_type == "group",
                     grants.c.principal_id.in_(sorted(identity.groups) or [""]),
                 ),
-            )
+            ),
         )
     if status == "revoked":
         stmt = stmt.where(grants.c.status == "revoked")

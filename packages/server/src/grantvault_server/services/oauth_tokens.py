@@ -633,4 +633,3 @@ async def revoke_user_oauth_grants(vault: Vault, app_id: str, subject: str) -> N
             await asyncio.wait_for(run_revocations(vault, grant_id=grant_id), timeout=10)
         except Exception:  # queued; housekeeping retries
             log.warning("provider revocation deferred", extra={"grant_id": grant_id})
-
