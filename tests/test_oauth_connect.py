@@ -494,9 +494,7 @@ async def test_revocation_is_retried_when_the_provider_is_down(
         peer.stop()
 
 
-async def test_malformed_callbacks_are_refused(
-    setup: Setup, browser: httpx.AsyncClient
-) -> None:
+async def test_malformed_callbacks_are_refused(setup: Setup, browser: httpx.AsyncClient) -> None:
     session = await setup.session()
     step = await approve(browser, session["connect_url"], stop_at_callback=True)
     params = query_of(step.url)

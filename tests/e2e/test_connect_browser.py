@@ -42,7 +42,7 @@ def app_origins() -> Iterator[tuple[str, str]]:
     """The app's page on two origins: 127.0.0.1 (allowed) and localhost (foreign)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("content-type", "text/html")
             self.send_header("content-length", str(len(OPENER)))

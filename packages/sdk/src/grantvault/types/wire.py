@@ -6,7 +6,7 @@ The vault uses these as response models; the SDK parses with them. They are leni
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,8 @@ class TokenResponse(_Wire):
     token_type: str = "Bearer"
     expires_in: int | None = None
     expires_at: str | None = None
+    token_expires_at: str | None = None
+    grant_expires_at: str | None = None
     scopes: list[str] = Field(default_factory=list)
     grant_id: str
     provider_id: str
@@ -44,6 +46,8 @@ class TokenResponse(_Wire):
 
 
 class CreateGrantResult(_Wire):
+    """Answer of ``POST /sdk/managed-secrets/{id}/grants``: the new grant."""
+
     grant_id: str
     principal_type: PrincipalType
     label: str | None
@@ -52,13 +56,47 @@ class CreateGrantResult(_Wire):
 
 
 class RevokeGrantResult(_Wire):
+    """Answer of ``POST /sdk/oauth/grants/{id}/revoke``."""
+
     success: bool
     message: str
     grant_id: str
     revoked_at: str
 
 
+class OAuthGrantItem(_Wire):
+    """An OAuth grant in a grant list (``grant_kind="oauth"``)."""
+
+    grant_kind: Literal["oauth"] = "oauth"
+    grant_id: str
+    provider_id: str
+    scopes: list[str] = Field(default_factory=list)
+    account_identifier: str | None = None
+    account_display_name: str | None = None
+    api_base_url: str | None = None
+    status: str
+    scope_mismatch: bool = False
+    needs_reconnect: bool = False
+    expires_at: str | None = None
+    grant_expires_at: str | None = None
+    created_at: str
+    last_used_at: str | None = None
+    principal_type: PrincipalType
+    access_via: Literal["ownership", "oauth_delegation"] = "ownership"
+    delegated_at: str | None = None
+    delegated_agent_ids: list[str] = Field(default_factory=list)
+    label: str | None = None
+    credential_id: str | None = None
+    grant_policy: dict[str, object] | None = None
+    parent_grant_id: str | None = None
+    depth: int = 0
+    delegable: bool = False
+    scope_constraint: list[str] | None = None
+
+
 class ManagedSecretGrantItem(_Wire):
+    """A managed-secret grant in a grant list (``grant_kind="managed_secret"``)."""
+
     grant_kind: Literal["managed_secret"] = "managed_secret"
     grant_id: str
     managed_secret_id: str
@@ -78,13 +116,23 @@ class ManagedSecretGrantItem(_Wire):
     delegated_at: str | None = None
     parent_grant_id: str | None = None
     depth: int = 0
+    delegable: bool = False
+    scope_constraint: list[str] | None = None
     credential_id: str | None = None
     credential_kind: Literal["developer", "end_user"] | None = None
     credential_label: str | None = None
 
 
+#: One item of a grant list, told apart by ``grant_kind``.
+GrantListItem = Annotated[
+    OAuthGrantItem | ManagedSecretGrantItem, Field(discriminator="grant_kind")
+]
+
+
 class UnifiedGrantListResult(_Wire):
-    grants: list[ManagedSecretGrantItem]
+    """Answer of ``POST /sdk/grants/list``: one page of OAuth and managed-secret grants."""
+
+    grants: list[GrantListItem]
     total: int
     limit: int
     offset: int
