@@ -22,7 +22,9 @@ def _response(request: Request, status: int, body: dict[str, Any]) -> JSONRespon
         metrics.denials.labels(str(body.get("error"))).inc()
     headers = {"Cache-Control": "no-store"}
     if status in {503}:
-        headers["Retry-After"] = "5"
+        # The error's own wait (a provider cool-down) when it has one, else a short default.
+        wait = body.get("retry_after_seconds")
+        headers["Retry-After"] = str(wait) if isinstance(wait, int) and wait > 0 else "5"
     return JSONResponse(body, status_code=status, headers=headers)
 
 
