@@ -465,9 +465,15 @@ async def test_revoked_grant_is_inactive_at_the_provider_and_never_refreshed(
 
 
 async def test_revocation_is_retried_when_the_provider_is_down(
-    vault: Vault, api: httpx.AsyncClient, browser: httpx.AsyncClient
+    vault: Vault,
+    api: httpx.AsyncClient,
+    browser: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from grantvault_server.services import grants as grant_service
     from grantvault_server.services.oauth_tokens import run_revocations
+
+    monkeypatch.setattr(grant_service, "INLINE_REVOCATION_TIMEOUT_S", 1.0)
     from grantvault_server.storage.tables import oauth_revocations
 
     peer = start_peer(PEER_ACCESS_TOKEN_TTL=60)

@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # identity.users imports this module
 
 log = logging.getLogger(__name__)
 
+#: How long a revocation waits for the provider before leaving the rest to housekeeping.
+INLINE_REVOCATION_TIMEOUT_S = 10.0
+
 PRINCIPAL_TYPES = ("system", "user", "group")
 GRANT_STATUSES = ("active", "revoked", "expired")
 
@@ -386,7 +389,9 @@ async def revoke_grant(
 async def revoke_at_provider(vault: Vault, grant_id: str) -> None:
     """Tell the provider now (refresh token first); if it is down, housekeeping retries."""
     try:
-        await asyncio.wait_for(run_revocations(vault, grant_id=grant_id), timeout=10)
+        await asyncio.wait_for(
+            run_revocations(vault, grant_id=grant_id), timeout=INLINE_REVOCATION_TIMEOUT_S
+        )
     except Exception:  # the queue keeps the work; never fail a revocation on the provider
         log.warning("provider revocation deferred", extra={"grant_id": grant_id}, exc_info=True)
 
