@@ -1,10 +1,29 @@
 """Benchmark credential retrieval (``POST /sdk/token``) against a bare FastAPI endpoint.
 
+Two ways of naming the grant are measured (``--mode grant_id|jwt|both``, default both):
+
+* **grant_id**: the body names the system grant,
+  ``{"grant_id": ..., "reason": null, "request": {...}}``;
+* **jwt** (identity mode): the body names the secret by its slug and carries the end user's
+  ID token, ``{"provider_id": "openai", "reason": null, "request": {...}, "user_token":
+  "<JWT>"}`` (field order as the SDK sends it). The vault verifies the JWT against the app's
+  identity provider (the real OIDC peer, ``tests/oauth_peer``), finds or syncs the user, and
+  resolves that user's grant. Every request carries the same token, as an SDK serving one
+  user does, so after the first request its verification is a hit in the vault's cache of
+  verified tokens (and the JWKS cache): a steady state, not the cost of a token the vault
+  has not seen yet (an RSA verification, plus a JWKS fetch when its key is not cached).
+
 Method
 ------
 1. A throw-away data dir is created and a vault is prepared in it on the embedded SQLite
    default, through the real CLI (``python -m grantvault_server ...``): an app, an API key,
-   an OpenAI-template secret with a fake credential, and a system grant on it.
+   an OpenAI-template secret with a fake credential, and a system grant on it. For JWT mode
+   the OIDC peer is started first (``tests.peer.start_peer``, ID tokens valid 1 h), then the
+   CLI points the app at it (``idp set --issuer <peer> --audience vault-basic``) and creates
+   a user grant on the same secret for ``alice`` (``grants create --principal user
+   --subject alice``), and alice's ID token comes from a real authorization-code + PKCE
+   login at the peer, played over HTTP. ``GRANTVAULT_ALLOW_HTTP_HOSTS=127.0.0.1`` (the peer
+   is plain http) is set in every mode, so grant_id figures do not depend on ``--mode``.
 2. Two servers are started as subprocesses, each single-process uvicorn with the settings
    ``grantvault serve`` uses (``log_config=None``, ``access_log=False``,
    ``server_header=False``, run with ``asyncio.run(Server.serve())``, so both use the stdlib
@@ -16,7 +35,9 @@ Method
      vault's work (key lookup, signature, nonce insert, grant lookup, decryption, audit
      write) is taken away.
 
-3. Each target gets a 2 s warm-up, whose results are discarded, then a measured phase of
+3. One request per measured mode is sent first: anything but a 200 stops the benchmark with
+   the answer's body (its audit row is counted in step 5).
+   Each target gets a 2 s warm-up, whose results are discarded, then a measured phase of
    ``--duration`` seconds, with ``--concurrency`` keep-alive connections sending requests
    back to back. Every vault request is built exactly like the SDK's: a compact-JSON body
    and a fresh signature (new nonce) from ``grantvault._signing.sign_request``. Anything but
@@ -49,15 +70,20 @@ Method
      bare baseline endpoint does, so it cannot saturate the baseline: its baseline figure
      and ratio are not trustworthy.
 
-4. Order: baseline, vault, then (by default) baseline again; the two baseline runs are
-   averaged to cancel drift. The verdict compares against the issue's targets:
-   >= 3000 retrievals/s and vault/baseline >= 0.25.
+4. Order: baseline, vault grant_id, vault jwt (each as ``--mode`` selects), then (by
+   default) baseline again; the two baseline runs are averaged to cancel drift. Both modes
+   are measured on the same vault process, one after the other, each with its own warm-up
+   and its own pre-signed requests. The verdict compares against the issues' targets:
+   grant_id >= 3000 retrievals/s and vault grant_id/baseline >= 0.25; vault jwt/vault
+   grant_id >= 0.80 (with ``--mode both`` only). Each vault row also shows its ratio to the
+   baseline.
 5. After the servers stop, the audit table is counted directly in SQLite: every successful
-   retrieval (warm-up included) must have written one ``credential.retrieved`` row, which
-   shows the measured figure includes the audit write. httpx workers finish their last
-   request, so the row count must equal the 2xx count. wrk stops with requests in flight;
-   the vault still answers (and audits) them but wrk never reads the answers, so the row
-   count must lie between the 2xx count and the 2xx count plus those unanswered requests.
+   retrieval of either mode (warm-up and check requests included) must have written one
+   ``credential.retrieved`` row, which shows the measured figure includes the audit write.
+   httpx workers finish their last request, so the row count must equal the 2xx count. wrk
+   stops with requests in flight; the vault still answers (and audits) them but wrk never
+   reads the answers, so the row count must lie between the 2xx count and the 2xx count
+   plus those unanswered requests.
 
 Caveat: the load generator runs on the same machine as the server under test and competes
 with it for CPU (the output reports the core count and each side's CPU use, 100% = one
@@ -70,20 +96,23 @@ waited on something other than its CPU (disk, locks, another thread).
 Run from the repository root::
 
     python bench/token_retrieval.py [--duration 10] [--concurrency 32] [--client wrk|httpx]
-                                    [--json]
+                                    [--mode grant_id|jwt|both] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import importlib.util
 import itertools
 import json
 import math
 import os
 import resource
+import secrets
 import shutil
 import socket
 import sqlite3
@@ -98,14 +127,22 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
-import httpx
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from grantvault._signing import sign_request
+import httpx  # noqa: E402
+from tests.peer import BASIC_CLIENT, VAULT_BASE_URL, Peer, follow_to, query_of, start_peer  # noqa: E402
+
+from grantvault._signing import sign_request  # noqa: E402
 
 WARMUP_SECONDS = 2.0
 TARGET_RPS = 3000.0
 TARGET_RATIO = 0.25
+# JWT identity mode: its throughput as a share of grant_id mode's (the identity issue).
+TARGET_JWT_RATIO = 0.80
+MODES = ("grant_id", "jwt")
 TOKEN_PATH = "/sdk/token"
 DESTINATION_URL = "https://api.openai.com/v1/chat/completions"
 READY_TIMEOUT_SECONDS = 30.0
@@ -125,6 +162,13 @@ WRK_RESULT_PREFIX = "GRANTVAULT_BENCH_RESULT "
 # Where a wrk thread that ran out of pre-signed requests sends its last ones (a 404, no nonce).
 WRK_EXHAUSTED_PATH = "/__bench_out_of_presigned_requests"
 INSTALL_WRK_HINT = "`apt-get install wrk` (Debian/Ubuntu) gives trustworthy figures"
+
+# JWT mode: the end user who logs in at the real OIDC peer, and how long their ID token lives
+# (longer than any run: every request of the run carries that one token).
+JWT_USER = "alice"
+ID_TOKEN_TTL_SECONDS = 3600
+# The peer's registered redirect URI; nothing listens there, the login stops at it.
+PEER_CALLBACK = f"{VAULT_BASE_URL}/sdk/auth/callback"
 
 # The baseline server: same uvicorn settings and start-up path as `grantvault serve`.
 BASELINE_APP = textwrap.dedent(
@@ -422,6 +466,9 @@ def vault_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRANTVAULT_")}
     env["GRANTVAULT_DATA_DIR"] = str(data_dir)
     env["GRANTVAULT_LOG_LEVEL"] = "WARNING"
+    # The OIDC peer (JWT mode) is plain http on the loopback interface. Set in every mode, so
+    # that grant_id figures do not depend on --mode.
+    env["GRANTVAULT_ALLOW_HTTP_HOSTS"] = "127.0.0.1"
     return env
 
 
@@ -446,12 +493,21 @@ def run_cli_json(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Fixture:
+    """What signed requests need: the API key, the system grant (grant_id mode), and the
+    secret's slug with the end user's ID token (JWT mode; None when JWT mode is off)."""
+
     api_key: str
     grant_id: str
+    provider_id: str
+    user_token: str | None = None
 
 
-def prepare_vault(env: Mapping[str, str]) -> Fixture:
-    """App, key, secret with a fake credential, and a system grant, through the CLI."""
+def prepare_vault(env: Mapping[str, str], peer: Peer | None) -> Fixture:
+    """App, key, secret with a fake credential, and a system grant, through the CLI.
+
+    With ``peer`` (JWT mode), also: the peer as the app's identity provider, a user grant on
+    the same secret for JWT_USER, and that user's ID token from a real login at the peer.
+    """
     run_cli_json(["apps", "create", "bench"], env)
     key = run_cli_json(["keys", "create", "--app", "bench"], env)
     secret = run_cli_json(["secrets", "create", "--app", "bench", "--template", "openai"], env)
@@ -462,7 +518,60 @@ def prepare_vault(env: Mapping[str, str]) -> Fixture:
         stdin="sk-bench-not-a-real-key-0000000000000000",
     )
     grant = run_cli_json(["grants", "create", "--secret", secret_id, "--principal", "system"], env)
-    return Fixture(api_key=key["api_key"], grant_id=grant["grant_id"])
+    user_token = None
+    if peer is not None:
+        set_idp = ["idp", "set", "--app", "bench", "--issuer", peer.issuer]
+        run_cli_json([*set_idp, "--audience", BASIC_CLIENT[0]], env)
+        user_grant = ["grants", "create", "--secret", secret_id, "--principal", "user"]
+        run_cli_json([*user_grant, "--subject", JWT_USER], env)
+        user_token = peer_id_token(peer, JWT_USER)
+    return Fixture(
+        api_key=key["api_key"],
+        grant_id=grant["grant_id"],
+        provider_id=secret["slug"],
+        user_token=user_token,
+    )
+
+
+def peer_id_token(peer: Peer, user: str) -> str:
+    """``user``'s ID token from an authorization-code + PKCE login at the peer, played over
+    HTTP like ``tests/test_identity_support.py`` does (the redirect to PEER_CALLBACK, where
+    nothing listens, is read, not followed)."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    params = {
+        "response_type": "code",
+        "client_id": BASIC_CLIENT[0],
+        "redirect_uri": PEER_CALLBACK,
+        "scope": "openid email profile",
+        "state": secrets.token_urlsafe(16),
+        "nonce": secrets.token_urlsafe(16),
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "login_hint": user,
+    }
+    answer = query_of(follow_to(f"{peer.issuer}/auth?{urlencode(params)}", PEER_CALLBACK))
+    if "code" not in answer:
+        raise RuntimeError(f"login of {user} at the OIDC peer failed: {answer}")
+    response = httpx.post(
+        f"{peer.issuer}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": answer["code"],
+            "redirect_uri": PEER_CALLBACK,
+            "code_verifier": verifier,
+        },
+        auth=BASIC_CLIENT,
+        timeout=10,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"the OIDC peer's token endpoint answered {response.status_code}: {response.text[:500]}"
+        )
+    token: str = response.json()["id_token"]
+    return token
 
 
 @dataclass
@@ -523,6 +632,42 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@dataclass(frozen=True)
+class Target:
+    """One row of the report: a server and the shape of the requests it gets.
+
+    ``label`` is "baseline", "vault grant_id" or "vault jwt"; ``mode`` is the body shape
+    (see ``signed_request``; the baseline gets grant_id bodies, as it always did).
+    """
+
+    label: str
+    server: Server
+    mode: str
+
+    @property
+    def is_vault(self) -> bool:
+        return self.server.name == "vault"
+
+    @property
+    def file_key(self) -> str:
+        return self.label.replace(" ", "-")
+
+
+def verify_mode(target: Target, fixture: Fixture) -> None:
+    """Send one signed request and fail loudly unless the vault answers 200.
+
+    Its audit row is counted (see ``audit`` in ``build_report``).
+    """
+    body, headers = signed_request(fixture, target.mode)
+    url = f"{target.server.base_url}{TOKEN_PATH}"
+    response = httpx.post(url, content=body, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"{target.label}: one check request answered {response.status_code}, not 200: "
+            f"{response.text[:1000]}\n{target.server.log_tail()}"
+        )
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of ``pid`` (Linux /proc; None elsewhere)."""
     try:
@@ -537,23 +682,33 @@ def process_cpu_seconds(pid: int) -> float | None:
 # -- load ---------------------------------------------------------------------------------
 
 
-def signed_request(api_key: str, grant_id: str) -> tuple[bytes, dict[str, str]]:
-    """Body and headers of one ``POST /sdk/token``, exactly as the SDK builds them."""
-    payload = {
-        "grant_id": grant_id,
-        "reason": None,
-        "request": {"method": "POST", "url": DESTINATION_URL},
-    }
+def signed_request(fixture: Fixture, mode: str) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of one ``POST /sdk/token``, exactly as the SDK builds them.
+
+    ``mode="grant_id"`` names the system grant; ``mode="jwt"`` names the secret's slug and
+    carries the end user's ID token, from which the vault resolves that user's grant.
+    """
+    destination = {"method": "POST", "url": DESTINATION_URL}
+    payload: dict[str, Any]
+    if mode == "jwt":
+        payload = {
+            "provider_id": fixture.provider_id,
+            "reason": None,
+            "request": destination,
+            "user_token": fixture.user_token,
+        }
+    else:
+        payload = {"grant_id": fixture.grant_id, "reason": None, "request": destination}
     body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = sign_request(api_key, method="POST", target=TOKEN_PATH, body=body)
-    headers["x-api-key"] = api_key
+    headers = sign_request(fixture.api_key, method="POST", target=TOKEN_PATH, body=body)
+    headers["x-api-key"] = fixture.api_key
     headers["Content-Type"] = "application/json"
     return body, headers
 
 
 async def load_phase(
     clients: list[httpx.AsyncClient],
-    server: Server,
+    target: Target,
     fixture: Fixture,
     *,
     duration: float,
@@ -563,13 +718,14 @@ async def load_phase(
 
     Worker ``i`` sends through ``clients[i % len(clients)]``.
     """
-    result = PhaseResult(server.name)
+    server = target.server
+    result = PhaseResult(target.label)
     url = f"{server.base_url}{TOKEN_PATH}"
     deadline = time.perf_counter() + duration
 
     async def worker(client: httpx.AsyncClient) -> None:
         while time.perf_counter() < deadline:
-            body, headers = signed_request(fixture.api_key, fixture.grant_id)
+            body, headers = signed_request(fixture, target.mode)
             start = time.perf_counter()
             try:
                 response = await client.post(url, content=body, headers=headers)
@@ -597,7 +753,7 @@ async def load_phase(
 
 
 async def measure_httpx(
-    server: Server, fixture: Fixture, *, duration: float, concurrency: int, pool: str
+    target: Target, fixture: Fixture, *, duration: float, concurrency: int, pool: str
 ) -> tuple[PhaseResult, PhaseResult]:
     """Warm up for WARMUP_SECONDS, then measure; return (warm-up, measured).
 
@@ -616,10 +772,10 @@ async def measure_httpx(
             for _ in range(1 if pool == "shared" else concurrency)
         ]
         warmup = await load_phase(
-            clients, server, fixture, duration=WARMUP_SECONDS, concurrency=concurrency
+            clients, target, fixture, duration=WARMUP_SECONDS, concurrency=concurrency
         )
         measured = await load_phase(
-            clients, server, fixture, duration=duration, concurrency=concurrency
+            clients, target, fixture, duration=duration, concurrency=concurrency
         )
     return warmup, measured
 
@@ -686,13 +842,15 @@ def request_line(method: str, path: str, body: bytes, headers: Mapping[str, str]
     return "\t".join(fields) + "\n"
 
 
-def write_request_files(prefix: Path, fixture: Fixture, *, threads: int, per_thread: int) -> None:
+def write_request_files(
+    prefix: Path, fixture: Fixture, mode: str, *, threads: int, per_thread: int
+) -> None:
     """Write ``<prefix><id>.txt`` for wrk threads 1..threads, each with ``per_thread``
-    freshly signed requests (a new nonce each)."""
+    freshly signed requests (a new nonce each) with ``mode``'s body."""
     for thread_id in range(1, threads + 1):
         with Path(f"{prefix}{thread_id}.txt").open("w", encoding="utf-8", newline="\n") as f:
             for _ in range(per_thread):
-                body, headers = signed_request(fixture.api_key, fixture.grant_id)
+                body, headers = signed_request(fixture, mode)
                 f.write(request_line("POST", TOKEN_PATH, body, headers))
 
 
@@ -707,10 +865,14 @@ def children_cpu_seconds() -> float:
 
 
 def run_wrk(
-    wrk: Wrk, server: Server, prefix: Path, mode: str, *, seconds: int, concurrency: int
+    wrk: Wrk, target: Target, prefix: Path, mode: str, *, seconds: int, concurrency: int
 ) -> PhaseResult:
     """Run wrk once against ``server`` and turn the JSON line its ``done()`` prints into a
-    ``PhaseResult``. Client CPU is wrk's own (the only child waited for meanwhile)."""
+    ``PhaseResult``. Client CPU is wrk's own (the only child waited for meanwhile).
+
+    ``mode`` is the Lua script's: "once" or "cycle".
+    """
+    server = target.server
     cmd = [
         wrk.executable,
         f"-t{wrk.threads}",
@@ -736,7 +898,7 @@ def run_wrk(
         )
     data: dict[str, Any] = json.loads(lines[0].removeprefix(WRK_RESULT_PREFIX))
 
-    result = PhaseResult(server.name)
+    result = PhaseResult(target.label)
     result.elapsed = data["duration_us"] / 1e6
     issued = 0
     for thread in data["threads"]:
@@ -778,7 +940,7 @@ def run_wrk(
 
 def measure_wrk(
     wrk: Wrk,
-    server: Server,
+    target: Target,
     fixture: Fixture,
     work_dir: Path,
     *,
@@ -793,10 +955,10 @@ def measure_wrk(
     """
     warmup_seconds = math.ceil(WARMUP_SECONDS)
     prefixes = {
-        "warm-up": work_dir / f"{server.name}-warmup-",
-        "measured": work_dir / f"{server.name}-measured-",
+        "warm-up": work_dir / f"{target.file_key}-warmup-",
+        "measured": work_dir / f"{target.file_key}-measured-",
     }
-    if server.name == "vault":
+    if target.is_vault:
         mode = "once"
         for phase, phase_seconds in (("warm-up", warmup_seconds), ("measured", seconds)):
             per_thread = presign_count(phase_seconds, presign_rate, wrk.threads)
@@ -805,23 +967,23 @@ def measure_wrk(
                 f"({per_thread} per wrk thread, for up to {presign_rate:.0f} req/s) ..."
             )
             write_request_files(
-                prefixes[phase], fixture, threads=wrk.threads, per_thread=per_thread
+                prefixes[phase], fixture, target.mode, threads=wrk.threads, per_thread=per_thread
             )
     else:
         mode = "cycle"
         for prefix in prefixes.values():
-            write_request_files(prefix, fixture, threads=wrk.threads, per_thread=1)
+            write_request_files(prefix, fixture, target.mode, threads=wrk.threads, per_thread=1)
     try:
         warmup = run_wrk(
             wrk,
-            server,
+            target,
             prefixes["warm-up"],
             mode,
             seconds=warmup_seconds,
             concurrency=concurrency,
         )
         measured = run_wrk(
-            wrk, server, prefixes["measured"], mode, seconds=seconds, concurrency=concurrency
+            wrk, target, prefixes["measured"], mode, seconds=seconds, concurrency=concurrency
         )
     finally:
         for prefix in prefixes.values():
@@ -891,34 +1053,48 @@ def print_report(report: dict[str, Any]) -> None:
     if report["warnings"]:
         print()
     print(
-        f"POST /sdk/token vs bare FastAPI: {cfg['concurrency']} concurrent connections, "
+        f"POST /sdk/token ({' and '.join(cfg['modes'])} mode) vs bare FastAPI: "
+        f"{cfg['concurrency']} concurrent connections, "
         f"{cfg['duration_s']:g} s per phase after a {cfg['warmup_s']:g} s warm-up, "
         f"{cfg['cpu_count']} CPU cores; load generator: {cfg['client_detail']}"
     )
     print()
     header = (
-        f"{'target':<18} {'ok (2xx)':>8} {'req/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>7} {'client CPU':>11} {'server CPU':>11}"
+        f"{'target':<18} {'ok (2xx)':>8} {'req/s':>11} {'vs base':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>7} {'client CPU':>11} {'server CPU':>11}"
     )
     print(header)
     print("-" * len(header))
     for row in report["rows"]:
         print(
             f"{row['target']:<18} {row['ok']:>8} {_rps_cell(row):>11} "
+            f"{_fmt(row['vs_baseline'], '.3f'):>8} "
             f"{_fmt(row['p50_ms'], '.2f'):>8} {_fmt(row['p99_ms'], '.2f'):>8} "
             f"{row['errors']:>7} {_pct(row['client_cpu_pct']):>11} {_pct(row['server_cpu_pct']):>11}"
         )
     print()
     verdict = report["verdict"]
-    print(
-        f"vault / baseline = {verdict['vault_rps']:.1f} / {verdict['baseline_rps']:.1f} "
-        f"= {verdict['ratio']:.3f}"
-        + (
-            " (upper bound: the baseline server was not saturated)"
-            if verdict["baseline_saturated"] is False
-            else ""
-        )
+    upper_bound = (
+        " (upper bound: the baseline server was not saturated)"
+        if verdict["baseline_saturated"] is False
+        else ""
     )
+    for mode, rps, ratio in (
+        ("grant_id", verdict["vault_rps"], verdict["ratio"]),
+        ("jwt", verdict["jwt_rps"], verdict["jwt_ratio"]),
+    ):
+        if rps is not None:
+            print(
+                f"vault {mode} / baseline = {rps:.1f} / {verdict['baseline_rps']:.1f} "
+                f"= {ratio:.3f}{upper_bound}"
+            )
+    if verdict["jwt_vs_grant_id"] is not None:
+        print(
+            f"vault jwt / vault grant_id = {verdict['jwt_rps']:.1f} / {verdict['vault_rps']:.1f} "
+            f"= {verdict['jwt_vs_grant_id']:.3f}"
+        )
+    elif verdict["jwt_rps"] is not None:
+        print("(vault jwt / vault grant_id, the JWT mode's target, needs --mode both)")
     for check in verdict["checks"]:
         status = "PASS" if check["pass"] else "MISS"
         print(f"  [{status}] {check['name']}: {check['value']} (target {check['target']})")
@@ -926,7 +1102,8 @@ def print_report(report: dict[str, Any]) -> None:
     audit = report["audit"]
     if audit["vault_unanswered"]:
         print(
-            f"audit: {audit['vault_successes']} 2xx retrievals (warm-up included) + "
+            f"audit: {audit['vault_successes']} 2xx retrievals (warm-up and check requests "
+            "included) + "
             f"{audit['vault_unanswered']} requests unanswered when wrk stopped; "
             f"{audit['rows_success']} credential.retrieved success rows, "
             f"{audit['rows_total']} in total -> "
@@ -934,7 +1111,8 @@ def print_report(report: dict[str, Any]) -> None:
         )
     else:
         print(
-            f"audit: {audit['vault_successes']} 2xx retrievals (warm-up included), "
+            f"audit: {audit['vault_successes']} 2xx retrievals (warm-up and check requests "
+            "included), "
             f"{audit['rows_success']} credential.retrieved success rows, "
             f"{audit['rows_total']} in total -> {'equal' if audit['match'] else 'MISMATCH'}"
         )
@@ -961,29 +1139,68 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"Note: {report['note']}")
 
 
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None:
+        return None
+    return round(numerator / denominator, 3) if denominator else 0.0
+
+
 def build_report(
     args: argparse.Namespace,
-    runs: list[tuple[str, PhaseResult, PhaseResult]],
+    runs: list[tuple[Target, PhaseResult, PhaseResult]],
     audit: dict[str, int],
+    probes: int,
 ) -> dict[str, Any]:
-    baseline_runs = [m for name, _, m in runs if name == "baseline"]
-    vault_runs = [m for name, _, m in runs if name == "vault"]
+    """``probes``: the vault's 2xx answers to ``verify_mode``'s check requests (audited too)."""
+    baseline_runs = [m for t, _, m in runs if not t.is_vault]
+    baseline_rps = statistics.fmean(r.rps for r in baseline_runs)
+    # Measured vault rps per mode (each mode is measured once per run).
+    mode_rps = {t.mode: m.rps for t, _, m in runs if t.is_vault}
     rows: list[dict[str, Any]] = []
     baseline_count = 0
-    for name, _, measured in runs:
-        row = measured.summary()
-        if name == "baseline":
+    for target, _, measured in runs:
+        row = {"mode": target.mode if target.is_vault else None, **measured.summary()}
+        row["vs_baseline"] = _ratio(measured.rps, baseline_rps) if target.is_vault else None
+        if not target.is_vault:
             baseline_count += 1
             if len(baseline_runs) > 1:
                 row["target"] = f"baseline (run {baseline_count})"
         rows.append(row)
     if len(baseline_runs) > 1:
-        rows.append(mean_phase("baseline (mean)", baseline_runs))
-    baseline_rps = statistics.fmean(r.rps for r in baseline_runs)
-    vault_rps = vault_runs[0].rps
-    ratio = vault_rps / baseline_rps if baseline_rps else 0.0
-    vault_successes = sum(w.ok + m.ok for name, w, m in runs if name == "vault")
-    vault_unanswered = sum(w.unanswered + m.unanswered for name, w, m in runs if name == "vault")
+        rows.append(
+            {"mode": None, **mean_phase("baseline (mean)", baseline_runs), "vs_baseline": None}
+        )
+    grant_rps, jwt_rps = mode_rps.get("grant_id"), mode_rps.get("jwt")
+    ratio = _ratio(grant_rps, baseline_rps)
+    jwt_vs_grant_id = _ratio(jwt_rps, grant_rps)
+    checks: list[dict[str, Any]] = []
+    if grant_rps is not None and ratio is not None:
+        checks += [
+            {
+                "name": "retrievals/s (grant_id)",
+                "value": round(grant_rps, 1),
+                "target": f">= {TARGET_RPS:g}",
+                "pass": grant_rps >= TARGET_RPS,
+            },
+            {
+                "name": "vault grant_id / baseline",
+                "value": ratio,
+                "target": f">= {TARGET_RATIO:g}",
+                "pass": ratio >= TARGET_RATIO,
+            },
+        ]
+    if jwt_vs_grant_id is not None:
+        checks.append(
+            {
+                "name": "vault jwt / vault grant_id",
+                "value": jwt_vs_grant_id,
+                "target": f">= {TARGET_JWT_RATIO:g}",
+                "pass": jwt_vs_grant_id >= TARGET_JWT_RATIO,
+            }
+        )
+    vault_runs = [(w, m) for t, w, m in runs if t.is_vault]
+    vault_successes = probes + sum(w.ok + m.ok for w, m in vault_runs)
+    vault_unanswered = sum(w.unanswered + m.unanswered for w, m in vault_runs)
     rows_success = audit.get("success", 0)
     if args.client == "wrk":
         note = (
@@ -1005,6 +1222,7 @@ def build_report(
             "client_detail": args.client_detail,
             "duration_s": args.duration,
             "warmup_s": WARMUP_SECONDS,
+            "modes": list(args.modes),
             "concurrency": args.concurrency,
             "cpu_count": os.cpu_count(),
             "repeat_baseline": args.repeat_baseline,
@@ -1021,28 +1239,20 @@ def build_report(
             for _, warm, measured in runs
             for kind, phase in (("warm-up", warm), ("measured", measured))
         ],
+        # vault_rps and ratio are grant_id mode's (null when it was not measured).
         "verdict": {
-            "vault_rps": round(vault_rps, 1),
+            "vault_rps": _round(grant_rps, 1),
             "baseline_rps": round(baseline_rps, 1),
-            "ratio": round(ratio, 3),
+            "ratio": ratio,
+            "jwt_rps": _round(jwt_rps, 1),
+            "jwt_ratio": _ratio(jwt_rps, baseline_rps),
+            "jwt_vs_grant_id": jwt_vs_grant_id,
             "baseline_saturated": _all_saturated(baseline_runs),
-            "checks": [
-                {
-                    "name": "retrievals/s",
-                    "value": round(vault_rps, 1),
-                    "target": f">= {TARGET_RPS:g}",
-                    "pass": vault_rps >= TARGET_RPS,
-                },
-                {
-                    "name": "vault/baseline ratio",
-                    "value": round(ratio, 3),
-                    "target": f">= {TARGET_RATIO:g}",
-                    "pass": ratio >= TARGET_RATIO,
-                },
-            ],
+            "checks": checks,
         },
         "audit": {
             "vault_successes": vault_successes,
+            "vault_probes": probes,
             "vault_unanswered": vault_unanswered,
             "rows_success": rows_success,
             "rows_total": sum(audit.values()),
@@ -1069,6 +1279,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=32,
         help="Concurrent connections (wrk) or workers (httpx) (default 32).",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[*MODES, "both"],
+        default="both",
+        help="How vault requests name their grant: grant_id (the system grant's id), jwt (the "
+        "secret's slug and the end user's ID token, verified against the app's IdP; starts the "
+        "OIDC peer, needs Node.js), or both, measured one after the other (default both).",
     )
     parser.add_argument(
         "--repeat-baseline",
@@ -1115,6 +1333,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1:
         parser.error("--duration must be > 0 and --concurrency >= 1")
+    args.modes = MODES if args.mode == "both" else (args.mode,)
     args.warnings = []
     args.wrk_path = shutil.which("wrk")
     if args.client is None:
@@ -1154,7 +1373,10 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = client_loop_factory(args.client_uvloop)
         args.client_loop = "uvloop" if loop_factory is not None else "asyncio"
         args.client_detail = f"httpx in this process ({args.pool} pool) on {args.client_loop}"
-    with tempfile.TemporaryDirectory(prefix="grantvault-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="grantvault-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         data_dir = Path(tmp)
         wrk: Wrk | None = None
         if args.client == "wrk":
@@ -1163,30 +1385,48 @@ def main(argv: list[str] | None = None) -> int:
             wrk = Wrk(args.wrk_path, wrk_version(args.wrk_path), script, args.threads)
             args.client_detail = f"{wrk.version.split(' [', 1)[0]}, {wrk.threads} threads"
         env = vault_env(data_dir)
-        log("preparing the vault (app, key, secret, credential, grant) ...")
-        fixture = prepare_vault(env)
+        peer: Peer | None = None
+        if "jwt" in args.modes:
+            log("starting the OIDC peer (the app's identity provider in JWT mode) ...")
+            peer = start_peer(PEER_ID_TOKEN_TTL=ID_TOKEN_TTL_SECONDS)
+            stack.callback(peer.stop)
+        log(
+            "preparing the vault (app, key, secret, credential, grant"
+            + (f"; IdP, user grant, {JWT_USER}'s login" if peer is not None else "")
+            + ") ..."
+        )
+        fixture = prepare_vault(env, peer)
         baseline_script = data_dir / "baseline_app.py"
         baseline_script.write_text(BASELINE_APP)
 
         vault_port, baseline_port = free_port(), free_port()
         vault_cmd = [sys.executable, "-m", "grantvault_server", "serve", "--port", str(vault_port)]
         baseline_cmd = [sys.executable, str(baseline_script), str(baseline_port)]
-        order = ["baseline", "vault"] + (["baseline"] if args.repeat_baseline else [])
-        runs: list[tuple[str, PhaseResult, PhaseResult]] = []
+        runs: list[tuple[Target, PhaseResult, PhaseResult]] = []
         with (
             running_server("vault", vault_cmd, vault_port, env, data_dir) as vault,
             running_server("baseline", baseline_cmd, baseline_port, env, data_dir) as baseline,
         ):
-            servers = {"vault": vault, "baseline": baseline}
-            for name in order:
-                log(f"measuring {name}: {WARMUP_SECONDS:g} s warm-up + {args.duration:g} s ...")
+            # One vault process serves every mode, one mode after the other.
+            vault_targets = [Target(f"vault {mode}", vault, mode) for mode in args.modes]
+            baseline_target = Target("baseline", baseline, "grant_id")
+            order = [baseline_target, *vault_targets]
+            if args.repeat_baseline:
+                order.append(baseline_target)
+            for target in vault_targets:
+                verify_mode(target, fixture)
+            for target in order:
+                log(
+                    f"measuring {target.label}: {WARMUP_SECONDS:g} s warm-up + "
+                    f"{args.duration:g} s ..."
+                )
                 if wrk is not None:
                     fastest_baseline = max(
-                        (m.rps for n, _, m in runs if n == "baseline"), default=0.0
+                        (m.rps for t, _, m in runs if not t.is_vault), default=0.0
                     )
                     warm, measured = measure_wrk(
                         wrk,
-                        servers[name],
+                        target,
                         fixture,
                         data_dir,
                         seconds=int(args.duration),
@@ -1199,18 +1439,18 @@ def main(argv: list[str] | None = None) -> int:
                     with asyncio.Runner(loop_factory=loop_factory) as runner:
                         warm, measured = runner.run(
                             measure_httpx(
-                                servers[name],
+                                target,
                                 fixture,
                                 duration=args.duration,
                                 concurrency=args.concurrency,
                                 pool=args.pool,
                             )
                         )
-                runs.append((name, warm, measured))
+                runs.append((target, warm, measured))
         # Both servers have stopped. Every committed audit row is in the database file or its
         # WAL, and sqlite3 reads both.
         audit = audit_counts(data_dir / "grantvault.db")
-        report = build_report(args, runs, audit)
+        report = build_report(args, runs, audit, probes=len(vault_targets))
     if args.json:
         print(json.dumps(report))
     else:

@@ -101,6 +101,35 @@ def _resolve_base() -> sa.Select[Any]:
 # Built once: reusing the statement object skips expression building and cache-key work.
 _BY_GRANT_ID = PreparedRead(_resolve_base().where(grants.c.id == sa.bindparam("grant_id")))
 
+_CANDIDATES = 101
+
+
+def _optional(column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+    """``column = :name`` when the parameter is given, no condition when it is NULL."""
+    param = sa.bindparam(name, type_=sa.String)
+    return sa.or_(param.is_(None), column == param)
+
+
+_BY_PROVIDER = PreparedRead(
+    _resolve_base()
+    .where(
+        sa.or_(
+            managed_secrets.c.slug == sa.bindparam("provider"),
+            oauth_providers.c.provider_id == sa.bindparam("provider"),
+        ),
+        grants.c.status == "active",
+        # Users' grants only for the calling user; group and system rows are sifted in Python.
+        sa.or_(
+            grants.c.principal_type != "user",
+            grants.c.principal_id == sa.bindparam("subject", type_=sa.String),
+        ),
+        _optional(grants.c.label, "label"),
+        _optional(grants.c.account_identifier, "account"),
+    )
+    .order_by(grants.c.created_at, grants.c.id)
+    .limit(_CANDIDATES)
+)
+
 
 def system_grant_mismatch(grant_id: str | None = None) -> VaultError:
     return VaultError(
@@ -140,40 +169,28 @@ async def _resolve(conn: Conn, app: App, req: TokenRequest, identity: Identity |
             raise NotFound("grant", req.grant_id, ErrorCode.GRANT_NOT_FOUND)
         return row
     # Identity mode: the end user's grants (and their groups') for this provider, or without
-    # a user token the app's own (system) grant.
-    stmt = _resolve_base().where(
-        sa.or_(
-            managed_secrets.c.slug == req.provider_id,
-            oauth_providers.c.provider_id == req.provider_id,
-        ),
-        grants.c.status == "active",
-    )
-    if identity is None:
-        stmt = stmt.where(grants.c.principal_type == "system")
-    else:
-        stmt = stmt.where(
-            sa.or_(
-                sa.and_(
-                    grants.c.principal_type == "user",
-                    grants.c.principal_id == identity.subject,
-                ),
-                sa.and_(
-                    grants.c.principal_type == "group",
-                    grants.c.principal_id.in_(sorted(identity.groups) or [""]),
-                ),
-                grants.c.principal_type == "system",
-            )
+    # a user token the app's own (system) grant. One prepared statement serves every shape
+    # (label/account optional); which principals may use a row is decided by usable_by.
+    found = [
+        r
+        for r in await _BY_PROVIDER.many(
+            conn,
+            {
+                "app_id": app.id,
+                "provider": req.provider_id,
+                "subject": identity.subject if identity is not None else None,
+                "label": req.label,
+                "account": req.account,
+            },
+            _CANDIDATES,
         )
-    if req.label is not None:
-        stmt = stmt.where(grants.c.label == req.label)
-    if req.account is not None:
-        stmt = stmt.where(grants.c.account_identifier == req.account)
-    now = utcnow()
-    result = await conn.execute(stmt.limit(101), {"app_id": app.id})
-    found = [r for r in result.all() if grant_status(r, now) == "active"]
+        if grant_status(r, utcnow()) == "active"
+    ]
+    if identity is None:
+        found = [r for r in found if r.principal_type == "system"]
     rows = [r for r in found if usable_by(r, identity)]
     if not rows:
-        if identity is not None and found:
+        if identity is not None and any(r.principal_type == "system" for r in found):
             raise system_grant_mismatch()
         who = "this user" if identity is not None else "this app (system)"
         raise VaultError(

@@ -51,16 +51,25 @@ class PreparedRead:
         )
 
     async def first(self, conn: Conn, params: dict[str, Any]) -> Any:
+        rows = await self.many(conn, params, 1)
+        return rows[0] if rows else None
+
+    async def many(self, conn: Conn, params: dict[str, Any], limit: int) -> list[Any]:
+        """Up to ``limit`` rows (the statement's own LIMIT, if any, still applies)."""
         if not isinstance(conn, SyncConnection) or conn.dialect.name != "sqlite":
-            return (await conn.execute(self.statement, params)).first()
+            return list((await conn.execute(self.statement, params)).fetchmany(limit))
         prepared = self._sqlite
         if prepared is None:
             prepared = self._sqlite = self._compile(conn.dialect)
         values = {**prepared.defaults, **params}
         raw = conn.dbapi_connection()
-        row = raw.execute(prepared.sql, tuple(values[n] for n in prepared.names)).fetchone()
-        if row is None:
-            return None
-        return prepared.row_type(
-            *(p(v) if p is not None else v for p, v in zip(prepared.processors, row, strict=True))
-        )
+        rows = raw.execute(prepared.sql, tuple(values[n] for n in prepared.names)).fetchmany(limit)
+        return [
+            prepared.row_type(
+                *(
+                    p(v) if p is not None else v
+                    for p, v in zip(prepared.processors, row, strict=True)
+                )
+            )
+            for row in rows
+        ]
