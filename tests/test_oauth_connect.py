@@ -412,6 +412,8 @@ async def test_fifty_concurrent_retrievals_of_an_expired_grant_refresh_once(
     assert refreshes(setup.peer) == before + 1
     assert grant_errors(setup.peer) == errors_before
     assert len({a.json()["access_token"] for a in answers}) == 1
+    metrics = (await setup.signed.client.get("/metrics")).text
+    assert 'grantvault_oauth_refreshes_total{outcome="success"} 1.0' in metrics
     token = answers[0].json()["access_token"]
     who = httpx.get(f"{setup.peer.issuer}/api/whoami", headers={"Authorization": f"Bearer {token}"})
     assert who.status_code == 200

@@ -148,11 +148,18 @@ def create_app(
     settings = settings or (vault.settings if vault else load_settings())
     metrics = Metrics()
 
+    def _count_refresh(outcome: str) -> None:
+        metrics.oauth_refreshes.labels(outcome).inc()
+
+    if vault is not None:  # shared vault (tests, CLI): wire it now, lifespan may not run
+        vault.refresh_observer = _count_refresh
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = vault is None or close_vault
         active = vault or await Vault.start(settings)
         active.retrieval_writer.observe = metrics.commit_batch.observe
+        active.refresh_observer = _count_refresh
         app.state.vault = active
         task = asyncio.create_task(_housekeeping(active))
         try:

@@ -98,6 +98,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        self.oauth_refreshes = Counter(
+            "grantvault_oauth_refreshes_total",
+            "OAuth token refreshes that reached a provider, by outcome "
+            "(success, transient_failure, credential_revoked, config_error).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.denials = Counter(
             "grantvault_denials_total",
             "Refused requests by error code.",

@@ -357,6 +357,7 @@ async def _refresh_leased(
                     )
                 ],
             )
+        vault.refresh_observer("success")
         # Committed: only now does the new access token leave this function.
         return AccessToken(
             tokens.access_token,
@@ -365,6 +366,13 @@ async def _refresh_leased(
             attempts.info(len(attempts.errors) + 1),
         )
     assert failure is not None
+    vault.refresh_observer(
+        "credential_revoked"
+        if failure.dead_credential
+        else "config_error"
+        if failure.config_error
+        else "transient_failure"
+    )
     if failure.dead_credential:
         await _mark_dead(vault, cfg, row, fence, failure.error)
         raise credential_revoked(grant_id, cfg.provider_id)

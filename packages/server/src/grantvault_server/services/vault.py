@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ class Vault:
     _oauth: OAuthClient | None = field(default=None, repr=False)
     #: In-process single flight of token refreshes: grant id -> the refresh in progress.
     refreshes: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Told the outcome of every refresh that reached a provider (wired to /metrics).
+    refresh_observer: Callable[[str], None] = field(default=lambda _outcome: None, repr=False)
 
     @property
     def retrieval_writer(self) -> RetrievalWriter:
