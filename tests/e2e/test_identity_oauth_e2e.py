@@ -77,8 +77,10 @@ async def test_identity_mode_and_ambiguity_through_alter_sdk(
         assert sorted(ambiguous.value.account_identifiers) == ["alice", "alice.work"]
         r = await ours.request("GET", whoami, provider="peer", account="alice")
         assert r.status_code == 200 and r.json()["sub"] == "alice"
-    with grantvault.SyncApp(
-        world.key, base_url=world.server.base_url, user_token_getter=lambda: bob
-    ) as sync_ours:
-        with pytest.raises(grantvault.GrantNotFoundError):
-            await asyncio.to_thread(sync_ours.request, "GET", whoami, provider="peer")
+    with (
+        grantvault.SyncApp(
+            world.key, base_url=world.server.base_url, user_token_getter=lambda: bob
+        ) as sync_ours,
+        pytest.raises(grantvault.GrantNotFoundError),
+    ):
+        await asyncio.to_thread(sync_ours.request, "GET", whoami, provider="peer")
