@@ -184,3 +184,30 @@ async def test_disabling_a_user_stops_retrieval_and_revokes_at_the_provider(worl
     r = await world.token(None, grant_id=grant["grant_id"])
     assert r.status_code == 403 and r.json()["error"] == "grant_revoked"
     assert world.idp.peer.introspect(refresh) == {"active": False}
+
+
+async def test_many_other_grants_do_not_hide_the_users_own(world: World) -> None:
+    from grantvault_server.services import grants as grant_service, secrets as secret_service
+
+    secret = await secret_service.create_secret(
+        world.vault, world.app, OPERATOR, template="openai", slug="openai"
+    )
+    await secret_service.set_credential(
+        world.vault, world.app, secret, {"token": "sk-test-000111222333"}, OPERATOR
+    )
+    idp_id = await identity.active_idp_id(world.vault, world.app.id)
+    for i in range(110):  # more than one prepared read returns
+        await grant_service.create_grant(
+            world.vault, world.app, secret, OPERATOR,
+            principal_type="group", principal_id=f"team-{i}", idp_id=idp_id,
+        )  # fmt: skip
+    await grant_service.create_grant(
+        world.vault, world.app, secret, OPERATOR,
+        principal_type="group", principal_id="mine", idp_id=idp_id,
+    )  # fmt: skip
+    token = world.idp.forge(world.idp.claims(sub="gus", groups=["mine"]))
+    url = {"method": "GET", "url": "https://api.openai.com/v1/models"}
+    r = await world.signed.post(
+        "/sdk/token", {"provider_id": "openai", "reason": None, "request": url, "user_token": token}
+    )
+    assert r.status_code == 200, r.text

@@ -282,3 +282,32 @@ async def test_html_answer_is_refused_without_echoing_it() -> None:
     with pytest.raises(OAuthError) as info:
         await exchange("google", fake)
     assert info.value.error == "malformed_response" and "maintenance" not in str(info.value)
+
+
+async def test_a_provider_named_api_host_must_be_inside_the_allowed_hosts() -> None:
+    from grantvault_server.services.connect import api_base_url
+    from grantvault_server.services.oauth_providers import ProviderConfig
+
+    s = spec("salesforce")
+    cfg = ProviderConfig(
+        id="c", app_id="a", provider_id="salesforce", spec=s, params={},
+        client_id="x", client_secret_ct=None, default_scopes=(), allowed_scopes=None, custom=False,
+    )  # fmt: skip
+    for evil in (
+        "https://evil.example",
+        "https://acme.my.salesforce.com:8443",
+        "http://acme.my.salesforce.com",
+    ):
+        body = {"access_token": "t", "instance_url": evil}
+        tokens = await exchange(
+            "salesforce", Fake(lambda _r, body=body: httpx.Response(200, json=body))
+        )
+        with pytest.raises(OAuthError):
+            api_base_url(cfg, tokens)
+
+
+async def test_long_or_binary_error_codes_are_cut_down() -> None:
+    fake = Fake(lambda _r: httpx.Response(400, json={"error": "x" * 5000 + "\n<script>"}))
+    with pytest.raises(OAuthError) as info:
+        await exchange("google", fake)
+    assert info.value.error == "x" * 64

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -209,7 +210,7 @@ async def authorize(request: Request, session_id: str) -> Response:
     try:
         session, form = await _form(request, session_id)
         ttl_raw = form.get("ttl")
-        ttl = int(ttl_raw) if ttl_raw and ttl_raw.isdigit() else None
+        ttl = int(ttl_raw) if ttl_raw and re.fullmatch(r"[0-9]{1,9}", ttl_raw) else None
         url = await connect.start_flow(_vault(request), session, form.get("provider", ""), ttl)
     except connect.FlowRefused as exc:
         return refused(exc)

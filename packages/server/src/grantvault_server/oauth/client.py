@@ -16,6 +16,7 @@ Secrets never appear in exceptions or logs: only OAuth error codes and HTTP stat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -33,6 +34,8 @@ from grantvault_server.providers.oauth_schema import OAuthProviderSpec
 
 MAX_RESPONSE_BYTES = 1 << 20
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+#: Wall-clock limit of one provider call, however the answer trickles in.
+TOTAL_TIMEOUT_S = 15.0
 USER_AGENT = "grantvault-server (+oauth client)"
 #: Token types usable as a bearer token (Slack calls its user tokens "user", bot tokens "bot").
 ACCEPTED_TOKEN_TYPES = frozenset({"bearer", "user", "bot"})
@@ -207,7 +210,12 @@ class OAuthClient:
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             kwargs["headers"]["Authorization"] = f"Basic {token}"
         try:
-            async with self._http.stream(method, url, **kwargs) as response:
+            # httpx's timeouts bound each read, not the whole answer: a provider dribbling a
+            # byte at a time must not hold a refresh lease hostage.
+            async with (
+                asyncio.timeout(TOTAL_TIMEOUT_S),
+                self._http.stream(method, url, **kwargs) as response,
+            ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
@@ -255,6 +263,8 @@ class OAuthClient:
             raw = payload.get("error_description") or payload.get("message") or ""
             description = str(raw)
         code = str(error) if isinstance(error, str) and error else f"http_{status}"
+        # The code travels on (poll answers, return URLs, audit): short printable ASCII only.
+        code = "".join(c for c in code[:64] if 0x21 <= ord(c) < 0x7F) or f"http_{status}"
         transient = (
             status >= 500 or status == 429 or code in ("temporarily_unavailable", "server_error")
         )

@@ -44,6 +44,7 @@ from grantvault_server.oauth.client import (
     id_token_claims,
     pkce_pair,
 )
+from grantvault_server.providers.oauth_schema import host_allowed
 from grantvault_server.services import oauth_providers as providers
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import principal_label
@@ -51,11 +52,14 @@ from grantvault_server.services.oauth_tokens import store_new_tokens
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
-from grantvault_server.storage.tables import connect_sessions, grants, oauth_flows
+from grantvault_server.storage.sql import for_update
+from grantvault_server.storage.tables import app_users, connect_sessions, grants, oauth_flows
 
 log = logging.getLogger(__name__)
 
 SESSION_TTL = timedelta(minutes=10)
+#: Ten years: the longest grant lifetime anyone can choose.
+MAX_TTL_S = 315_360_000
 FLOW_TTL = timedelta(minutes=10)
 TOKEN_PREFIX = "gvcs_"
 #: Poll error codes the clients turn into ``ConnectConfigError``.
@@ -271,7 +275,9 @@ async def _check_repair_target(
         )
     if row.oauth_provider_id != cfg.id:
         raise InvalidInput("repair_grant_id belongs to another provider than allowed_providers.")
-    if (row.principal_type, row.principal_id) != (principal.type, principal.id):
+    if (row.principal_type, row.principal_id) != (principal.type, principal.id) or (
+        row.idp_id is not None and row.idp_id != principal.idp_id
+    ):
         raise VaultError(
             ErrorCode.GRANT_NOT_FOUND, f"No OAuth grant {grant_id!r} for this principal to repair."
         )
@@ -429,7 +435,11 @@ async def start_flow(vault: Vault, session: Any, provider_id: str, ttl_seconds: 
         raise FlowRefused("provider_not_allowed", "This provider is not part of this sign-in.")
     max_ttl = (session.grant_policy or {}).get("max_ttl_seconds")
     if ttl_seconds is not None:
-        if ttl_seconds <= 0 or (max_ttl is not None and ttl_seconds > max_ttl):
+        if (
+            ttl_seconds <= 0
+            or ttl_seconds > MAX_TTL_S
+            or (max_ttl is not None and ttl_seconds > max_ttl)
+        ):
             raise FlowRefused("invalid_ttl", "That access duration is not allowed here.")
     elif max_ttl is not None:
         ttl_seconds = (session.grant_policy or {}).get("default_ttl_seconds") or max_ttl
@@ -667,7 +677,10 @@ async def finish_flow(vault: Vault, params: dict[str, str], browser: str | None)
                 nonce=flow.nonce,
                 leeway=vault.settings.clock_skew_seconds,
             )
-        account, display = await resolve_account(vault, cfg, tokens, claims)
+        try:
+            account, display = await resolve_account(vault, cfg, tokens, claims)
+        except ValueError:  # a provider-supplied value the spec refuses to put in a URL
+            raise OAuthError("malformed_response", "unusable account lookup value") from None
     except OAuthError as exc:
         log.warning(
             "oauth code exchange failed",
@@ -721,12 +734,25 @@ async def resolve_account(
 
 
 def api_base_url(cfg: providers.ProviderConfig, tokens: TokenSet | None) -> str | None:
+    """The connection's API origin: the provider may name one (Salesforce's instance_url),
+    but only inside the spec's API hosts; it never widens where tokens may go."""
     if cfg.spec.api_base_url_from and tokens is not None:
         value = dotted(tokens.extra, cfg.spec.api_base_url_from)
         if isinstance(value, str):
             parts = urlsplit(value)
-            if parts.scheme == "https" and parts.hostname and not parts.path.strip("/"):
+            host = (parts.hostname or "").lower()
+            rules = [cfg.spec.render(h, cfg.params) if "{" in h else h for h in cfg.spec.api_hosts]
+            if (
+                parts.scheme == "https"
+                and host
+                and parts.username is None
+                and not parts.path.strip("/")
+                and (not rules or host_allowed(host, rules, parts.port))
+            ):
                 return f"https://{parts.netloc}"
+            raise OAuthError(
+                "malformed_response", "the provider named an API host outside its allowed hosts"
+            )
     return cfg.url(cfg.spec.api_base_url)
 
 
@@ -745,6 +771,32 @@ async def _store_grant(
     base_url = api_base_url(cfg, tokens)
     actor = {"type": "end_user", "via": "connect", "session_id": session.id}
     async with vault.db.write() as conn:
+        # Re-read (and on PostgreSQL lock) the session: another flow of the same session may
+        # have finished meanwhile, and its result must not be overwritten.
+        fresh = (
+            await conn.execute(
+                for_update(
+                    conn, sa.select(connect_sessions).where(connect_sessions.c.id == session.id)
+                )
+            )
+        ).first()
+        if fresh is None or fresh.status != "pending":
+            raise FlowRefused("session_finished", "This sign-in was already completed.")
+        session = fresh
+        if session.principal_type == "user":
+            user = (
+                await conn.execute(
+                    sa.select(app_users.c.status).where(
+                        app_users.c.app_id == session.app_id,
+                        app_users.c.subject == session.principal_id,
+                    )
+                )
+            ).first()
+            if user is not None and user.status != "active":
+                raise FlowRefused(
+                    "user_disabled",
+                    "This account was disabled by the application; nothing was stored.",
+                )
         target = None
         if session.repair_grant_id is not None:
             target = (
@@ -774,6 +826,9 @@ async def _store_grant(
                         else grants.c.principal_id == session.principal_id,
                         grants.c.account_identifier == account,
                         grants.c.status == "active",
+                        sa.or_(grants.c.idp_id.is_(None), grants.c.idp_id == session.idp_id)
+                        if session.idp_id is not None
+                        else grants.c.idp_id.is_(None),
                     )
                 )
             ).first()
@@ -783,9 +838,9 @@ async def _store_grant(
         if target is not None:
             grant_id = target.id
             operation = "reauth"
-            await conn.execute(
+            reauthorized = await conn.execute(
                 sa.update(grants)
-                .where(grants.c.id == grant_id)
+                .where(grants.c.id == grant_id, grants.c.status == "active")
                 .values(
                     status="active",
                     scopes=scopes,
@@ -795,6 +850,10 @@ async def _store_grant(
                     policy=policy,
                 )
             )
+            if reauthorized.rowcount != 1:  # revoked meanwhile: never resurrect it
+                raise FlowRefused(
+                    "grant_revoked", "That connection was revoked meanwhile; start again."
+                )
             event = AuditEvent.GRANT_REAUTHORIZED
         else:
             grant_id = str(uuid.uuid4())

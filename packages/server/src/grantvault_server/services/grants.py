@@ -339,7 +339,9 @@ async def revoke_grant(
     async with vault.db.write() as conn:
         row = await load_grant(conn, app, grant_id)
         if identity is not None and (
-            row.principal_type != "user" or row.principal_id != identity.subject
+            row.principal_type != "user"
+            or row.principal_id != identity.subject
+            or (row.idp_id is not None and row.idp_id != identity.idp_id)
         ):
             raise NotFound("grant", grant_id, ErrorCode.GRANT_NOT_FOUND)
         if row.status == "revoked":

@@ -53,6 +53,8 @@ WAIT_FOR_REFRESH_S = 30.0
 #: Refresh this long before expiry at most (less for short-lived tokens: a tenth of life).
 MAX_MARGIN = timedelta(seconds=60)
 ATTEMPTS = 3
+#: Retries stop this long after the first attempt, well inside LEASE (one call is <= 15 s).
+RETRY_BUDGET_S = 20.0
 COOLDOWN_BASE_S = 5.0
 COOLDOWN_MAX_S = 300.0
 REVOCATION_ATTEMPTS = 8
@@ -274,13 +276,18 @@ async def _refresh_leased(
     attempts = _Attempts()
     tokens: TokenSet | None = None
     failure: OAuthError | None = None
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + RETRY_BUDGET_S
     for attempt in range(1, ATTEMPTS + 1):
         try:
             tokens = await vault.oauth.refresh(cfg.spec, cfg.token_url, creds, refresh_token)
             break
         except OAuthError as exc:
             failure = exc
-            permanent = not exc.transient
+            # A timeout may mean the provider got the request and rotated the token: sending
+            # the same refresh token again would look like theft to it. Retry only what surely
+            # never arrived (connection refused) or was answered (5xx, 429), within the lease.
+            permanent = not exc.transient or exc.error == "timeout" or loop.time() > give_up_at
             wait = 0.0
             if not permanent and attempt < ATTEMPTS:
                 wait = min(exc.retry_after or 0.25 * 2 ** (attempt - 1), 2.0) * random.uniform(
@@ -324,38 +331,43 @@ async def _refresh_leased(
                     updated_at=now,
                 )
             )
-            if stored.rowcount != 1:
-                # Our lease was taken over (we were slower than LEASE): the row is someone
-                # else's now. Never hand out a token the database does not know about.
+            lost = stored.rowcount != 1
+            if lost:
+                # Our lease was taken over, or the grant was revoked meanwhile: the row is
+                # not ours. Never hand out a token the database does not know about, and do
+                # not leave the provider's fresh tokens alive.
                 log.error("refresh lease lost before commit", extra={"grant_id": grant_id})
-                raise VaultError(
-                    ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
-                    "The token refresh took too long and was taken over; retry.",
-                    grant_id=grant_id,
-                )
-            if tokens.scopes is not None:
-                await conn.execute(
-                    sa.update(grants)
-                    .where(grants.c.id == grant_id)
-                    .values(scopes=list(tokens.scopes))
-                )
-            await vault.audit.append(
-                conn,
-                [
-                    AuditRecord(
-                        chain=app_id,
-                        event=AuditEvent.TOKEN_REFRESHED,
-                        outcome=Outcome.SUCCESS,
-                        actor={"type": "vault", "via": "refresh"},
-                        grant_id=grant_id,
-                        provider_id=cfg.provider_id,
-                        details={
-                            "attempts": len(attempts.errors) + 1,
-                            "rotated": tokens.refresh_token is not None
-                            and tokens.refresh_token != refresh_token,
-                        },
+                await _queue_orphans(vault, conn, row, cfg, tokens)
+            else:
+                if tokens.scopes is not None:
+                    await conn.execute(
+                        sa.update(grants)
+                        .where(grants.c.id == grant_id)
+                        .values(scopes=list(tokens.scopes))
                     )
-                ],
+                await vault.audit.append(
+                    conn,
+                    [
+                        AuditRecord(
+                            chain=app_id,
+                            event=AuditEvent.TOKEN_REFRESHED,
+                            outcome=Outcome.SUCCESS,
+                            actor={"type": "vault", "via": "refresh"},
+                            grant_id=grant_id,
+                            provider_id=cfg.provider_id,
+                            details={
+                                "attempts": len(attempts.errors) + 1,
+                                "rotated": tokens.refresh_token is not None
+                                and tokens.refresh_token != refresh_token,
+                            },
+                        )
+                    ],
+                )
+        if lost:  # raised after the block, so the queued orphans are committed
+            raise VaultError(
+                ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
+                "The token refresh was overtaken (the grant changed meanwhile); retry.",
+                grant_id=grant_id,
             )
         vault.refresh_observer("success")
         # Committed: only now does the new access token leave this function.
@@ -423,6 +435,33 @@ async def _refresh_leased(
             provider_id=cfg.provider_id,
         )
     raise _unavailable(cfg, cooldown)
+
+
+async def _queue_orphans(
+    vault: Vault, conn: Conn, row: Any, cfg: providers.ProviderConfig, tokens: TokenSet
+) -> None:
+    """Queue tokens that no grant holds any more for revocation at the provider."""
+    now = utcnow()
+    for value, hint in (
+        (tokens.refresh_token, "refresh_token"),
+        (tokens.access_token, "access_token"),
+    ):
+        if not value:
+            continue
+        rid = str(uuid.uuid4())
+        await conn.execute(
+            sa.insert(oauth_revocations).values(
+                id=rid,
+                app_id=row.app_id,
+                oauth_provider_id=cfg.id,
+                grant_id=row.grant_id,
+                token_ct=vault.barrier.encrypt(value.encode(), revocation_aad(row.app_id, rid)),
+                token_type_hint=hint,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
 
 
 async def _mark_dead(
@@ -534,25 +573,31 @@ async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: i
         rows = (await conn.execute(stmt)).all()
     done = 0
     for item in rows:
-        async with vault.db.read() as conn:
-            try:
-                cfg = await providers.get_config_by_id(conn, item.app_id, item.oauth_provider_id)
-            except VaultError:
-                cfg = None
-            creds = await providers.client_credentials(vault, conn, cfg) if cfg else None
-            token = (
-                await vault.barrier.decrypt_fresh(
-                    conn, item.token_ct, revocation_aad(item.app_id, item.id)
-                )
-            ).decode()
         error: str | None = None
-        if cfg is not None and creds is not None and cfg.revocation_url is not None:
-            try:
+        cfg = None
+        try:
+            async with vault.db.read() as conn:
+                try:
+                    cfg = await providers.get_config_by_id(
+                        conn, item.app_id, item.oauth_provider_id
+                    )
+                except VaultError:
+                    cfg = None
+                creds = await providers.client_credentials(vault, conn, cfg) if cfg else None
+                token = (
+                    await vault.barrier.decrypt_fresh(
+                        conn, item.token_ct, revocation_aad(item.app_id, item.id)
+                    )
+                ).decode()
+            if cfg is not None and creds is not None and cfg.revocation_url is not None:
                 await vault.oauth.revoke(
                     cfg.spec, cfg.revocation_url, creds, token, item.token_type_hint
                 )
-            except OAuthError as exc:
-                error = exc.error
+        except OAuthError as exc:
+            error = exc.error
+        except Exception as exc:  # one bad row must not stall the queue for every app
+            log.error("revocation item failed", extra={"grant_id": item.grant_id})
+            error = type(exc).__name__
         attempts = int(item.attempts) + 1
         async with vault.db.write() as conn:
             if error is None or attempts >= REVOCATION_ATTEMPTS:

@@ -171,21 +171,27 @@ async def _resolve(conn: Conn, app: App, req: TokenRequest, identity: Identity |
     # Identity mode: the end user's grants (and their groups') for this provider, or without
     # a user token the app's own (system) grant. One prepared statement serves every shape
     # (label/account optional); which principals may use a row is decided by usable_by.
-    found = [
-        r
-        for r in await _BY_PROVIDER.many(
-            conn,
-            {
-                "app_id": app.id,
-                "provider": req.provider_id,
-                "subject": identity.subject if identity is not None else None,
-                "label": req.label,
-                "account": req.account,
-            },
-            _CANDIDATES,
+    params = {
+        "app_id": app.id,
+        "provider": req.provider_id,
+        "subject": identity.subject if identity is not None else None,
+        "label": req.label,
+        "account": req.account,
+    }
+    raw = await _BY_PROVIDER.many(conn, params, _CANDIDATES)
+    if len(raw) == _CANDIDATES:
+        # Many grants on this provider (group or system ones the caller may not use): ask
+        # the database for exactly the usable ones instead of sifting a truncated list.
+        exact = _BY_PROVIDER.statement.where(
+            grants.c.principal_type == "system"
+            if identity is None
+            else sa.or_(
+                grants.c.principal_type.in_(["user", "system"]),
+                grants.c.principal_id.in_(sorted(identity.groups) or [""]),
+            )
         )
-        if grant_status(r, utcnow()) == "active"
-    ]
+        raw = list((await conn.execute(exact, params)).all())
+    found = [r for r in raw if grant_status(r, utcnow()) == "active"]
     if identity is None:
         found = [r for r in found if r.principal_type == "system"]
     rows = [r for r in found if usable_by(r, identity)]
