@@ -211,3 +211,25 @@ async def test_many_other_grants_do_not_hide_the_users_own(world: World) -> None
         "/sdk/token", {"provider_id": "openai", "reason": None, "request": url, "user_token": token}
     )
     assert r.status_code == 200, r.text
+
+
+async def test_a_user_disabled_mid_flow_cannot_finish_connecting(world: World) -> None:
+    from .peer import VAULT_BASE_URL
+    from .test_oauth_connect import grants
+
+    token = world.idp.id_token("hana")
+    r = await world.signed.post(
+        "/sdk/oauth/connect/session", {"allowed_providers": ["peer"], "user_token": token}
+    )
+    session = r.json()
+    async with browser_for(world.asgi) as browser:
+        step = await approve(browser, session["connect_url"], user="hana", stop_at_callback=True)
+        assert step.url.startswith(f"{VAULT_BASE_URL}/sdk/oauth/callback")
+        await identity.disable_user(world.vault, world.app.id, "hana", OPERATOR)
+        answer = await browser.get(step.url)
+    assert answer.status_code == 400 and "disabled" in answer.text
+    async with world.vault.db.read() as conn:
+        import sqlalchemy as sa
+
+        count = (await conn.execute(sa.select(sa.func.count()).select_from(grants))).scalar_one()
+    assert count == 0

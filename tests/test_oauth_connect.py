@@ -114,6 +114,8 @@ async def test_full_flow_then_retrieval_reaches_the_peer_api(
     step = await consent_page(browser, session["connect_url"])
     page = step.response
     assert "Connect Peer peer" in page.text and "offline_access" in page.text
+    assert f"<strong>{setup.app.name}</strong> wants to use" in page.text
+    assert f"will belong to {setup.app.name} itself" in page.text
     csp = page.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
     assert page.headers["referrer-policy"] == "no-referrer"

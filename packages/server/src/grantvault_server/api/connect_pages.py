@@ -134,7 +134,7 @@ async def session_home(request: Request, session_id: str) -> Response:
             return refused(exc)
         return redirect(url)
     if len(remaining) == 1 and len(configs) == 1:
-        return _consent(session, remaining[0], browser)
+        return _consent(session, remaining[0], browser, await connect.app_name(vault, session))
     return page(
         "connect_picker.html",
         session_id=session.id,
@@ -152,7 +152,7 @@ def _ttl_label(seconds: int) -> str:
     return f"{seconds} seconds"
 
 
-def _consent(session: Any, cfg: Any, browser: str) -> Response:
+def _consent(session: Any, cfg: Any, browser: str, app_name: str) -> Response:
     scopes = [
         {"scope": s, "description": cfg.spec.available_scopes.get(s, s)}
         for s in connect.requested_scopes(cfg, session)
@@ -165,6 +165,12 @@ def _consent(session: Any, cfg: Any, browser: str) -> Response:
         session_id=session.id,
         provider_id=cfg.provider_id,
         spec=cfg.spec,
+        app_name=app_name,
+        # Who the connection will belong to, so a user who was sent someone else's link can
+        # see it is not theirs before signing in at the provider.
+        owner=f"the {app_name} user {session.principal_id}"
+        if session.principal_type == "user"
+        else f"{app_name} itself",
         scopes=scopes,
         ttl_options=[(o, _ttl_label(o)) for o in options],
         ttl_default=default,
@@ -185,7 +191,7 @@ async def consent(request: Request, session_id: str, provider: str = "") -> Resp
         return await _result(vault, session)
     for cfg in await connect.session_configs(vault, session):
         if cfg.provider_id == provider:
-            return _consent(session, cfg, browser)
+            return _consent(session, cfg, browser, await connect.app_name(vault, session))
     return refused(
         connect.FlowRefused("provider_not_allowed", "This provider is not part of this sign-in.")
     )

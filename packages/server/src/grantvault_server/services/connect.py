@@ -53,7 +53,13 @@ from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import for_update
-from grantvault_server.storage.tables import app_users, connect_sessions, grants, oauth_flows
+from grantvault_server.storage.tables import (
+    app_users,
+    apps,
+    connect_sessions,
+    grants,
+    oauth_flows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +403,15 @@ async def browser_session(vault: Vault, session_id: str, browser: str | None) ->
             "session_expired", "This sign-in link has expired. Start again from the app."
         )
     return row
+
+
+async def app_name(vault: Vault, session: Any) -> str:
+    """The name of the app that created the session (shown on the consent page)."""
+    async with vault.db.read() as conn:
+        row = (
+            await conn.execute(sa.select(apps.c.name).where(apps.c.id == session.app_id))
+        ).first()
+    return str(row.name) if row is not None else "An application"
 
 
 async def session_configs(vault: Vault, session: Any) -> list[providers.ProviderConfig]:
