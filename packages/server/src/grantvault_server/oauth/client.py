@@ -286,13 +286,7 @@ class OAuthClient:
         form: dict[str, str],
     ) -> TokenSet:
         headers = {"Accept": "application/json", **spec.token_request_headers}
-        auth: tuple[str, str] | None = None
-        if spec.token_auth_method == "client_secret_basic" and creds.client_secret is not None:
-            auth = (creds.client_id, creds.client_secret)
-        else:
-            form["client_id"] = creds.client_id
-            if creds.client_secret is not None:
-                form["client_secret"] = creds.client_secret
+        auth = _client_auth(spec, creds, form)
         if spec.token_request_format == "json":
             status, rheaders, body = await self._send(
                 "POST", token_url, headers=headers, json_body=form, auth=auth
@@ -396,13 +390,7 @@ class OAuthClient:
     ) -> None:
         """RFC 7009 revocation; any 2xx is success (unknown tokens are success too)."""
         form = {"token": token, "token_type_hint": token_type_hint}
-        auth: tuple[str, str] | None = None
-        if spec.token_auth_method == "client_secret_basic" and creds.client_secret is not None:
-            auth = (creds.client_id, creds.client_secret)
-        else:
-            form["client_id"] = creds.client_id
-            if creds.client_secret is not None:
-                form["client_secret"] = creds.client_secret
+        auth = _client_auth(spec, creds, form)
         status, headers, body = await self._send(
             "POST", revocation_url, data=form, auth=auth, headers={"Accept": "application/json"}
         )
@@ -451,6 +439,19 @@ class OAuthClient:
         if not isinstance(doc, dict) or doc.get("issuer") != issuer:
             raise OAuthError("issuer_mismatch", "the discovery document names a different issuer")
         return doc
+
+
+def _client_auth(
+    spec: OAuthProviderSpec, creds: ClientCredentials, form: dict[str, str]
+) -> tuple[str, str] | None:
+    """Authenticate the client the way the provider wants (token and revocation endpoints
+    alike): Basic credentials to send, or ``client_id``/``client_secret`` added to ``form``."""
+    if spec.token_auth_method == "client_secret_basic" and creds.client_secret is not None:
+        return (creds.client_id, creds.client_secret)
+    form["client_id"] = creds.client_id
+    if creds.client_secret is not None:
+        form["client_secret"] = creds.client_secret
+    return None
 
 
 def _without(payload: dict[str, Any], paths: set[str]) -> dict[str, Any]:

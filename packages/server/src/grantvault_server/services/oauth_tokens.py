@@ -442,26 +442,42 @@ async def _queue_orphans(
 ) -> None:
     """Queue tokens that no grant holds any more for revocation at the provider."""
     now = utcnow()
-    for value, hint in (
-        (tokens.refresh_token, "refresh_token"),
-        (tokens.access_token, "access_token"),
+    for offset, (value, hint) in enumerate(
+        ((tokens.refresh_token, "refresh_token"), (tokens.access_token, "access_token"))
     ):
-        if not value:
-            continue
-        rid = str(uuid.uuid4())
-        await conn.execute(
-            sa.insert(oauth_revocations).values(
-                id=rid,
-                app_id=row.app_id,
-                oauth_provider_id=cfg.id,
-                grant_id=row.grant_id,
-                token_ct=vault.barrier.encrypt(value.encode(), revocation_aad(row.app_id, rid)),
-                token_type_hint=hint,
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
+        if value:
+            await _queue_revocation(
+                vault, conn, row.app_id, cfg.id, row.grant_id, value.encode(), hint,
+                now + timedelta(microseconds=offset),
+            )  # fmt: skip
+
+
+async def _queue_revocation(
+    vault: Vault,
+    conn: Conn,
+    app_id: str,
+    oauth_provider_id: str,
+    grant_id: str,
+    token: bytes,
+    hint: str,
+    created_at: datetime,
+) -> str:
+    """One token waiting, encrypted, for the provider's revocation endpoint."""
+    rid = str(uuid.uuid4())
+    await conn.execute(
+        sa.insert(oauth_revocations).values(
+            id=rid,
+            app_id=app_id,
+            oauth_provider_id=oauth_provider_id,
+            grant_id=grant_id,
+            token_ct=vault.barrier.encrypt(token, revocation_aad(app_id, rid)),
+            token_type_hint=hint,
+            attempts=0,
+            next_attempt_at=utcnow(),
+            created_at=created_at,
         )
+    )
+    return rid
 
 
 async def _mark_dead(
@@ -534,20 +550,11 @@ async def detach_tokens_for_revocation(
         plaintext = await vault.barrier.decrypt_fresh(
             conn, blob, token_aad(app_id, grant_id, column)
         )
-        rid = str(uuid.uuid4())
-        await conn.execute(
-            sa.insert(oauth_revocations).values(
-                id=rid,
-                app_id=app_id,
-                oauth_provider_id=oauth_provider_id,
-                grant_id=grant_id,
-                token_ct=vault.barrier.encrypt(plaintext, revocation_aad(app_id, rid)),
-                token_type_hint=hint,
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now + timedelta(microseconds=len(queued)),
-            )
-        )
+        # Queued in order (refresh token first: revoking it kills the access token too).
+        rid = await _queue_revocation(
+            vault, conn, app_id, oauth_provider_id, grant_id, plaintext, hint,
+            now + timedelta(microseconds=len(queued)),
+        )  # fmt: skip
         queued.append(rid)
     await conn.execute(sa.delete(oauth_tokens).where(oauth_tokens.c.grant_id == grant_id))
     return queued
