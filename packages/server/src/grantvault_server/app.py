@@ -18,7 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grantvault._version import __version__
 from grantvault.types.errors import ErrorCode
-from grantvault_server.api import connect_pages, errors, identity as identity_api, ops, sdk
+from grantvault_server.api import (
+    connect_pages,
+    errors,
+    identity as identity_api,
+    ops,
+    sdk,
+    unimplemented,
+)
 from grantvault_server.config import Settings, load_settings
 from grantvault_server.errors import VaultError
 from grantvault_server.observability import Metrics
@@ -182,6 +189,10 @@ def create_app(
         telemetry=None if settings.otel else {"tracing": False, "metrics": False, "logs": False},
         docs_url="/docs",
         redoc_url=None,
+        # Starlette would answer `/sdk/token/` with a 307 to an absolute URL built from the
+        # request's Host header (a client following it re-sends body and x-api-key to that
+        # host). Paths are exact here; a trailing slash is a 404 like any unknown path.
+        redirect_slashes=False,
     )
     app.state.metrics = metrics
 
@@ -201,6 +212,8 @@ def create_app(
     errors.install(app)
     app.include_router(sdk.router)
     app.include_router(identity_api.router)
+    # After the served routes: these paths answer 501 (see api.unimplemented).
+    app.include_router(unimplemented.router)
     app.include_router(connect_pages.router)
     app.mount("/connect/static", connect_pages.static_files, name="connect-static")
     app.include_router(ops.router)

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted."
     )
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of extra CA certificates trusted for every outbound call "
+        "(providers, OIDC discovery, JWKS, revocation), added to the public roots: for a "
+        "GitHub Enterprise Server or IdP behind an internal CA. SSL_CERT_FILE is not read.",
+    )
 
     @field_validator("allow_http_hosts", mode="before")
     @classmethod
@@ -136,6 +142,14 @@ def load_settings(**overrides: object) -> Settings:
             "GRANTVAULT_DATABASE_URL must start with `sqlite:///` (a file path follows) or "
             "`postgresql+asyncpg://`."
         )
+    # Built here, once per start, so a bad bundle stops the server (and the CLI) with one
+    # message instead of failing the first provider call; see ``outbound``.
+    from grantvault_server import outbound
+
+    try:
+        outbound.configure(settings.ca_bundle)
+    except outbound.CaBundleError as exc:
+        raise ConfigError(f"Invalid configuration: {exc}") from None
     return settings
 
 

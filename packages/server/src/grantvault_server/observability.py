@@ -19,7 +19,23 @@ _SECRET_PATTERNS = [
         r"(?i)((?:api[_-]?key|token|secret|password|signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,]{4,}"
     ),
 ]
+#: ``extra`` keys whose values are credentials whatever they look like.
+_SECRET_KEY = re.compile(r"(?i)(api[_-]?key|token|secret|password|signature)")
 _RESERVED = set(vars(logging.makeLogRecord({})))
+
+# Lines of a traceback that are code, not data: "  File ..., line N, in f" and the source
+# and caret lines indented under it. Only the other lines (exception messages) can carry
+# values, so only they are redacted: redacting code garbled it ("token = [redacted]").
+_FRAME = re.compile(r'^(\s*)File ".*", line \d+, in ')
+_CODE_LINE = re.compile(r"^(Traceback \(most recent call last\):|\s*\[Previous line repeated)")
+# Database errors quote row contents: SQLAlchemy appends the statement's parameters, and
+# PostgreSQL's DETAIL line or asyncpg's argument errors quote the offending values.
+_ROW_CONTENTS = [
+    (re.compile(r"\[parameters: .*\]"), "[parameters hidden]"),
+    (re.compile(r"^(\s*DETAIL:).*$"), r"\1 [hidden: it quotes row values]"),
+    (re.compile(r"(?i)(Failing row contains).*$"), r"\1 [hidden]"),
+    (re.compile(r"(?i)(invalid input for query argument \$\d+:).*$"), r"\1 [hidden]"),
+]
 
 
 def redact(text: str) -> str:
@@ -28,27 +44,89 @@ def redact(text: str) -> str:
     return text
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+def redact_traceback(text: str) -> str:
+    """A formatted traceback with its code intact and its exception messages cleaned.
+
+    Frame lines and source lines stay byte for byte (they are code, and an operator needs
+    them readable); message lines lose SQL parameters and quoted row values, then secrets.
+    """
+    lines: list[str] = []
+    frame_indent: int | None = None
+    for line in text.split("\n"):
+        frame = _FRAME.match(line)
+        if frame:
+            frame_indent = len(frame.group(1))
+            lines.append(line)
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if frame_indent is not None and line.strip() and indent > frame_indent:
+            lines.append(line)  # the source line or the ^^^^ markers of the frame above
+            continue
+        frame_indent = None
+        if _CODE_LINE.match(line):
+            lines.append(line)
+            continue
+        for pattern, replacement in _ROW_CONTENTS:
+            line = pattern.sub(replacement, line)
+        lines.append(redact(line))
+    return "\n".join(lines)
+
+
+def _clean(key: str, value: Any) -> Any:
+    """A log field made safe: credential-named fields masked, strings redacted, recursively."""
+    if _SECRET_KEY.search(key) and isinstance(value, str | bytes) and value:
+        return "[redacted]"
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _clean(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(key, v) for v in value]
+    return redact(str(value))
+
+
+class _SafeFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return redact_traceback(super().formatException(ei))
+
+
+class JsonFormatter(_SafeFormatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields.
+
+    Each field is redacted before encoding, not the encoded line: in JSON a traceback's
+    line breaks are ``\\n``, which the secret patterns ran through, eating the next line.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _clean(key, value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
 
 
-class ConsoleFormatter(logging.Formatter):
+class ConsoleFormatter(_SafeFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        # Not ``super().format``: it reuses ``record.exc_text`` that another handler may
+        # have cached unredacted.
+        record.message = record.getMessage()
+        text = redact(self.formatMessage(record))
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
+        return text
 
 
 def configure_logging(level: str, fmt: str) -> None:

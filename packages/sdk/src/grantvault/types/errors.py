@@ -61,6 +61,8 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    #: A route of the public client's protocol that this vault does not serve yet.
+    NOT_IMPLEMENTED = "not_implemented"
     # The vault itself.
     AUDIT_UNAVAILABLE = "audit_unavailable"
     STORAGE_UNAVAILABLE = "storage_unavailable"
@@ -115,6 +117,9 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    # 501, not 404: the public client turns every 404 into GrantNotFoundError, and code that
+    # reacts to that by starting a Connect flow would do the wrong thing.
+    ErrorCode.NOT_IMPLEMENTED: 501,
     ErrorCode.AUDIT_UNAVAILABLE: 503,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.SEALED: 503,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from grantvault._key_format import is_valid_key
 from grantvault._signing import HEADER_ACTOR_ID, HEADER_CALLER, HEADER_CALLER_TYPE, HEADER_CONTEXT
@@ -63,6 +64,19 @@ def _actor(key: KeyRecord, actor_headers: dict[str, str]) -> dict[str, Any]:
     return actor
 
 
+def signed_target(scope: Scope) -> str:
+    """The path and query the client signed, taken from the ASGI scope alone.
+
+    Not ``request.url``: that is an absolute URL built with the request's Host header, and
+    nothing here may depend on what a client puts there. The escaping of ``?``, ``#`` and
+    ``\\`` is the one ``request.url.path`` applies, so signatures verify exactly as before.
+    """
+    path: str = scope["path"]
+    path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return path + (f"?{query}" if query else "")
+
+
 async def _verify(request: Request, vault: Vault) -> Caller:
     """Verify key, signature, clock and key state; the nonce is left to the caller."""
     presented = request.headers.get("x-api-key", "")
@@ -73,8 +87,7 @@ async def _verify(request: Request, vault: Vault) -> Caller:
     if not is_valid_key(presented):
         raise _invalid_key("The API key is malformed (expected alter_rk_<22>_<6>); copy it again.")
     body = await request.body()
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    target = request.url.path + (f"?{query}" if query else "")
+    target = signed_target(request.scope)
     key = await lookup_key(vault, presented)
     if key is None:
         raise _invalid_key("The API key is not known to this vault.")

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grantvault.types.errors import ErrorCode
+from grantvault_server.api.responses import allowed_methods
 from grantvault_server.errors import VaultError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ def install(app: FastAPI) -> None:
             404: "No such endpoint; see /openapi.json for the protocol.",
             405: "This endpoint does not accept that HTTP method.",
         }.get(exc.status_code, str(exc.detail))
-        return _response(request, exc.status_code, {"error": code.value, "message": message})
+        response = _response(request, exc.status_code, {"error": code.value, "message": message})
+        if exc.status_code == 405:  # RFC 9110 15.5.6: a 405 lists the methods that would work
+            response.headers["Allow"] = allowed_methods(request)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

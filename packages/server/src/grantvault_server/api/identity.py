@@ -22,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field
 
 from grantvault_server.api.deps import CallerDep, VaultDep
+from grantvault_server.api.responses import errors
 from grantvault_server.identity import signin, webhooks
 from grantvault_server.identity.service import resolve_user
 from grantvault_server.identity.signin import SignInPageError
@@ -98,7 +99,7 @@ def _refused(exc: SignInPageError) -> Response:
     return _page("auth_error.html", status=exc.status, message=exc.message)
 
 
-@router.post("/sdk/auth/session", status_code=201)
+@router.post("/sdk/auth/session", status_code=201, responses=errors(400, 409))
 async def post_auth_session(
     _body: AuthSessionBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
@@ -106,13 +107,13 @@ async def post_auth_session(
     return await signin.create_session(vault, caller.app)
 
 
-@router.post("/sdk/auth/poll")
+@router.post("/sdk/auth/poll", responses=errors(404))
 async def post_auth_poll(body: AuthPollBody, caller: CallerDep, vault: VaultDep) -> dict[str, Any]:
     """The sign-in's status, waiting up to ``wait_ms`` (30 s at most) while pending."""
     return await signin.poll(vault, caller.app, body.session_token, body.wait_ms)
 
 
-@router.post("/sdk/auth/verify-token")
+@router.post("/sdk/auth/verify-token", responses=errors(400, 403))
 async def post_verify_token(
     body: VerifyTokenBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
@@ -169,7 +170,7 @@ async def get_auth_result(outcome: str = "error") -> Response:
     )
 
 
-@router.post("/webhooks/idp/{app_id}")
+@router.post("/webhooks/idp/{app_id}", responses=errors(400, 403, 404, 409))
 async def post_idp_webhook(app_id: str, request: Request, vault: VaultDep) -> JSONResponse:
     """Deprovisioning events from the app's IdP (signed; see ``identity.webhooks``)."""
     body = await request.body()

@@ -7,12 +7,20 @@ inside the caller's app only: ids of another app answer exactly like unknown ids
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from grantvault.types.errors import ErrorCode
 from grantvault.types.wire import (
@@ -22,6 +30,7 @@ from grantvault.types.wire import (
     UnifiedGrantListResult,
 )
 from grantvault_server.api.deps import CallerDep, VaultDep, authenticate_deferred_nonce
+from grantvault_server.api.responses import errors
 from grantvault_server.api.schemas import (
     ApiCallAuditBody,
     ConnectPollBody,
@@ -33,6 +42,7 @@ from grantvault_server.api.schemas import (
     SystemPrincipalBody,
     TokenBody,
     UserPrincipalBody,
+    _reject_nul,
 )
 from grantvault_server.errors import InvalidInput, VaultError
 from grantvault_server.identity.service import active_idp_id, resolve_user
@@ -70,6 +80,7 @@ _TOKEN_BODY, TOKEN_SCHEMAS = _body_schema(TokenBody)
     response_model=TokenResponse,
     response_model_exclude_none=True,
     openapi_extra={"requestBody": _TOKEN_BODY},
+    responses=errors(400, 403, 404, 409),
 )
 async def post_token(request: Request) -> Response:
     """Resolve a grant and return its credential with injection instructions."""
@@ -110,6 +121,7 @@ async def post_token(request: Request) -> Response:
 @router.post(
     "/managed-secrets/{managed_secret_id}/grants",
     response_model=CreateGrantResult,
+    responses=errors(400, 403, 404, 409),
 )
 async def post_managed_secret_grant(
     managed_secret_id: str, body: CreateGrantBody, caller: CallerDep, vault: VaultDep
@@ -156,7 +168,7 @@ async def post_managed_secret_grant(
     )
 
 
-@router.post("/grants/list", response_model=UnifiedGrantListResult)
+@router.post("/grants/list", response_model=UnifiedGrantListResult, responses=errors(400, 403))
 async def post_grants_list(
     body: ListGrantsBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
@@ -177,7 +189,11 @@ async def post_grants_list(
     )
 
 
-@router.post("/oauth/grants/{grant_id}/revoke", response_model=RevokeGrantResult)
+@router.post(
+    "/oauth/grants/{grant_id}/revoke",
+    response_model=RevokeGrantResult,
+    responses=errors(400, 403, 404),
+)
 async def post_revoke_grant(
     grant_id: str, body: RevokeBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
@@ -192,7 +208,7 @@ async def post_revoke_grant(
     )
 
 
-@router.post("/oauth/audit/api-call", status_code=202)
+@router.post("/oauth/audit/api-call", status_code=202, responses=errors(404))
 async def post_api_call_audit(
     body: ApiCallAuditBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
@@ -201,13 +217,13 @@ async def post_api_call_audit(
     return {"accepted": True}
 
 
-@router.get("/oauth/provider-catalog")
+@router.get("/oauth/provider-catalog", responses=errors())
 async def get_provider_catalog(caller: CallerDep) -> dict[str, Any]:  # noqa: ARG001
     """Every OAuth provider this vault knows, with scopes described in plain words."""
     return {"providers": {pid: catalog_item(spec) for pid, spec in load_oauth_catalog().items()}}
 
 
-@router.post("/oauth/connect/session")
+@router.post("/oauth/connect/session", responses=errors(400, 403, 404))
 async def post_connect_session(
     body: ConnectSessionBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
@@ -251,9 +267,67 @@ async def connect_principal(vault: Any, caller: Any, user_token: str | None) -> 
     return connect.Principal("user", identity.subject, identity.idp_id)
 
 
-@router.post("/oauth/connect/session/poll")
+@router.post("/oauth/connect/session/poll", responses=errors(404))
 async def post_connect_poll(
     body: ConnectPollBody, caller: CallerDep, vault: VaultDep
 ) -> dict[str, Any]:
     """The session's state: pending, completed (with grants), error or expired."""
     return await connect.poll_session(vault, caller.app, body.session_token)
+
+
+class ScopeMismatchBody(BaseModel):
+    """What ``alter-sdk`` sends after a provider's ``403 insufficient_scope``.
+
+    Unknown keys are ignored, not refused: the client sends this in the background and
+    swallows any error, so a field a newer client adds must not make the report vanish.
+    Bounds are the client's own clamps (50 scopes of 256 characters, 4,096 and 2,048
+    characters for the header and URL).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        _reject_nul(data)
+        return data
+
+    provider_status_code: Annotated[StrictInt, Field(ge=100, le=599)]
+    provider_error_code: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    missing_scopes: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Field(max_length=50)]
+        | None
+    ) = None
+    raw_www_authenticate: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    api_endpoint: Annotated[str, StringConstraints(max_length=2048)] = ""
+    detection_source: Annotated[str, StringConstraints(max_length=64)] | None = None
+    sdk_correlation_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+@router.post(
+    "/grants/{grant_id}/report-scope-mismatch",
+    status_code=204,
+    response_class=Response,
+    responses=errors(404),
+)
+async def post_report_scope_mismatch(
+    grant_id: str, body: ScopeMismatchBody, caller: CallerDep, vault: VaultDep
+) -> Response:
+    """Flag a grant whose provider refused a call for a missing scope (``alter-sdk`` sends
+    this in the background); the flag shows as ``scope_mismatch`` in grant lists."""
+    if not _ID.fullmatch(grant_id):
+        raise VaultError(ErrorCode.GRANT_NOT_FOUND, "No grant with that id in this app.")
+    await grant_service.report_scope_mismatch(
+        vault,
+        caller.app,
+        grant_id,
+        caller.actor,
+        grant_service.ScopeMismatchReport(
+            provider_status_code=body.provider_status_code,
+            provider_error_code=body.provider_error_code,
+            missing_scopes=body.missing_scopes,
+            api_endpoint=body.api_endpoint,
+            correlation_id=body.sdk_correlation_id,
+        ),
+    )
+    return Response(status_code=204)

@@ -19,6 +19,7 @@ class AuditEvent(StrEnum):
     GRANT_REAUTHORIZED = "grant.reauthorized"
     GRANT_NEEDS_RECONNECT = "grant.needs_reconnect"
     GRANT_PROVIDER_REVOKED = "grant.provider_revoked"
+    GRANT_SCOPE_MISMATCH_REPORTED = "grant.scope_mismatch_reported"
     OAUTH_PROVIDER_CONFIGURED = "oauth_provider.configured"
     OAUTH_PROVIDER_REMOVED = "oauth_provider.removed"
     CONNECT_SESSION_CREATED = "connect.session_created"

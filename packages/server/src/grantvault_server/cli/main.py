@@ -10,6 +10,8 @@ exactly one JSON object on stdout. Errors go to stderr with a non-zero exit code
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from grantvault_server.cli.commands.apps import apps_cli
@@ -31,6 +33,28 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from grantvault_server import __version__
+
+        typer.echo(f"grantvault {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Grantvault: the credential vault for apps and AI agents."""
+
+
 cli.command()(serve)
 for sub, name in (
     (apps_cli, "apps"),

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from grantvault_server import outbound
 
 #: Largest document accepted from an IdP (discovery documents and JWKS are a few KiB).
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -82,20 +85,24 @@ async def fetch_json(
     headers: Mapping[str, str] | None = None,
     timeout_s: float = TIMEOUT_S,
     max_bytes: int = MAX_DOCUMENT_BYTES,
+    verify: ssl.SSLContext | None = None,
 ) -> Fetched:
     """Call ``url`` once and parse its JSON answer, within ``timeout_s`` and ``max_bytes``.
 
     Redirects are not followed (an IdP endpoint that redirects is misconfigured, or is
     trying to move the vault somewhere else). Any status is returned to the caller, which
     decides what an error means; transport failures, oversized or non-JSON answers raise
-    :class:`IdpFetchError`.
+    :class:`IdpFetchError`. TLS is verified with the process's outbound context (public
+    roots plus ``GRANTVAULT_CA_BUNDLE``), built once, so the client made per call is cheap.
     """
     request_headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
     try:
         async with asyncio.timeout(timeout_s):
             async with (
                 httpx.AsyncClient(
-                    timeout=httpx.Timeout(timeout_s), follow_redirects=False
+                    timeout=httpx.Timeout(timeout_s),
+                    follow_redirects=False,
+                    verify=verify or outbound.tls_context(),
                 ) as client,
                 client.stream(
                     method,
@@ -121,7 +128,9 @@ async def fetch_json(
     except TimeoutError:
         raise IdpFetchError(f"The {what} did not answer within {timeout_s:g} s.") from None
     except httpx.HTTPError as exc:
-        raise IdpFetchError(f"The {what} could not be reached ({type(exc).__name__}).") from None
+        raise IdpFetchError(
+            f"The {what} could not be reached: {outbound.describe_failure(exc)}."
+        ) from None
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 import secrets
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import httpx
 import jwt
 
+from grantvault_server import outbound
 from grantvault_server.providers.oauth_schema import OAuthProviderSpec
 
 MAX_RESPONSE_BYTES = 1 << 20
@@ -129,7 +131,12 @@ def check_endpoint(url: str, allow_http_hosts: Sequence[str]) -> None:
         return
     if parts.scheme == "http" and parts.hostname in set(allow_http_hosts):
         return
-    raise OAuthError("endpoint_not_allowed", "provider endpoints must use https")
+    raise OAuthError(
+        "endpoint_not_allowed",
+        f"{parts.hostname or 'the provider endpoint'}: provider endpoints must use https "
+        "(plain http only for hosts listed in GRANTVAULT_ALLOW_HTTP_HOSTS, which the CLI reads "
+        "too)",
+    )
 
 
 def authorization_url(
@@ -172,6 +179,7 @@ class OAuthClient:
         allow_http_hosts: Sequence[str] = (),
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.allow_http_hosts = tuple(allow_http_hosts)
         self._http = httpx.AsyncClient(
@@ -180,7 +188,10 @@ class OAuthClient:
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
+            # The environment is not read (proxy variables must not reroute tokens); the
+            # trust is the process's outbound context, with GRANTVAULT_CA_BUNDLE if set.
             trust_env=False,
+            verify=verify or outbound.tls_context(),
         )
 
     async def aclose(self) -> None:
@@ -229,7 +240,9 @@ class OAuthClient:
                 "timeout", "the provider did not answer in time", transient=True
             ) from None
         except httpx.HTTPError as exc:
-            raise OAuthError("network_error", type(exc).__name__, transient=True) from None
+            raise OAuthError(
+                "network_error", outbound.describe_failure(exc), transient=True
+            ) from None
 
     @staticmethod
     def _decode(spec: OAuthProviderSpec, headers: httpx.Headers, body: bytes) -> dict[str, Any]:

@@ -131,7 +131,10 @@ def check_url(
     if parts.scheme != "https" and not (
         parts.scheme == "http" and ("*" in http_hosts or parts.hostname in set(http_hosts))
     ):
-        raise ValueError(f"{what}: {value!r} must be an https URL")
+        raise ValueError(
+            f"{what}: {value!r} must be an https URL (plain http only for hosts listed in "
+            "GRANTVAULT_ALLOW_HTTP_HOSTS; the CLI reads that setting too)"
+        )
     if not parts.hostname or "@" in parts.netloc:
         raise ValueError(f"{what}: {value!r} must name a host and carry no user information")
     if parts.fragment and not allow_fragment:
@@ -173,6 +176,17 @@ def host_allowed(host: str, rules: Iterable[str], port: int | None = None) -> bo
         elif host == rule_host:
             return True
     return False
+
+
+def _not_on_api_hosts(host: str, port: int | None) -> str:
+    """Why a host is refused; when the port is what is missing, say so (a rule without a
+    port admits only 443, so `ghe.corp` does not cover `https://ghe.corp:8443`)."""
+    if port not in (None, 443):
+        return (
+            f"host {host}:{port} is not in api_hosts (a rule without a port admits only 443; "
+            f"add {host}:{port})"
+        )
+    return f"host {host!r} is not in api_hosts"
 
 
 def _host_port(url: str) -> tuple[str, int | None]:
@@ -421,7 +435,7 @@ class OAuthProviderSpec(_Strict):
         if self.api_base_url is not None and self.api_hosts:
             probe = self._probe_host(self.api_base_url)
             if probe is not None and not host_allowed(probe[0], self.api_hosts, probe[1]):
-                raise ValueError(f"{where}: api_base_url host {probe[0]!r} is not in api_hosts")
+                raise ValueError(f"{where}: api_base_url {_not_on_api_hosts(*probe)}")
         return self
 
     def _check_scopes(self, where: str) -> None:
@@ -489,7 +503,9 @@ class OAuthProviderSpec(_Strict):
         check_url(given, f"provider {self.id!r} api_base_url value")
         host, port = _host_port(given)
         if placeholders(given) or (self.api_hosts and not host_allowed(host, self.api_hosts, port)):
-            raise ValueError(f"provider {self.id!r}: api_base_url {given!r} is not on api_hosts")
+            raise ValueError(
+                f"provider {self.id!r}: api_base_url {given!r}: {_not_on_api_hosts(host, port)}"
+            )
         return given.rstrip("/")
 
     def with_overrides(

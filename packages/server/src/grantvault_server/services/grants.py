@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -80,7 +81,8 @@ def grant_item(row: Any, now: datetime) -> dict[str, Any]:
             "account_display_name": row.account_display_name,
             "api_base_url": row.api_base_url,
             "status": grant_status(row, now),
-            "scope_mismatch": False,
+            "scope_mismatch": scope_mismatch_open(row),
+            "scope_mismatch_at": _iso(row.scope_mismatch_at),
             "needs_reconnect": bool(row.needs_reconnect),
             "label": row.label,
             "grant_policy": row.policy,
@@ -110,7 +112,29 @@ def grant_item(row: Any, now: datetime) -> dict[str, Any]:
         "credential_id": row.credential_id,
         "credential_kind": "developer",
         "revoked_at": _iso(row.revoked_at),
+        "scope_mismatch": scope_mismatch_open(row),
+        "scope_mismatch_at": _iso(row.scope_mismatch_at),
     }
+
+
+def scope_mismatch_open(row: Any) -> bool:
+    """Whether a reported scope mismatch still stands for this grant.
+
+    An OAuth grant's flag clears by itself once the grant holds every scope the provider
+    said was missing, or (when the provider named none) once its scopes changed since the
+    report: both mean the user reconnected with more. A managed-secret grant has no scopes
+    the vault could compare, so its flag stands until it is reported again or revoked.
+    """
+    if row.scope_mismatch_at is None:
+        return False
+    report = row.scope_mismatch if isinstance(row.scope_mismatch, dict) else {}
+    if row.kind != "oauth":
+        return True
+    held = set(row.scopes or [])
+    missing = [s for s in report.get("missing_scopes") or [] if isinstance(s, str)]
+    if missing:
+        return not set(missing) <= held
+    return held == set(report.get("scopes_at_report") or [])
 
 
 def _grant_select() -> sa.Select[Any]:
@@ -396,6 +420,86 @@ async def revoke_at_provider(vault: Vault, grant_id: str) -> None:
         )
     except Exception:  # the queue keeps the work; never fail a revocation on the provider
         log.warning("provider revocation deferred", extra={"grant_id": grant_id}, exc_info=True)
+
+
+#: Bounds of a scope-mismatch report as stored (the client clamps to the same bounds).
+MAX_REPORTED_SCOPES = 50
+MAX_REPORTED_SCOPE_CHARS = 256
+
+
+@dataclass(frozen=True)
+class ScopeMismatchReport:
+    """What the client saw: the provider's status and error code, and the scopes it named."""
+
+    provider_status_code: int
+    provider_error_code: str
+    missing_scopes: list[str] | None
+    api_endpoint: str
+    correlation_id: str | None = None
+
+
+def _endpoint_summary(url: str) -> str | None:
+    """Host and first path segment of the provider URL: enough to tell which API refused,
+    never a query string or deeper path (those can carry ids or credentials)."""
+    parsed = urlsplit(url[:2048])
+    if not parsed.hostname:
+        return None
+    first = parsed.path.lstrip("/").split("/", 1)[0]
+    return f"{parsed.hostname}/{first}"[:300] if first else parsed.hostname[:255]
+
+
+async def report_scope_mismatch(
+    vault: Vault, app: App, grant_id: str, actor: dict[str, Any], report: ScopeMismatchReport
+) -> None:
+    """Record the client's report that the provider refused this grant for a missing scope.
+
+    The flag is shown in grant lists (``scope_mismatch``) so the app can ask the user to
+    reconnect with more scopes before the next call fails. Any grant of the app may be
+    flagged (a revoked one too: the report describes the past call); another app's grant
+    answers ``grant_not_found``. The last report wins; each one is audited.
+    """
+    missing = (
+        [s[:MAX_REPORTED_SCOPE_CHARS] for s in report.missing_scopes[:MAX_REPORTED_SCOPES]]
+        if report.missing_scopes is not None
+        else None
+    )
+    endpoint = _endpoint_summary(report.api_endpoint)
+    now = utcnow()
+    async with vault.db.write() as conn:
+        row = await load_grant(conn, app, grant_id)
+        record = {
+            "missing_scopes": missing,
+            "scopes_at_report": list(row.scopes or []),
+            "provider_status_code": report.provider_status_code,
+            "provider_error_code": report.provider_error_code[:64],
+            "api_endpoint": endpoint,
+        }
+        await conn.execute(
+            sa.update(grants)
+            .where(grants.c.id == grant_id)
+            .values(scope_mismatch_at=now, scope_mismatch=record)
+        )
+        await vault.audit.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=app.id,
+                    event=AuditEvent.GRANT_SCOPE_MISMATCH_REPORTED,
+                    outcome=Outcome.SUCCESS,
+                    actor=actor,
+                    principal=principal_label(row.principal_type, row.principal_id),
+                    grant_id=grant_id,
+                    provider_id=row.slug,
+                    details={
+                        "missing_scopes": missing,
+                        "provider_status_code": report.provider_status_code,
+                        "provider_error_code": report.provider_error_code[:64],
+                        "api_endpoint": endpoint,
+                        "correlation_id": (report.correlation_id or "")[:64] or None,
+                    },
+                )
+            ],
+        )
 
 
 async def find_grant_any_app(vault: Vault, grant_id: str) -> App:

@@ -150,7 +150,11 @@ def _build_config(row: Any) -> ProviderConfig:
             )
         spec = base
         if row.overrides:
-            spec = base.with_overrides(EndpointOverrides.model_validate(row.overrides))
+            # Like custom specs: checked with the operator's http allowance when stored.
+            spec = base.with_overrides(
+                EndpointOverrides.model_validate(row.overrides),
+                context={"allow_http_hosts": ["*"]},
+            )
     return ProviderConfig(
         id=row.id,
         app_id=row.app_id,
@@ -269,9 +273,9 @@ def custom_spec(
             context={"allow_http_hosts": list(allow_http_hosts)},
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"Custom provider: {where}: {first['msg']}") from None
+        # The spec's docs_url is the authorize URL here: name the field the operator gave.
+        message = _first_error(exc).replace(" docs_url: ", " authorize_url: ", 1)
+        raise InvalidInput(f"Custom provider: {message}") from None
 
 
 def spec_from_discovery(
@@ -343,7 +347,11 @@ async def add_provider(
         )
     if overrides and spec is None:
         try:
-            effective = base.with_overrides(EndpointOverrides.model_validate(overrides))
+            # Overrides follow the plain-http rule of custom providers (a GHES test server).
+            effective = base.with_overrides(
+                EndpointOverrides.model_validate(overrides),
+                context={"allow_http_hosts": list(vault.settings.allow_http_hosts)},
+            )
         except (ValidationError, ValueError) as exc:
             raise InvalidInput(f"Endpoint overrides are not valid: {_first_error(exc)}") from None
     else:
@@ -470,7 +478,10 @@ async def remove_provider(vault: Vault, app: App, provider_id: str, actor: dict[
 
 
 def _first_error(exc: Exception) -> str:
+    """The first problem, as an operator reads it (no empty location, no pydantic prefix)."""
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
     return str(exc)

@@ -200,6 +200,11 @@ grants = sa.Table(
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     sa.Column("revoke_reason", sa.String(512), nullable=True),
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
+    # The client's last report that the provider refused this grant for a missing scope
+    # (``POST /sdk/grants/{id}/report-scope-mismatch``): when, and what it said, bounded
+    # (services.grants.report_scope_mismatch). NULL: never reported.
+    sa.Column("scope_mismatch_at", UTCDateTime(), nullable=True),
+    sa.Column("scope_mismatch", sa.JSON, nullable=True),
     sa.Index("ix_grants_app_status", "app_id", "status"),
 )
 

@@ -105,6 +105,7 @@ def grants_list(
                 "status",
                 "expires",
                 "last used",
+                "scope mismatch",
             ],
             [
                 [
@@ -115,6 +116,9 @@ def grants_list(
                     g["status"],
                     g["expires_at"],
                     g["last_used_at"],
+                    # The client reported a provider refusal for a missing scope (and the
+                    # grant has not been reconnected with it since): when.
+                    g["scope_mismatch_at"] if g["scope_mismatch"] else None,
                 ]
                 for g in result["grants"]
             ],

@@ -121,7 +121,7 @@ def providers_add(
         overrides["api_hosts"] = api_host  # type: ignore[assignment]
     custom = bool(issuer or authorize_url or token_url)
 
-    async def action(vault: Vault) -> providers.ProviderConfig:
+    async def action(vault: Vault) -> tuple[providers.ProviderConfig, str, bool]:
         found = await app_service.get_app(vault, app)
         spec = None
         scope_list = _split(scopes)
@@ -157,7 +157,7 @@ def providers_add(
                     account_field=account_field,
                     allow_http_hosts=allow,
                 )
-        return await providers.add_provider(
+        cfg = await providers.add_provider(
             vault,
             found,
             provider,
@@ -171,22 +171,30 @@ def providers_add(
             spec=spec,
             replace=replace,
         )
+        # The URI Connect sends (services.connect), from the same settings the server reads.
+        s = vault.settings
+        return cfg, f"{s.effective_public_base_url}/sdk/oauth/callback", not s.public_base_url
 
     from grantvault_server.oauth.client import OAuthError
 
     try:
-        cfg = run(with_vault(action))
+        cfg, redirect_uri, derived = run(with_vault(action))
     except OAuthError as exc:
-        fail(f"the provider's discovery document could not be used: {exc.error}", 1)
+        reason = f"{exc.error}: {exc.description}" if exc.description else exc.error
+        fail(f"the provider's discovery document could not be used: {reason}", 1)
         return
     if as_json:
-        emit(cfg.public())
+        emit({**cfg.public(), "redirect_uri": redirect_uri})
     else:
         out.print(
             f"Registered [bold]{cfg.provider_id}[/] ({cfg.spec.display_name}) for this app. "
-            "Register this redirect URI at the provider: "
-            "[bold]<GRANTVAULT_PUBLIC_BASE_URL>/sdk/oauth/callback[/]"
+            f"Register this redirect URI at the provider: [bold]{redirect_uri}[/]"
         )
+        if derived:
+            out.print(
+                "(derived from GRANTVAULT_HOST and GRANTVAULT_PORT; set "
+                "GRANTVAULT_PUBLIC_BASE_URL to the URL users' browsers reach the vault at)"
+            )
 
 
 @providers_cli.command("list")

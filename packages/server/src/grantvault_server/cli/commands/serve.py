@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import socket
 from typing import Annotated, Any
 
 import typer
@@ -34,6 +36,7 @@ def serve(
         fail(str(exc), 2)
         return
     configure_logging(settings.log_level, settings.log_format)
+    sock = _listen_socket(settings.host, settings.port)
 
     async def main() -> None:
         vault = await Vault.start(settings)
@@ -56,11 +59,45 @@ def serve(
                 access_log=False,
                 server_header=False,
             )
-            await uvicorn.Server(config).serve()
+            await uvicorn.Server(config).serve(sockets=[sock])
         finally:
+            sock.close()
             await vault.close()
 
     run(main())
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """Claim the listening socket before anything is started or printed.
+
+    uvicorn binds only after start-up, so a port already in use showed the "listening"
+    banner first and then a log line; a newcomer read the banner. Binding (and listening)
+    here turns the conflict into one error and a non-zero exit, and the socket is handed to
+    uvicorn as is.
+    """
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        found = []
+    if not found:
+        fail(f"cannot listen on {host}:{port}: {host!r} does not resolve (--host)", 2)
+    family, kind, proto, _, address = found[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what uvicorn sets too
+    try:
+        sock.bind(address)
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fail(
+                f"port {port} on {host} is already in use (another `grantvault serve`?); "
+                "stop that process or choose another port with --port or GRANTVAULT_PORT",
+                2,
+            )
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _welcome(vault: Vault) -> None:
