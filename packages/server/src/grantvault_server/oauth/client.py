@@ -48,6 +48,18 @@ MAX_EXPIRES_IN = 315_360_000
 DEAD_CREDENTIAL = frozenset({"invalid_grant", "invalid_token", "token_revoked", "token_expired"})
 #: Codes that mean the app's client registration is wrong: no retry will help.
 CONFIG_ERRORS = frozenset({"invalid_client", "unauthorized_client", "unsupported_grant_type"})
+#: Printable ASCII that is not markup or a quote: an error code from a provider (token
+#: endpoint answer or the ``error`` of a redirect back) travels on into poll answers, return
+#: URLs, pages and audit rows, so it is cut down to what real codes use (RFC 6749 §5.2).
+_CODE_UNSAFE = frozenset("\"'<>&\\`")
+
+
+def safe_error_code(raw: object, fallback: str) -> str:
+    """A provider-supplied error code cut to 64 printable characters without markup,
+    control characters (CR/LF, ESC) or quotes; ``fallback`` when nothing usable is left."""
+    text = raw if isinstance(raw, str) else ""
+    code = "".join(c for c in text[:64] if 0x21 <= ord(c) < 0x7F and c not in _CODE_UNSAFE)
+    return code or fallback
 
 
 class OAuthError(Exception):
@@ -55,7 +67,10 @@ class OAuthError(Exception):
 
     ``error`` is the provider's OAuth error code (or one of ours: ``network_error``,
     ``timeout``, ``server_error``, ``malformed_response``); ``transient`` says whether trying
-    again later can help.
+    again later can help. ``maybe_delivered`` is set when no answer came back although the
+    request may have reached the provider: a refresh it processed has rotated the refresh
+    token, so the caller must not send the same one again (and must remember that the answer
+    was lost).
     """
 
     def __init__(
@@ -66,6 +81,7 @@ class OAuthError(Exception):
         status: int | None = None,
         transient: bool = False,
         retry_after: float | None = None,
+        maybe_delivered: bool = False,
     ) -> None:
         super().__init__(f"{error}: {description}" if description else error)
         self.error = error
@@ -73,6 +89,7 @@ class OAuthError(Exception):
         self.status = status
         self.transient = transient
         self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
 
     @property
     def dead_credential(self) -> bool:
@@ -220,12 +237,25 @@ class OAuthClient:
             user, password = (quote(auth[0], safe=""), quote(auth[1], safe=""))
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             kwargs["headers"]["Authorization"] = f"Basic {token}"
+        # Which steps of the exchange began (httpcore's trace events): a failure before the
+        # request headers were sent surely never reached the provider.
+        started: set[str] = set()
+
+        async def trace(event: str, _info: Mapping[str, Any]) -> None:
+            started.add(event)
+
+        def maybe_delivered(exc: BaseException) -> bool:
+            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+                return False
+            # No trace at all (a custom transport): we cannot tell, so assume it arrived.
+            return not started or any("send_request_headers" in e for e in started)
+
         try:
             # httpx's timeouts bound each read, not the whole answer: a provider dribbling a
             # byte at a time must not hold a refresh lease hostage.
             async with (
                 asyncio.timeout(TOTAL_TIMEOUT_S),
-                self._http.stream(method, url, **kwargs) as response,
+                self._http.stream(method, url, extensions={"trace": trace}, **kwargs) as response,
             ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -235,13 +265,21 @@ class OAuthClient:
                             "malformed_response", "answer larger than 1 MiB", transient=False
                         )
                 return response.status_code, response.headers, bytes(body)
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            # TimeoutError is asyncio.timeout's: a provider that accepted the connection and
+            # never answered. Same classification as httpx's own timeouts: transient.
             raise OAuthError(
-                "timeout", "the provider did not answer in time", transient=True
+                "timeout",
+                "the provider did not answer in time",
+                transient=True,
+                maybe_delivered=maybe_delivered(exc),
             ) from None
         except httpx.HTTPError as exc:
             raise OAuthError(
-                "network_error", outbound.describe_failure(exc), transient=True
+                "network_error",
+                outbound.describe_failure(exc),
+                transient=True,
+                maybe_delivered=maybe_delivered(exc),
             ) from None
 
     @staticmethod
@@ -275,9 +313,8 @@ class OAuthClient:
         if payload:
             raw = payload.get("error_description") or payload.get("message") or ""
             description = str(raw)
-        code = str(error) if isinstance(error, str) and error else f"http_{status}"
         # The code travels on (poll answers, return URLs, audit): short printable ASCII only.
-        code = "".join(c for c in code[:64] if 0x21 <= ord(c) < 0x7F) or f"http_{status}"
+        code = safe_error_code(error, f"http_{status}")
         transient = (
             status >= 500 or status == 429 or code in ("temporarily_unavailable", "server_error")
         )

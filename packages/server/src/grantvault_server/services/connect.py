@@ -43,6 +43,7 @@ from grantvault_server.oauth.client import (
     dotted,
     id_token_claims,
     pkce_pair,
+    safe_error_code,
 )
 from grantvault_server.providers.oauth_schema import host_allowed
 from grantvault_server.services import oauth_providers as providers
@@ -658,7 +659,10 @@ async def finish_flow(vault: Vault, params: dict[str, str], browser: str | None)
             session=session,
         )
     if "error" in params:
-        error = params["error"][:64]
+        # The provider's word, but anyone can put anything in a redirect: it goes on to the
+        # app's poll answer, the return URL and the page only as a filtered code (no markup,
+        # CR/LF or ESC), exactly like an error code from the token endpoint.
+        error = safe_error_code(params["error"], "invalid_error_code")
         if error == "access_denied":
             return await decline(vault, session, cfg.provider_id, "access_denied")
         failure = error if error in CONFIG_CODES else "connect_config_error"
@@ -701,12 +705,16 @@ async def finish_flow(vault: Vault, params: dict[str, str], browser: str | None)
             "oauth code exchange failed",
             extra={"provider_id": cfg.provider_id, "oauth_error": exc.error, "status": exc.status},
         )
-        error_code = exc.error if exc.error in CONFIG_CODES else "connect_config_error"
         if exc.error in CONFIG_CODES:
+            error_code = exc.error
             message = f"The provider rejected this app's client registration ({exc.error})."
         elif exc.transient:
+            # Down, overloaded or hung (timed out): not the app's configuration. The session
+            # ends here (the code cannot be exchanged twice); the user simply starts again.
+            error_code = ErrorCode.PROVIDER_UNAVAILABLE.value
             message = "The provider could not be reached to finish the sign-in; try again."
         else:
+            error_code = "connect_config_error"
             message = f"The provider did not complete the sign-in ({exc.error})."
         return await _fail_session(vault, session, cfg.provider_id, error_code, message)
     return await _store_grant(vault, session, cfg, flow, tokens, account, display)

@@ -10,11 +10,18 @@ the same rotating refresh token make the provider revoke the whole grant. So:
   an old row can neither take the lease nor write its result. Whoever loses waits and reads
   the winner's tokens from the row.
 * **the rotated refresh token is committed before the new access token is used**, and the
-  old refresh token is kept when the provider's answer omits one.
+  old refresh token is kept when the provider's answer omits one. Once the provider has
+  answered, its tokens are held and the commit is retried through a database stall (up to
+  ``COMMIT_RETRY_S``, inside the lease): dropping them would make the next refresh send a
+  used refresh token, which rotating providers punish by killing the grant (decision 0008).
 * ``invalid_grant`` marks the grant "needs re-connect" (``credential_revoked``) and drops the
   dead tokens; transient failures are retried a few times with backoff and jitter, then the
   grant cools down (exponential, capped) instead of hammering the provider, and the current
   access token is served as long as it is still valid.
+* a request that may have reached the provider without its answer reaching us (a provider
+  that accepted the connection and hung) is never re-sent; it is a transient failure, and the
+  row remembers that the answer was lost, so a later ``invalid_grant`` (the provider rotated
+  the token when it processed the lost request) is audited as ``refresh_answer_lost``.
 * tokens without an expiry are used until the provider says otherwise.
 
 The same function serves retrieval (``/sdk/token``) and any later proxy mode.
@@ -24,11 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -45,9 +54,21 @@ from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import grants, oauth_revocations, oauth_tokens
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: How long a refresher owns a grant's refresh; longer than one token call with retries.
-LEASE = timedelta(seconds=45)
+#: How long a refresher owns a grant's refresh (decision 0008): the provider phase (retries
+#: stop after RETRY_BUDGET_S, then one last call of at most 15 s), then up to COMMIT_RETRY_S
+#: of database stall while the answer is committed, plus LEASE_MARGIN_S for clock skew.
+LEASE = timedelta(seconds=75)
+#: How long the answer of a provider is held and its commit retried through a database stall.
+COMMIT_RETRY_S = 30.0
+#: The refresher stops trusting its lease this long before the lease ends.
+LEASE_MARGIN_S = 5.0
+#: ``last_refresh_error`` prefix of a grant whose last refresh request may have reached the
+#: provider without its answer reaching us (the refresh token may have been rotated).
+ANSWER_LOST = "answer_lost"
+#: Audited reason when the provider then refuses the refresh token as used.
+REFRESH_ANSWER_LOST = "refresh_answer_lost"
 #: How long a caller waits for someone else's refresh before answering 409.
 WAIT_FOR_REFRESH_S = 30.0
 #: Refresh this long before expiry at most (less for short-lived tokens: a tenth of life).
@@ -199,6 +220,9 @@ async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -
     delay = 0.02
     while True:
         now = utcnow()
+        # Taken before the lease's own clock starts: this process's view of the lease ends
+        # no later than the row's.
+        leased_at = asyncio.get_running_loop().time()
         async with vault.db.write() as conn:
             row = await _read(conn, grant_id)
             if row is None or row.needs_reconnect or row.access_ct is None:
@@ -228,7 +252,8 @@ async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -
             leased = taken.rowcount == 1
             refresh_ct = row.refresh_ct
         if leased:
-            return await _refresh_leased(vault, cfg, row, owner, refresh_ct)
+            lease_deadline = leased_at + LEASE.total_seconds() - LEASE_MARGIN_S
+            return await _refresh_leased(vault, cfg, row, owner, refresh_ct, lease_deadline)
         if asyncio.get_running_loop().time() > deadline:
             raise VaultError(
                 ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
@@ -240,7 +265,8 @@ async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -
 
 
 def _unavailable(cfg: providers.ProviderConfig, wait: timedelta) -> VaultError:
-    seconds = max(1, int(wait.total_seconds()) + 1)
+    # Rounded up, never beyond the longest cool-down the docs promise.
+    seconds = max(1, min(int(COOLDOWN_MAX_S), math.ceil(wait.total_seconds())))
     return VaultError(
         ErrorCode.PROVIDER_UNAVAILABLE,
         f"{cfg.spec.display_name} could not refresh this grant's token; retry after {seconds} s.",
@@ -250,8 +276,18 @@ def _unavailable(cfg: providers.ProviderConfig, wait: timedelta) -> VaultError:
 
 
 async def _refresh_leased(
-    vault: Vault, cfg: providers.ProviderConfig, row: Any, owner: str, refresh_ct: bytes | None
+    vault: Vault,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    owner: str,
+    refresh_ct: bytes | None,
+    lease_deadline: float,
 ) -> AccessToken:
+    """Call the provider while holding the lease, then record the outcome under the fence.
+
+    ``lease_deadline`` (event-loop time) is when this process stops trusting its lease: every
+    write of the outcome is retried through a database stall until then, never after.
+    """
     grant_id, app_id = row.grant_id, row.app_id
     fence = (
         (oauth_tokens.c.grant_id == grant_id)
@@ -271,7 +307,7 @@ async def _refresh_leased(
         )
     if refresh_token is None or not cfg.spec.supports_refresh:
         # Nothing to refresh with: the token has expired for good.
-        await _mark_dead(vault, cfg, row, fence, "no_refresh_token")
+        await _mark_dead(vault, cfg, row, fence, "no_refresh_token", lease_deadline)
         raise credential_revoked(grant_id, cfg.provider_id)
     attempts = _Attempts()
     tokens: TokenSet | None = None
@@ -284,10 +320,11 @@ async def _refresh_leased(
             break
         except OAuthError as exc:
             failure = exc
-            # A timeout may mean the provider got the request and rotated the token: sending
-            # the same refresh token again would look like theft to it. Retry only what surely
-            # never arrived (connection refused) or was answered (5xx, 429), within the lease.
-            permanent = not exc.transient or exc.error == "timeout" or loop.time() > give_up_at
+            # No answer to a request that may have arrived (a timeout, a connection dropped
+            # after sending) may mean the provider rotated the token: sending the same refresh
+            # token again would look like theft to it. Retry only what surely never arrived
+            # (connection refused) or was answered (5xx, 429), within the lease.
+            permanent = not exc.transient or exc.maybe_delivered or loop.time() > give_up_at
             wait = 0.0
             if not permanent and attempt < ATTEMPTS:
                 wait = min(exc.retry_after or 0.25 * 2 ** (attempt - 1), 2.0) * random.uniform(
@@ -308,74 +345,8 @@ async def _refresh_leased(
                 await asyncio.sleep(wait)
     now = utcnow()
     if tokens is not None:
-        new_refresh = tokens.refresh_token or refresh_token
-        generation = str(uuid.uuid4())
-        async with vault.db.write() as conn:
-            stored = await conn.execute(
-                sa.update(oauth_tokens)
-                .where(fence)
-                .values(
-                    access_ct=vault.barrier.encrypt(
-                        tokens.access_token.encode(), token_aad(app_id, grant_id, "access_ct")
-                    ),
-                    refresh_ct=vault.barrier.encrypt(
-                        new_refresh.encode(), token_aad(app_id, grant_id, "refresh_ct")
-                    ),
-                    access_expires_at=expiry_for(tokens, now),
-                    generation=generation,
-                    lease_owner=None,
-                    lease_until=None,
-                    refresh_failures=0,
-                    cooldown_until=None,
-                    last_refresh_error=None,
-                    updated_at=now,
-                )
-            )
-            lost = stored.rowcount != 1
-            if lost:
-                # Our lease was taken over, or the grant was revoked meanwhile: the row is
-                # not ours. Never hand out a token the database does not know about, and do
-                # not leave the provider's fresh tokens alive.
-                log.error("refresh lease lost before commit", extra={"grant_id": grant_id})
-                await _queue_orphans(vault, conn, row, cfg, tokens)
-            else:
-                if tokens.scopes is not None:
-                    await conn.execute(
-                        sa.update(grants)
-                        .where(grants.c.id == grant_id)
-                        .values(scopes=list(tokens.scopes))
-                    )
-                await vault.audit.append(
-                    conn,
-                    [
-                        AuditRecord(
-                            chain=app_id,
-                            event=AuditEvent.TOKEN_REFRESHED,
-                            outcome=Outcome.SUCCESS,
-                            actor={"type": "vault", "via": "refresh"},
-                            grant_id=grant_id,
-                            provider_id=cfg.provider_id,
-                            details={
-                                "attempts": len(attempts.errors) + 1,
-                                "rotated": tokens.refresh_token is not None
-                                and tokens.refresh_token != refresh_token,
-                            },
-                        )
-                    ],
-                )
-        if lost:  # raised after the block, so the queued orphans are committed
-            raise VaultError(
-                ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
-                "The token refresh was overtaken (the grant changed meanwhile); retry.",
-                grant_id=grant_id,
-            )
-        vault.refresh_observer("success")
-        # Committed: only now does the new access token leave this function.
-        return AccessToken(
-            tokens.access_token,
-            expiry_for(tokens, now),
-            generation,
-            attempts.info(len(attempts.errors) + 1),
+        return await _commit_refreshed(
+            vault, cfg, row, fence, tokens, refresh_token, attempts, now, lease_deadline
         )
     assert failure is not None
     vault.refresh_observer(
@@ -385,12 +356,25 @@ async def _refresh_leased(
         if failure.config_error
         else "transient_failure"
     )
+    previous = str(row.last_refresh_error or "")
     if failure.dead_credential:
-        await _mark_dead(vault, cfg, row, fence, failure.error)
+        if previous.startswith(ANSWER_LOST):
+            # The provider says the refresh token was used: by the refresh whose answer we
+            # never received. Say so, so the operator knows what killed the grant.
+            await _mark_dead(
+                vault, cfg, row, fence, REFRESH_ANSWER_LOST, lease_deadline,
+                details={"provider_error": failure.error, "earlier_failure": previous[:120]},
+            )  # fmt: skip
+        else:
+            await _mark_dead(vault, cfg, row, fence, failure.error, lease_deadline)
         raise credential_revoked(grant_id, cfg.provider_id)
+    # Once an answer is lost the marker stays until a refresh succeeds (or the user
+    # reconnects), whatever fails in between.
+    answer_lost = failure.maybe_delivered or previous.startswith(ANSWER_LOST)
     failures = int(row.refresh_failures or 0) + 1
     cooldown = timedelta(seconds=min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (failures - 1)))
-    async with vault.db.write() as conn:
+
+    async def record(conn: Conn, _try: int) -> AccessToken | None:
         await conn.execute(
             sa.update(oauth_tokens)
             .where(fence)
@@ -399,7 +383,9 @@ async def _refresh_leased(
                 lease_until=None,
                 refresh_failures=failures,
                 cooldown_until=now + cooldown,
-                last_refresh_error=failure.error[:255],
+                last_refresh_error=(
+                    f"{ANSWER_LOST}:{failure.error}" if answer_lost else failure.error
+                )[:255],
             )
         )
         await vault.audit.append(
@@ -416,6 +402,7 @@ async def _refresh_leased(
                     details={
                         "attempts": len(attempts.errors),
                         "cooldown_s": cooldown.total_seconds(),
+                        "answer_lost": failure.maybe_delivered,
                     },
                 )
             ],
@@ -427,6 +414,11 @@ async def _refresh_leased(
                 row.generation,
                 attempts.info(None),
             )
+        return None
+
+    served = await _write_retrying(vault, grant_id, lease_deadline, record)
+    if served is not None:
+        return served
     if failure.config_error:
         raise VaultError(
             ErrorCode.CONNECT_CONFIG_ERROR,
@@ -435,6 +427,137 @@ async def _refresh_leased(
             provider_id=cfg.provider_id,
         )
     raise _unavailable(cfg, cooldown)
+
+
+async def _commit_refreshed(
+    vault: Vault,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    fence: Any,
+    tokens: TokenSet,
+    old_refresh: str,
+    attempts: _Attempts,
+    answered_at: datetime,
+    lease_deadline: float,
+) -> AccessToken:
+    """Store what the provider answered, holding on to it through a database stall.
+
+    The provider has rotated the refresh token: if these tokens were dropped, the next refresh
+    would send the used one and the provider would kill the grant. So the commit is retried
+    (within the lease, at most ``COMMIT_RETRY_S``), and only a committed access token leaves.
+    """
+    grant_id, app_id = row.grant_id, row.app_id
+    new_refresh = tokens.refresh_token or old_refresh
+    generation = str(uuid.uuid4())
+    # Encrypted once, before the first try: the transaction stays as short as it can be.
+    values = {
+        "access_ct": vault.barrier.encrypt(
+            tokens.access_token.encode(), token_aad(app_id, grant_id, "access_ct")
+        ),
+        "refresh_ct": vault.barrier.encrypt(
+            new_refresh.encode(), token_aad(app_id, grant_id, "refresh_ct")
+        ),
+        "access_expires_at": expiry_for(tokens, answered_at),
+        "generation": generation,
+        "lease_owner": None,
+        "lease_until": None,
+        "refresh_failures": 0,
+        "cooldown_until": None,
+        "last_refresh_error": None,
+        "updated_at": answered_at,
+    }
+    loop = asyncio.get_running_loop()
+    deadline = min(loop.time() + COMMIT_RETRY_S, lease_deadline)
+
+    async def commit(conn: Conn, tries: int) -> bool:
+        stored = await conn.execute(sa.update(oauth_tokens).where(fence).values(**values))
+        if stored.rowcount != 1:
+            current = await _read(conn, grant_id)
+            if current is not None and current.generation == generation:
+                # An earlier try committed although its connection reported a failure
+                # (the answer to COMMIT was lost): the tokens are stored; nothing to redo.
+                return False
+            # Our lease was taken over, or the grant was revoked meanwhile: the row is
+            # not ours. Never hand out a token the database does not know about, and do
+            # not leave the provider's fresh tokens alive.
+            log.error("refresh lease lost before commit", extra={"grant_id": grant_id})
+            await _queue_orphans(vault, conn, row, cfg, tokens)
+            return True
+        if tokens.scopes is not None:
+            await conn.execute(
+                sa.update(grants).where(grants.c.id == grant_id).values(scopes=list(tokens.scopes))
+            )
+        await vault.audit.append(
+            conn,
+            [
+                AuditRecord(
+                    chain=app_id,
+                    event=AuditEvent.TOKEN_REFRESHED,
+                    outcome=Outcome.SUCCESS,
+                    actor={"type": "vault", "via": "refresh"},
+                    grant_id=grant_id,
+                    provider_id=cfg.provider_id,
+                    details={
+                        "attempts": len(attempts.errors) + 1,
+                        "rotated": tokens.refresh_token is not None
+                        and tokens.refresh_token != old_refresh,
+                        "commit_tries": tries,
+                    },
+                )
+            ],
+        )
+        return False
+
+    try:
+        lost = await _write_retrying(vault, grant_id, deadline, commit)
+    except VaultError:
+        # Out of lease: another process may refresh now (with the old refresh token), so
+        # these tokens can no longer be stored safely. This is the window decision 0008
+        # describes; say loudly that it happened.
+        log.error(
+            "refresh answer could not be committed within the lease; tokens dropped",
+            extra={"grant_id": grant_id},
+        )
+        raise
+    if lost:  # raised after the transaction, so the queued orphans are committed
+        raise VaultError(
+            ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
+            "The token refresh was overtaken (the grant changed meanwhile); retry.",
+            grant_id=grant_id,
+        )
+    vault.refresh_observer("success")
+    # Committed: only now does the new access token leave this function.
+    return AccessToken(
+        tokens.access_token,
+        expiry_for(tokens, answered_at),
+        generation,
+        attempts.info(len(attempts.errors) + 1),
+    )
+
+
+async def _write_retrying(
+    vault: Vault, grant_id: str, deadline: float, work: Callable[[Conn, int], Awaitable[T]]
+) -> T:
+    """Run ``work(conn, try_number)`` in a write transaction, retrying while the database is unavailable
+    (SQLite locked past its busy timeout, PostgreSQL restarting) until ``deadline``.
+
+    Only for writes that record a provider's answer under the refresh lease: losing them
+    would either drop rotated tokens or leave the lease held and no cool-down recorded.
+    """
+    loop = asyncio.get_running_loop()
+    delay = 0.05
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            async with vault.db.write() as conn:
+                return await work(conn, tries)
+        except VaultError as exc:
+            if exc.code is not ErrorCode.STORAGE_UNAVAILABLE or loop.time() + delay > deadline:
+                raise
+        log.warning("refresh outcome not stored yet; retrying", extra={"grant_id": grant_id})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 async def _queue_orphans(
@@ -481,9 +604,15 @@ async def _queue_revocation(
 
 
 async def _mark_dead(
-    vault: Vault, cfg: providers.ProviderConfig, row: Any, fence: Any, reason: str
+    vault: Vault,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    fence: Any,
+    reason: str,
+    lease_deadline: float,
+    details: dict[str, Any] | None = None,
 ) -> None:
-    async with vault.db.write() as conn:
+    async def mark(conn: Conn, _try: int) -> None:
         await conn.execute(
             sa.update(oauth_tokens)
             .where(fence)
@@ -508,9 +637,12 @@ async def _mark_dead(
                     grant_id=row.grant_id,
                     provider_id=cfg.provider_id,
                     reason=reason[:64],
+                    details=details,
                 )
             ],
         )
+
+    await _write_retrying(vault, row.grant_id, lease_deadline, mark)
 
 
 async def token_strings(vault: Vault, conn: Conn, app_id: str, grant_id: str) -> list[str]:
