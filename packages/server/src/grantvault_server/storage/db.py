@@ -80,7 +80,11 @@ def _create_private(url: str) -> None:
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    engine = sa.create_engine(sqlite_path_url(url), pool_size=5, max_overflow=10, pool_timeout=1)
+    # hide_parameters: a statement's values (row contents, ciphertexts, ids) never reach an
+    # exception's text, whatever later formats it (logs, OpenTelemetry export).
+    engine = sa.create_engine(
+        sqlite_path_url(url), pool_size=5, max_overflow=10, pool_timeout=1, hide_parameters=True
+    )
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -117,7 +121,11 @@ class Database:
             self._write = _sqlite_engine(url, immediate=True)
         else:
             self._async = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                hide_parameters=True,
             )
 
     @asynccontextmanager
