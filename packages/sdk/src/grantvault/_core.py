@@ -46,7 +46,7 @@ from grantvault._injection import (
     parse_bearer_challenge,
     parse_token_answer,
 )
-from grantvault._retry import RetryPolicy, coerce_seconds
+from grantvault._retry import RetryPolicy, coerce_seconds, unanswered
 from grantvault._signing import (
     HEADER_ACTOR_ID,
     HEADER_CALLER,
@@ -250,16 +250,25 @@ class Core:
         caller: str | None = None,
         timeout: float | None = None,
         raw: bool = False,
+        resend_unanswered: bool = True,
     ) -> Op[httpx.Response]:
         """Sign and send one vault request, retrying per the retry policy.
 
         Returns the response; a status >= 400 raises the mapped exception unless ``raw``.
+
+        Whatever the retry policy, a request whose connection closed before any byte of the
+        answer arrived (:func:`unanswered`) is sent once more, signed afresh: that is a
+        pooled keep-alive connection the server closed as idle just as the request went out,
+        and the server never processed it (see ``_retry`` and docs/sdk.md for why this is
+        safe per call). ``resend_unanswered=False`` for the one call where a server that died
+        after committing could turn the resend into a duplicate (creating a grant).
         """
         if self.closed:
             raise AlterSDKError(_CLOSED)
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         context_value = v.context_header(context)
         attempt = 0
+        resent = not resend_unanswered
         while True:
             headers = self._headers(method, path, body, context_value, caller)
             try:
@@ -267,6 +276,12 @@ class Core:
                     "vault", method, path, headers, body or None, timeout
                 )
             except httpx.HTTPError as exc:
+                if not resent and unanswered(exc):
+                    resent = True
+                    self.logger.debug(
+                        "resending %s %s: the connection closed before any answer", method, path
+                    )
+                    continue
                 delay = self.retry.delay_for_error(attempt, idempotent=idempotent)
                 if delay is None:
                     raise _transport_error(exc, "the vault", self.base_url) from exc
@@ -621,7 +636,11 @@ class Core:
         if credential_id is not None:
             payload["credential_id"] = v.canonical_uuid(credential_id, "credential_id")
         response = yield from self.vault_call(
-            "POST", f"/sdk/managed-secrets/{secret_id}/grants", payload, idempotent=False
+            "POST",
+            f"/sdk/managed-secrets/{secret_id}/grants",
+            payload,
+            idempotent=False,
+            resend_unanswered=False,
         )
         return _parse(CreateGrantResult, self._json(response, "grant creation"))
 

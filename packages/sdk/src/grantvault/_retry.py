@@ -7,6 +7,11 @@ retrieval (``POST /sdk/token``) and every call that changes state are never retr
 caller sees the first failure. Each attempt is signed afresh (new nonce), because the vault
 refuses a replayed nonce.
 
+Separately, and for every call but grant creation, a request whose connection closed before
+any byte of the answer arrived (:func:`unanswered`) is sent once more at once, with a fresh
+nonce and signature. That is the keep-alive race: the client picked a pooled connection that
+the server was closing as idle, and the request reached a socket nobody reads.
+
 Delays use exponential backoff with full jitter (``uniform(0, min(max, initial * 2**n))``).
 A ``Retry-After`` header from the vault wins when present, up to ``max_retry_after``; a longer
 one ends the retries so that the caller decides.
@@ -19,6 +24,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import httpx
+
 from grantvault._constants import (
     DEFAULT_MAX_RETRIES,
     INITIAL_RETRY_DELAY,
@@ -27,7 +34,20 @@ from grantvault._constants import (
 )
 
 RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+#: httpcore's words when the connection ended before the status line (HTTP/1.1).
+_UNANSWERED = "without sending a response"
 _DIGITS = re.compile(r"[0-9]+")
+
+
+def unanswered(exc: BaseException) -> bool:
+    """Did the connection close before any byte of the answer arrived?
+
+    httpcore raises ``RemoteProtocolError("Server disconnected without sending a response.")``
+    exactly when the socket reached end-of-file while the response had not started. Other
+    transport errors (a reset, a timeout, a connection lost mid-answer) leave unknown whether
+    the server acted, so they are not covered here.
+    """
+    return isinstance(exc, httpx.RemoteProtocolError) and _UNANSWERED in str(exc)
 
 
 def parse_retry_after(value: str | None, *, cap: int) -> int | None:

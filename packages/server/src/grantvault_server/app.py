@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grantvault._version import __version__
 from grantvault.types.errors import ErrorCode
+from grantvault_server.admission import AdmissionGate, AdmissionMiddleware
 from grantvault_server.api import (
     connect_pages,
     errors,
@@ -29,6 +30,7 @@ from grantvault_server.api import (
 from grantvault_server.config import Settings, load_settings
 from grantvault_server.errors import VaultError
 from grantvault_server.observability import Metrics
+from grantvault_server.ratelimit import RateLimiter, RateLimitMiddleware
 from grantvault_server.services import connect
 from grantvault_server.services.oauth_tokens import run_revocations
 from grantvault_server.services.requests import purge_nonces
@@ -217,6 +219,17 @@ def create_app(
     app.include_router(connect_pages.router)
     app.mount("/connect/static", connect_pages.static_files, name="connect-static")
     app.include_router(ops.router)
+    # Innermost first: admission gate, then rate limits, then request id/body size/metrics.
+    gate = AdmissionGate(settings.effective_max_in_flight, settings.queue_timeout_seconds)
+    metrics.in_flight.set_function(lambda: gate.in_flight)
+    metrics.queued.set_function(lambda: gate.queued)
+    app.state.admission = gate
+    app.add_middleware(AdmissionMiddleware, gate=gate, metrics=metrics)
+    limiter = RateLimiter.from_settings(
+        settings, on_refused=lambda scope: metrics.rate_limited.labels(scope).inc()
+    )
+    app.state.limiter = limiter
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, metrics=metrics)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
     )

@@ -76,6 +76,65 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted."
     )
+    user_token_max_lifetime_seconds: int = Field(
+        default=86_400,
+        ge=300,
+        le=2_592_000,
+        description="Longest lifetime accepted for an end user's JWT (exp from now, and exp "
+        "minus iat). Raise it only for an IdP configured to issue longer-lived tokens.",
+    )
+    # Abuse limits, per server process (decision 0009): 0 turns a limit off.
+    rate_limit_window_seconds: int = Field(
+        default=60, ge=1, le=3600, description="Window of every rate limit, in seconds."
+    )
+    rate_limit_per_key: int = Field(
+        default=6000, ge=0, description="Signed requests per window per API key (0: off)."
+    )
+    rate_limit_per_app: int = Field(
+        default=12000, ge=0, description="Signed requests per window per app, all keys (0: off)."
+    )
+    rate_limit_per_ip: int = Field(
+        default=600,
+        ge=0,
+        description="Requests per window per client IP to the hosted pages, callbacks and IdP "
+        "webhook, plus /sdk requests that fail authentication (0: off).",
+    )
+    trusted_proxies: str = Field(
+        default="127.0.0.1",
+        description="Addresses of reverse proxies whose X-Forwarded-For names the client "
+        "(comma-separated, or `*`); passed to uvicorn as forwarded_allow_ips.",
+    )
+    keep_alive_seconds: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="Idle keep-alive timeout of client connections; longer than the clients' "
+        "pool expiry (httpx 5 s, alter-sdk and grantvault 30 s) so the client closes first.",
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=1000, description="PostgreSQL connections kept open per process."
+    )
+    db_max_overflow: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Extra PostgreSQL connections opened under load and closed on return.",
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Longest wait for a pooled connection."
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests this process works on at once; more wait. Default: 4 x "
+        "(db_pool_size + db_max_overflow).",
+    )
+    queue_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Longest wait for a slot when max_in_flight are busy; then 503 server_busy.",
+    )
     ca_bundle: Path | None = Field(
         default=None,
         description="PEM file of extra CA certificates trusted for every outbound call "
@@ -122,6 +181,14 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_max_in_flight(self) -> int:
+        """Requests worked on at once: by default four per database connection, enough to
+        keep every connection busy while the others parse, sign and answer."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return 4 * (self.db_pool_size + self.db_max_overflow)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Anything shaped like a credential is masked in every log line, whatever logged it.
 _SECRET_PATTERNS = [
@@ -187,5 +187,21 @@ class Metrics:
             "grantvault_denials_total",
             "Refused requests by error code.",
             ["code"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "grantvault_rate_limited_total",
+            "Requests refused with 429 rate_limit_exceeded, by budget (api_key, app, ip).",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "grantvault_requests_in_flight",
+            "Requests admitted and being worked on (at most GRANTVAULT_MAX_IN_FLIGHT).",
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "grantvault_requests_queued",
+            "Requests waiting for admission.",
             registry=self.registry,
         )

@@ -61,12 +61,14 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
     #: A route of the public client's protocol that this vault does not serve yet.
     NOT_IMPLEMENTED = "not_implemented"
     # The vault itself.
     AUDIT_UNAVAILABLE = "audit_unavailable"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     SEALED = "sealed"
+    SERVER_BUSY = "server_busy"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -117,11 +119,15 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    # 429 with `scope`, `limit`, `window_seconds`, `retry_after`: alter-sdk's RateLimitError.
+    ErrorCode.RATE_LIMIT_EXCEEDED: 429,
     # 501, not 404: the public client turns every 404 into GrantNotFoundError, and code that
     # reacts to that by starting a Connect flow would do the wrong thing.
     ErrorCode.NOT_IMPLEMENTED: 501,
     ErrorCode.AUDIT_UNAVAILABLE: 503,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.SEALED: 503,
+    # More requests in flight than this server admits; sent with Retry-After.
+    ErrorCode.SERVER_BUSY: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }

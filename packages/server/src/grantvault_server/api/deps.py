@@ -102,6 +102,8 @@ async def _verify(request: Request, vault: Vault) -> Caller:
     )
     now = datetime.now(UTC)
     check_key_state(key, now)
+    # Only now, with the key proven: an unsigned request must not spend a victim key's budget.
+    request.app.state.limiter.charge_key(request.scope, key.id, key.app_id)
     return Caller(
         app=App(key.app_id, key.app_name, now),
         key=key,

@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from grantvault_server.api.deps import VaultDep
-from grantvault_server.services.requests import database_ok
 
 router = APIRouter(tags=["operations"])
 
@@ -22,9 +21,11 @@ async def get_healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def get_readyz(vault: VaultDep) -> JSONResponse:
-    """Ready to serve: the database answers and the barrier is unsealed."""
+    """Ready to serve: the database takes a write (not just a read: every retrieval commits
+    its nonce and audit row) and the barrier is unsealed. The write probe is cached for a
+    second (``Database.probe``), so frequent polling stays cheap."""
     checks: dict[str, Any] = {}
-    checks["database"] = "ok" if await database_ok(vault) else "unavailable"
+    checks["database"] = await vault.db.probe()
     checks["barrier"] = (
         "unsealed" if vault.barrier.active_term and not vault.barrier.sealed_reason else "sealed"
     )

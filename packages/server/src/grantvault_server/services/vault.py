@@ -78,7 +78,12 @@ class Vault:
         source = resolve_master_key(settings, allow_generate=allow_generate)
         if settings.is_embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.effective_database_url)
+        db = Database(
+            settings.effective_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_seconds,
+        )
         try:
             if migrate_schema if migrate_schema is not None else settings.is_sqlite:
                 await migrate.upgrade(db)

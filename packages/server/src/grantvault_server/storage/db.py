@@ -18,15 +18,27 @@ Repositories are written once, as ``await conn.execute(...)`` on a :data:`Conn`:
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    TimeoutError as PoolTimeout,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.base import Executable
@@ -37,6 +49,19 @@ from grantvault_server.errors import VaultError
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+
+#: The readiness write probe (:meth:`Database.probe`): result kept this long, whole probe
+#: bounded by this, lock waits bounded by this. The key id is no API key's (those are UUIDs).
+PROBE_CACHE_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 3.0
+PROBE_LOCK_TIMEOUT_SECONDS = 1.0
+PROBE_KEY_ID = "readyz-probe"
+_PROBE_LOCK_TIMEOUT = sa.text("SET LOCAL lock_timeout = '1s'")
+_PROBE_STATEMENT_TIMEOUT = sa.text("SET LOCAL statement_timeout = '2s'")
+_PROBE_INSERT = sa.text(
+    "INSERT INTO request_nonces (key_id, nonce, expires_at) VALUES (:key_id, :nonce, :at)"
+)
+_PROBE_DELETE = sa.text("DELETE FROM request_nonces WHERE key_id = :key_id AND nonce = :nonce")
 
 
 class SyncConnection:
@@ -108,13 +133,32 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
 class Database:
     """Transaction helpers every repository call goes through."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 0,
+        pool_timeout: float = 10.0,
+    ) -> None:
+        """``pool_size``/``max_overflow``/``pool_timeout`` size the PostgreSQL pool.
+
+        Overflow connections are opened when the pool is empty and closed on return, so under
+        sustained load above the pool they cost a PostgreSQL session start (a process fork
+        on the server) per checkout: with no overflow by default, a request waits for a
+        pooled connection instead (at most ``pool_timeout``, then ``storage_unavailable``),
+        and the admission gate (``admission.py``) keeps that wait short.
+        """
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._async: AsyncEngine | None = None
         self._read: Engine | None = None
         self._write: Engine | None = None
         self._read_conn: Connection | None = None
+        self._probe: AsyncEngine | None = None
+        self._probe_task: asyncio.Future[str] | None = None
+        self._probe_result: str | None = None
+        self._probe_at = 0.0
         if self.is_sqlite:
             _create_private(url)
             self._read = _sqlite_engine(url, immediate=False)
@@ -123,7 +167,8 @@ class Database:
             self._async = create_async_engine(
                 url,
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
                 pool_pre_ping=True,
                 hide_parameters=True,
             )
@@ -152,7 +197,7 @@ class Database:
             raise
         except DataError as exc:
             raise _bad_value(exc) from exc
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:
             self._drop_reader()
             raise _unavailable(exc) from exc
 
@@ -186,7 +231,8 @@ class Database:
             raise
         except DataError as exc:
             raise _bad_value(exc) from exc
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:
+            # PoolTimeout: no pooled connection freed up within pool_timeout (overload).
             raise _unavailable(exc) from exc
 
     async def run_in_transaction(self, fn: Callable[[Connection], T]) -> T:
@@ -194,8 +240,107 @@ class Database:
         async with self.write() as conn:
             return await conn.run_sync(fn)
 
+    async def probe(self) -> str:
+        """Can this process write right now? ``ok``, ``refuses_writes`` or ``unavailable``.
+
+        For readiness: a database that answers reads but refuses writes (locked by another
+        process, read-only after a failover, disk full) fails every retrieval, since each one
+        commits its nonce and audit row. The probe commits a real write (a row inserted and
+        deleted again in ``request_nonces``) with short lock and statement timeouts, off the
+        request path's connections: on SQLite in a worker thread with its own connection
+        (a lock wait on the event-loop thread would stall the whole server), on PostgreSQL on
+        one dedicated connection (a pool drained by load must not make the replica look
+        dead). The result is cached for ``PROBE_CACHE_SECONDS`` and concurrent callers share
+        one probe, so a load balancer polling often costs at most one write a second.
+        """
+        now = time.monotonic()
+        if self._probe_result is not None and now - self._probe_at < PROBE_CACHE_SECONDS:
+            return self._probe_result
+        if self._probe_task is None:
+            self._probe_task = asyncio.ensure_future(self._run_probe())
+        task = self._probe_task
+        try:
+            result = await asyncio.shield(task)
+        finally:
+            if task.done() and self._probe_task is task:
+                self._probe_task = None
+        self._probe_result, self._probe_at = result, time.monotonic()
+        return result
+
+    async def _run_probe(self) -> str:
+        marker = {"key_id": PROBE_KEY_ID, "nonce": uuid.uuid4().hex}
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                if self.is_sqlite:
+                    return await asyncio.to_thread(self._sqlite_probe, marker["nonce"])
+                return await self._postgres_probe(marker)
+        except TimeoutError:
+            return "refuses_writes"
+
+    def _sqlite_probe(self, nonce: str) -> str:
+        # mode=rw: a missing file is "unavailable", never silently created.
+        path = "file:" + quote(self.url.split(":///", 1)[1]) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(
+                path, timeout=PROBE_LOCK_TIMEOUT_SECONDS, isolation_level=None, uri=True
+            )
+        except sqlite3.Error:
+            return "unavailable"
+        try:
+            conn.execute("SELECT 1 FROM request_nonces LIMIT 1").fetchall()
+        except sqlite3.Error:
+            conn.close()
+            return "unavailable"
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO request_nonces (key_id, nonce, expires_at) VALUES (?, ?, ?)",
+                (PROBE_KEY_ID, nonce, "1970-01-01 00:00:00.000000"),
+            )
+            conn.execute(
+                "DELETE FROM request_nonces WHERE key_id = ? AND nonce = ?", (PROBE_KEY_ID, nonce)
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            return "refuses_writes"
+        finally:
+            conn.close()
+        return "ok"
+
+    async def _postgres_probe(self, marker: dict[str, str]) -> str:
+        if self._probe is None:
+            self._probe = create_async_engine(
+                self.url, pool_size=1, max_overflow=0, pool_pre_ping=True, hide_parameters=True
+            )
+        try:
+            conn = await self._probe.connect()
+        except Exception:
+            return "unavailable"
+        try:
+            try:
+                await conn.execute(sa.text("SELECT 1"))
+                await conn.rollback()
+            except Exception:
+                await conn.invalidate()
+                return "unavailable"
+            try:
+                async with conn.begin():
+                    await conn.execute(_PROBE_LOCK_TIMEOUT)
+                    await conn.execute(_PROBE_STATEMENT_TIMEOUT)
+                    await conn.execute(_PROBE_INSERT, {**marker, "at": datetime.now(UTC)})
+                    await conn.execute(_PROBE_DELETE, marker)
+            except Exception:
+                return "refuses_writes"
+        finally:
+            await conn.close()
+        return "ok"
+
     async def dispose(self) -> None:
         self._drop_reader()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        if self._probe is not None:
+            await self._probe.dispose()
         if self._async is not None:
             await self._async.dispose()
         for engine in (self._read, self._write):

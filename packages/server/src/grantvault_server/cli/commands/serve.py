@@ -58,6 +58,12 @@ def serve(
                 log_config=None,
                 access_log=False,
                 server_header=False,
+                # Longer than the clients' pool expiry (httpx 5 s, SDKs 30 s): the client
+                # drops an idle connection first, so no request is sent on one the server is
+                # closing at that moment (it would get no answer).
+                timeout_keep_alive=settings.keep_alive_seconds,
+                # Whose X-Forwarded-For names the client: the address the per-IP limits use.
+                forwarded_allow_ips=settings.trusted_proxies,
             )
             await uvicorn.Server(config).serve(sockets=[sock])
         finally:
