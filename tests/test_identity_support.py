@@ -129,8 +129,47 @@ class IdpPeer:
         token: str = self.login(user, client)["id_token"]
         return token
 
+    def user_access_token_jwt(self, user: str = "alice") -> str:
+        """An RFC 9068 JWT access token issued *for a user* (authorization code + resource):
+        ``sub`` is the user, ``client_id`` the client."""
+        verifier = secrets.token_urlsafe(48)
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
+        params = {
+            "response_type": "code",
+            "client_id": BASIC_CLIENT[0],
+            "redirect_uri": CALLBACK,
+            "scope": "openid api:read",
+            "state": secrets.token_urlsafe(16),
+            "nonce": secrets.token_urlsafe(16),
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "login_hint": user,
+            "resource": "urn:peer:api",
+        }
+        answer = query_of(follow_to(f"{self.issuer}/auth?{urlencode(params)}", CALLBACK))
+        response = httpx.post(
+            f"{self.issuer}/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": answer["code"],
+                "redirect_uri": CALLBACK,
+                "code_verifier": verifier,
+                "resource": "urn:peer:api",
+            },
+            auth=BASIC_CLIENT,
+            timeout=10,
+        )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
+
     def access_token_jwt(self) -> str:
-        """An RFC 9068 JWT access token (``typ: at+jwt``, ``aud: urn:peer:api``)."""
+        """An RFC 9068 JWT access token (``typ: at+jwt``, ``aud: urn:peer:api``) the client
+        got for itself (client credentials): ``sub`` is the client, no end user."""
         response = httpx.post(
             f"{self.issuer}/token",
             data={

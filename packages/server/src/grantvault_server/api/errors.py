@@ -8,11 +8,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.api.responses import allowed_methods
 from grantvault_server.errors import VaultError
+from grantvault_server.storage.db import storage_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,18 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:  # RFC 9110 15.5.6: a 405 lists the methods that would work
             response.headers["Allow"] = allowed_methods(request)
         return response
+
+    @app.exception_handler(IntegrityError)
+    async def _constraint(request: Request, exc: IntegrityError) -> JSONResponse:
+        # A constraint (or, on SQLite, a trigger) refused a write that no service expected to
+        # conflict: the same fault PostgreSQL reports for a trigger exception, so the same
+        # answer on both backends (storage.db.translate_error), never a backend-dependent 500.
+        log.error(
+            "the database refused a write",
+            extra={"path": request.url.path, "error": type(exc.orig).__name__},
+        )
+        error = storage_unavailable()
+        return _response(request, error.status, error.body())
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from grantvault_server.api.deps import CallerDep, VaultDep
 from grantvault_server.api.responses import errors
@@ -68,7 +68,7 @@ class AuthSessionBody(_Strict):
 class AuthPollBody(_Strict):
     session_token: Annotated[str, Field(min_length=1, max_length=256)]
     #: Long-poll budget; values above 30 000 are treated as 30 000.
-    wait_ms: Annotated[int, Field(ge=0)] | None = None
+    wait_ms: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
 class VerifyTokenBody(_Strict):

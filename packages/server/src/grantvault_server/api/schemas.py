@@ -1,11 +1,26 @@
-"""Request bodies of the ``/sdk/*`` routes: strict (unknown keys are rejected with 422)."""
+"""Request bodies of the ``/sdk/*`` routes: strict (unknown keys are rejected with 422).
+
+Numbers and flags are strict too (``StrictInt``, ``StrictBool``): pydantic's lax mode would
+read ``true`` as the integer 1 (``{"max_ttl_seconds": true}`` made a grant that lived one
+second) and ``0``/``"yes"`` as booleans. A JSON boolean is never a number here, nor a number
+a boolean. ``tests/test_identity_hardening.py`` walks every request model of every route.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 ShortText = Annotated[str, StringConstraints(max_length=512)]
@@ -56,8 +71,8 @@ class GrantPolicyBody(_Strict):
     expires_at: AwareDatetime | None = Field(
         default=None, description="ISO 8601 with a UTC offset, e.g. 2027-01-31T00:00:00Z."
     )
-    max_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
-    default_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    max_ttl_seconds: StrictInt | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    default_ttl_seconds: StrictInt | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
 
 
 class SystemPrincipalBody(_Strict):
@@ -97,8 +112,8 @@ class CreateGrantBody(_Strict):
 
 
 class ListGrantsBody(_Strict):
-    limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
+    limit: StrictInt = Field(default=100, ge=1, le=1000)
+    offset: StrictInt = Field(default=0, ge=0, le=1_000_000)
     provider_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     status: Literal["active", "revoked", "expired"] | None = None
     account: Annotated[str, StringConstraints(max_length=255)] | None = None
@@ -129,10 +144,10 @@ class ApiCallAuditBody(BaseModel):
     url: Annotated[str, StringConstraints(max_length=65_536)]
     request_headers: dict[str, Any] | None = None
     request_body: Any = None
-    response_status: int = Field(default=0, ge=0, le=999)
+    response_status: StrictInt = Field(default=0, ge=0, le=999)
     response_headers: dict[str, Any] | None = None
     response_body: Any = None
-    latency_ms: int = Field(default=0, ge=0, le=86_400_000)
+    latency_ms: StrictInt = Field(default=0, ge=0, le=86_400_000)
     reason: ShortText | None = None
     context: dict[str, Any] | None = None
 
@@ -143,8 +158,8 @@ ProviderId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 class ConnectGrantPolicyBody(_Strict):
     """Connect sessions accept only the two TTL bounds (the user picks within them)."""
 
-    max_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
-    default_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    max_ttl_seconds: StrictInt | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    default_ttl_seconds: StrictInt | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
 
 
 class ConnectMetadataBody(_Strict):
@@ -162,15 +177,15 @@ class ConnectSessionBody(_Strict):
         dict[ProviderId, list[Annotated[str, StringConstraints(min_length=1, max_length=512)]]]
         | None
     ) = None
-    switch_account: bool = False
+    switch_account: StrictBool = False
     repair_grant_id: UUID | None = None
-    direct: bool = False
-    allow_user_policy_rules: bool = True
+    direct: StrictBool = False
+    allow_user_policy_rules: StrictBool = True
     user_token: Annotated[str, StringConstraints(max_length=16_384)] | None = None
     # Accepted so that clients sending them get a clear answer rather than a 422.
     agent: Annotated[str, StringConstraints(max_length=255)] | None = None
     requested_grant: dict[str, Any] | None = None
-    delegable: bool | None = None
+    delegable: StrictBool | None = None
     scope_constraint: list[str] | None = None
 
 

@@ -6,6 +6,12 @@ hash, deleting or reordering breaks the sequence or the links, and truncating th
 disagrees with the head. Appends lock the head row, so replicas sharing one database extend
 the chain one at a time.
 
+An app's chain starts in the transaction that creates the app (:func:`start`, then the
+``app.created`` event), so every existing app has a head and at least one event from then
+on. A chain missing for an existing app (events and head deleted) is tampering: ``verify``
+reports it and :func:`append` refuses to start the chain again over the gap, which would
+otherwise pass for a new, intact chain.
+
 Links are HMACs under the vault's audit key (random, stored encrypted by the barrier), so
 rewriting history consistently needs the master key as well as database access. Someone
 with both, or a rollback of the whole database to an old backup, is out of scope; exporting
@@ -29,7 +35,7 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import VaultError
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import insert_ignore
-from grantvault_server.storage.tables import audit_events, audit_heads
+from grantvault_server.storage.tables import apps, audit_events, audit_heads
 
 GENESIS = "0" * 64
 
@@ -148,6 +154,23 @@ class AuditChain:
         return await verify(conn, chain, self._key, batch=batch)
 
 
+async def start(conn: Conn, chain: str) -> None:
+    """Create ``chain``'s head (seq 0) inside the transaction that creates its app.
+
+    :func:`append` never creates the head of an existing app's chain: only this call, made
+    while the app row is new, may start one.
+    """
+    await insert_ignore(conn, audit_heads, {"chain": chain, "seq": 0, "hash": GENESIS})
+
+
+def _missing_head() -> VaultError:
+    return VaultError(
+        ErrorCode.AUDIT_UNAVAILABLE,
+        "The audit trail's head record is missing, so nothing can be recorded; "
+        "run `grantvault audit verify` and restore the database.",
+    )
+
+
 async def append(conn: Conn, records: Sequence[AuditRecord], key: bytes) -> None:
     """Chain and insert ``records`` inside the caller's write transaction.
 
@@ -161,14 +184,11 @@ async def append(conn: Conn, records: Sequence[AuditRecord], key: bytes) -> None
     for chain in sorted(by_chain):  # fixed order: no lock-order deadlocks between replicas
         head = (await conn.execute(_head_query(conn), {"chain": chain})).first()
         if head is None:
-            if await _has_events(conn, chain):
-                # Events without a head: the head row was deleted. Never restart the chain
-                # over existing history; refuse until an operator looks.
-                raise VaultError(
-                    ErrorCode.AUDIT_UNAVAILABLE,
-                    "The audit trail's head record is missing, so nothing can be recorded; "
-                    "run `grantvault audit verify` and restore the database.",
-                )
+            if await _has_events(conn, chain) or await _is_app(conn, chain):
+                # Events without a head: the head row was deleted. An app without either:
+                # its whole trail was deleted (apps start their chain when created). Never
+                # restart the chain over lost history; refuse until an operator looks.
+                raise _missing_head()
             # First event of this chain. ON CONFLICT: another replica may create it meanwhile.
             await insert_ignore(conn, audit_heads, {"chain": chain, "seq": 0, "hash": GENESIS})
             head = (await conn.execute(_head_query(conn), {"chain": chain})).one()
@@ -225,6 +245,14 @@ async def verify(conn: Conn, chain: str, key: bytes, *, batch: int = 1000) -> li
             last_seq = data["seq"]
     if head is None and last_seq:
         problems.append(ChainProblem(chain, None, "the chain's head record is missing"))
+    if last_seq == 0 and await _is_app(conn, chain):
+        # An app's chain holds at least its app.created event: an empty one was wiped.
+        what = "events and head record" if head is None else "events"
+        problems.append(
+            ChainProblem(
+                chain, None, f"the app exists but its audit chain is gone (its {what} deleted)"
+            )
+        )
     if head is not None and (head.seq != last_seq or head.hash != prev):
         problems.append(
             ChainProblem(chain, head.seq, f"chain ends at seq {last_seq}; head says {head.seq}")
@@ -239,8 +267,15 @@ async def _has_events(conn: Conn, chain: str) -> bool:
     return found.first() is not None
 
 
+async def _is_app(conn: Conn, chain: str) -> bool:
+    found = await conn.execute(sa.select(apps.c.id).where(apps.c.id == chain).limit(1))
+    return found.first() is not None
+
+
 async def chains(conn: Conn) -> list[str]:
-    """Every chain: those with a head and those with events (a deleted head must not hide one)."""
+    """Every chain: those with a head, those with events, and every app's (a deleted head,
+    or a deleted trail, must not hide one)."""
     heads = {r.chain for r in await conn.execute(sa.select(audit_heads.c.chain))}
     events = {r.chain for r in await conn.execute(sa.select(audit_events.c.chain).distinct())}
-    return sorted(heads | events)
+    owners = {r.id for r in await conn.execute(sa.select(apps.c.id))}
+    return sorted(heads | events | owners)

@@ -249,9 +249,35 @@ class Barrier:
         return int(term)
 
     async def decrypt_fresh(self, conn: Conn, blob: bytes, aad: bytes) -> bytes:
-        """Decrypt, reloading the keyring once if another process rotated in a new term."""
+        """Decrypt, reloading the keyring once if another process rotated in a new term.
+
+        A term still unknown after the reload is one of two faults that must not look alike:
+        a data key that exists but this master key cannot open (the server is sealed, a
+        restart with the current key helps, so callers answer a retryable ``sealed``), or a
+        term no data key ever had (the stored value itself is damaged, e.g. a flipped byte
+        in its header: :class:`CorruptCiphertext`, which no retry or restart can fix).
+        """
         try:
             return self.decrypt(blob, aad)
         except UnknownTerm:
             await self.reload(conn)
-            return self.decrypt(blob, aad)
+            try:
+                return self.decrypt(blob, aad)
+            except UnknownTerm:
+                if not await _term_exists(conn, self.term_of(blob)):
+                    raise CorruptCiphertext(
+                        "stored value names a data key term that does not exist"
+                    ) from None
+                raise
+
+
+#: Terms are stored in a 32-bit signed column; a header naming a larger one is damaged.
+_MAX_TERM = 2**31 - 1
+
+
+async def _term_exists(conn: Conn, term: int) -> bool:
+    """Whether any data key (under any master key) has ``term``."""
+    if not 0 < term <= _MAX_TERM:
+        return False  # out of the column's range: asking the database would be a type error
+    found = await conn.execute(sa.select(data_keys.c.term).where(data_keys.c.term == term).limit(1))
+    return found.first() is not None

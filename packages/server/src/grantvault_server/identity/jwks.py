@@ -8,9 +8,12 @@ The rules, and why:
 * **Each key is bound to the algorithms its type allows** (RSA: RS*/PS*, EC: the ES*
   of its curve, OKP: EdDSA; one algorithm if the JWK names ``alg``). A token's ``alg`` must
   be one of them, so no header can turn an RSA public key into an HMAC secret.
-* **Unknown ``kid``: at most one refresh per cooldown** (30 s). Issuers rotate keys, so a
-  new ``kid`` should verify without waiting for the cache to expire; but random ``kid``s
-  must not turn every request into a fetch. Refreshes are single-flight.
+* **Unknown ``kid``: at most one refresh per cooldown** (30 s), counted from the last
+  refresh an unknown ``kid`` caused, not from any fetch. Issuers rotate keys and sign with
+  the new one at once, so a new ``kid`` must verify at its first sight, even seconds after
+  a scheduled refresh (counting from that refresh refused it for up to 30 s); random
+  ``kid``s must still not turn every request into a fetch: a flood costs one fetch per
+  cooldown. Refreshes are single-flight.
 * **Keys expire with the cache** (5 minutes): a key the issuer removed stops verifying at
   the next successful refresh.
 * **Outages are tolerated for cached keys**: when a refresh fails, the last good key set
@@ -144,7 +147,11 @@ class JwksCache:
         self._policy = policy
         self._clock = clock
         self._set: _KeySet | None = None
+        #: The last fetch of any kind: paces retries of the scheduled refresh while the
+        #: endpoint is down.
         self._last_attempt: float | None = None
+        #: The last fetch an unknown ``kid`` caused: what the unknown-kid cooldown counts from.
+        self._last_unknown: float | None = None
         self._lock = asyncio.Lock()
         #: Fetches attempted (successful or not): what the cooldown bounds.
         self.fetch_count = 0
@@ -160,34 +167,41 @@ class JwksCache:
             candidates = every if len(every) == 1 else []
         return candidates[0] if len(candidates) == 1 else None
 
-    def _cooling(self, now: float) -> bool:
-        return (
-            self._last_attempt is not None and now - self._last_attempt < self._policy().cooldown_s
-        )
+    def _cooling(self, last: float | None, now: float) -> bool:
+        return last is not None and now - last < self._policy().cooldown_s
 
     async def key_for(self, kid: str | None, alg: str) -> VerificationKey:
         """The key to verify a token with ``kid``/``alg``, refreshing within the rules above."""
         policy = self._policy()
         now = self._clock()
+        seen = self.fetch_count
         if (self._set is None or now - self._set.fetched_at >= policy.ttl_s) and not self._cooling(
-            now
+            self._last_attempt, now
         ):
-            await self._refresh(self._last_attempt)
+            await self._refresh(seen)
         if self._set is None:
             raise JwksUnavailable("The identity provider's keys could not be fetched.")
         key = self.current(kid, alg)
-        if key is None and kid not in self._set.keys and not self._cooling(self._clock()):
-            await self._refresh(self._last_attempt)
+        if (
+            key is None
+            and kid not in self._set.keys
+            # A set fetched since this call began is as fresh as another fetch would be.
+            and self.fetch_count == seen
+            and not self._cooling(self._last_unknown, self._clock())
+        ):
+            await self._refresh(seen, unknown_kid=True)
             key = self.current(kid, alg)
         if key is None:
             raise KeyNotFound
         return key
 
-    async def _refresh(self, seen_attempt: float | None) -> None:
+    async def _refresh(self, seen: int, *, unknown_kid: bool = False) -> None:
         async with self._lock:
-            if self._last_attempt != seen_attempt:
+            if self.fetch_count != seen:
                 return  # another request refreshed (or tried to) while this one waited
             self._last_attempt = self._clock()
+            if unknown_kid:
+                self._last_unknown = self._last_attempt
             self.fetch_count += 1
             try:
                 fetched = await fetch_json(self.uri, "JWKS endpoint")

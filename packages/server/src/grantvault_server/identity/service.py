@@ -76,11 +76,14 @@ def idp_unavailable() -> VaultError:
     )
 
 
-def _policy(config: IdpConfig, audiences: tuple[str, ...] | None = None) -> VerifyPolicy:
+def _policy(
+    config: IdpConfig, max_lifetime_s: float, audiences: tuple[str, ...] | None = None
+) -> VerifyPolicy:
     return VerifyPolicy(
         issuer=config.issuer,
         audiences=audiences or config.audiences,
         algorithms=config.algorithms,
+        max_lifetime_s=max_lifetime_s,
     )
 
 
@@ -97,7 +100,7 @@ async def verified_claims(
     try:
         return await verify_token(
             token,
-            _policy(config, audiences),
+            _policy(config, vault.settings.user_token_max_lifetime_seconds, audiences),
             state.jwks_for(config.jwks_uri),
             state.tokens if cache else None,
             scope=config.scope,

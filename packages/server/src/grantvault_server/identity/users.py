@@ -13,6 +13,7 @@ is ignored for it; a token issued after it means the IdP added the user back.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -83,9 +84,24 @@ class ClaimsRejected(Exception):
     """The verified token lacks a usable user id (or carries unusable groups)."""
 
 
-def _text(value: object, limit: int) -> str | None:
+#: Characters no user id, group id, email or name has, and that storage cannot hold alike on
+#: both backends: C0/C1 controls (NUL among them: PostgreSQL refuses it, SQLite stores it) and
+#: lone UTF-16 surrogates (which JSON's ``\ud800`` escapes produce and no UTF-8 encoder takes).
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def storable(value: str) -> bool:
+    """Whether ``value`` may become a user id, group id or profile field."""
+    return _UNSTORABLE.search(value) is None
+
+
+def _text(value: object, limit: int, what: str) -> str | None:
     if not isinstance(value, str):
         return None
+    if not storable(value):
+        # Refused, not cleaned: a signed claim the vault would store differently from what
+        # the IdP said is a claim the vault misreports.
+        raise ClaimsRejected(f"the {what} claim holds control characters or invalid Unicode")
     value = value.strip()
     return value[:limit] if value else None
 
@@ -104,27 +120,69 @@ def parse_groups(value: object) -> frozenset[str]:
         raise ClaimsRejected(f"the groups claim lists more than {MAX_GROUPS} groups")
     groups = set()
     for item in items:
-        if not isinstance(item, str) or not 1 <= len(item) <= MAX_GROUP_ID:
+        if not isinstance(item, str) or not 1 <= len(item) <= MAX_GROUP_ID or not storable(item):
             raise ClaimsRejected(
-                f"the groups claim holds a value that is not a 1-{MAX_GROUP_ID} character string"
+                f"the groups claim holds a value that is not a 1-{MAX_GROUP_ID} character string "
+                "without control characters"
             )
         groups.add(item)
     return frozenset(groups)
 
 
+def _first(value: object) -> object:
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def machine_token(claims: dict[str, Any]) -> str | None:
+    """Why ``claims`` belong to a client acting for itself rather than to an end user.
+
+    The vault accepts as a user token only one that names a person: an ID token, or an
+    access token a client obtained *for a user*. A token a client obtained for itself (the
+    client-credentials grant) is refused, because its subject is the client: accepting it
+    would create an "app user" for the machine and hand it that user's grants. The markers
+    (documented in docs/identity.md, "Which tokens count as end users"):
+
+    * ``sub`` equal to ``client_id`` (RFC 9068 section 2.2), ``cid`` (Okta) or ``azp``;
+    * ``gty`` = ``client-credentials`` (Auth0, whose machine subjects end in ``@clients``);
+    * ``idtyp`` = ``app`` (Microsoft Entra ID's app-only tokens, optional claim);
+    * ``preferred_username`` starting ``service-account-`` (Keycloak's service accounts).
+    """
+    subject = claims.get("sub")
+    for name in ("client_id", "cid", "azp"):
+        client = claims.get(name)
+        if isinstance(client, str) and client and client == subject:
+            return f"its subject is the client itself ({name}); it names no end user"
+    if _first(claims.get("gty")) == "client-credentials":
+        return "it was issued by the client-credentials grant (gty); it names no end user"
+    if claims.get("idtyp") == "app":
+        return "it is an app-only token (idtyp); it names no end user"
+    username = claims.get("preferred_username")
+    if isinstance(username, str) and username.startswith("service-account-"):
+        return "it belongs to a service account; it names no end user"
+    return None
+
+
 def map_claims(config: IdpConfig, claims: dict[str, Any]) -> MappedClaims:
+    machine = machine_token(claims)
+    if machine is not None:
+        raise ClaimsRejected(machine)
     subject = claims.get(config.user_id_claim)
     if not isinstance(subject, str) or not 1 <= len(subject) <= 255:
         raise ClaimsRejected(
             f"the token has no usable {config.user_id_claim!r} claim (the user id: a string of "
             "1-255 characters)"
         )
-    email = _text(claims.get(config.email_claim), 320)
+    if not storable(subject):
+        raise ClaimsRejected(
+            f"the {config.user_id_claim!r} claim (the user id) holds control characters or "
+            "invalid Unicode"
+        )
+    email = _text(claims.get(config.email_claim), 320, "email")
     iat = claims.get("iat")
     return MappedClaims(
         subject=subject,
         email=email if email and "@" in email else None,
-        display_name=_text(claims.get(config.name_claim), 255),
+        display_name=_text(claims.get(config.name_claim), 255, "name"),
         groups=parse_groups(claims.get(config.groups_claim))
         if config.groups_claim
         else frozenset(),
@@ -466,8 +524,8 @@ async def change_status(
     """
     if status not in USER_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(USER_STATUSES)}.")
-    if not 1 <= len(subject) <= 255:
-        raise InvalidInput("A user id (subject) is 1-255 characters.")
+    if not 1 <= len(subject) <= 255 or not storable(subject):
+        raise InvalidInput("A user id (subject) is 1-255 characters, without control characters.")
     if reason is not None and len(reason) > 512:
         raise InvalidInput("reason is at most 512 characters.")
     now = utcnow()
@@ -513,10 +571,12 @@ async def remove_group_member(
     actor: dict[str, Any],
 ) -> None:
     """The IdP removed ``subject`` from ``group`` at ``at``: tokens issued before lose it."""
-    if not 1 <= len(group) <= MAX_GROUP_ID:
-        raise InvalidInput(f"A group id is 1-{MAX_GROUP_ID} characters.")
-    if not 1 <= len(subject) <= 255:
-        raise InvalidInput("A user id (subject) is 1-255 characters.")
+    if not 1 <= len(group) <= MAX_GROUP_ID or not storable(group):
+        raise InvalidInput(
+            f"A group id is 1-{MAX_GROUP_ID} characters, without control characters."
+        )
+    if not 1 <= len(subject) <= 255 or not storable(subject):
+        raise InvalidInput("A user id (subject) is 1-255 characters, without control characters.")
     now = utcnow()
     changes = _Changes(config, subject, actor)
     row = await _lock_or_create(conn, config, subject, now, changes)

@@ -11,7 +11,11 @@ What is checked, in order (cheap and structural first, so junk is refused before
 3. the key: looked up by ``kid`` in the issuer's JWKS cache, bound to its algorithms;
 4. signature and claims (PyJWT): ``iss`` equal to the configured issuer, ``aud`` containing
    an accepted audience, ``exp`` required, ``nbf`` and ``iat`` not in the future, each with
-   :data:`LEEWAY_S` of clock skew.
+   :data:`LEEWAY_S` of clock skew. The time claims must be JSON numbers (PyJWT alone takes
+   ``"exp": "1999999999"`` and raises an untyped error on ``Infinity``), and ``exp`` at most
+   the policy's maximum token lifetime away (from now, and from ``iat``): a token that
+   claims to live for decades is a forgery or a misconfigured IdP, and either way it would
+   stay in the verified-token cache for that long.
 
 Verified tokens are remembered (:class:`VerifiedTokens`) until they expire, as long as the
 key that verified them is still the cached key for their ``kid``: the hot path then costs a
@@ -25,6 +29,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -52,11 +57,19 @@ class IdpUnreachable(Exception):
     """The issuer's keys could not be fetched at all; the token may well be fine."""
 
 
+#: Default of ``GRANTVAULT_USER_TOKEN_MAX_LIFETIME_SECONDS``: a day, the longest default
+#: access-token lifetime among common IdPs (Auth0); ID tokens live minutes to an hour.
+DEFAULT_MAX_LIFETIME_S = 86_400
+TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
 @dataclass(frozen=True)
 class VerifyPolicy:
     issuer: str
     audiences: tuple[str, ...]
     algorithms: frozenset[str]
+    #: Longest accepted ``exp - now`` and ``exp - iat``, in seconds.
+    max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -93,7 +106,7 @@ def parse_header(token: object) -> dict[str, Any]:
     if len(parts) != 3:
         raise TokenRejected("the token is not a signed JWT (three dot-separated parts)")
     header = _segment_json(parts[0], "header")
-    _segment_json(parts[1], "payload")
+    _check_time_types(_segment_json(parts[1], "payload"))
     if not _SEGMENT.fullmatch(parts[2]) or not parts[2]:
         raise TokenRejected("the token's signature is missing or not base64url")
     if "crit" in header or "b64" in header:
@@ -105,6 +118,37 @@ def parse_header(token: object) -> dict[str, Any]:
     if kid is not None and (not isinstance(kid, str) or not 1 <= len(kid) <= 256):
         raise TokenRejected("the token's kid is malformed")
     return header
+
+
+def _check_time_types(payload: dict[str, Any]) -> None:
+    """``exp``, ``nbf`` and ``iat`` are JSON numbers (RFC 7519 NumericDate), finite ones.
+
+    Checked before PyJWT, which converts with ``int()``: it would accept a numeric string
+    and fail with an untyped ``OverflowError`` on ``1e999``.
+    """
+    for name in TIME_CLAIMS:
+        if name not in payload:
+            continue
+        value = payload[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TokenRejected(f"the token's {name} claim is not a number")
+        if not math.isfinite(value):
+            raise TokenRejected(f"the token's {name} claim is not a finite number")
+
+
+def _check_lifetime(claims: dict[str, Any], max_lifetime_s: float) -> None:
+    exp = float(claims["exp"])
+    if exp - time.time() > max_lifetime_s + LEEWAY_S:
+        raise TokenRejected(
+            f"the token's exp is further away than the maximum token lifetime "
+            f"({max_lifetime_s:g} s, GRANTVAULT_USER_TOKEN_MAX_LIFETIME_SECONDS)"
+        )
+    iat = claims.get("iat")
+    if iat is not None and exp - float(iat) > max_lifetime_s + LEEWAY_S:
+        raise TokenRejected(
+            f"the token lives longer (exp - iat) than the maximum token lifetime "
+            f"({max_lifetime_s:g} s, GRANTVAULT_USER_TOKEN_MAX_LIFETIME_SECONDS)"
+        )
 
 
 _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -142,6 +186,8 @@ def verify_with_key(
         )
     except jwt.PyJWTError as exc:
         raise TokenRejected(_reason(exc)) from None
+    _check_time_types(claims)  # the claims PyJWT returns are the payload parse_header saw
+    _check_lifetime(claims, policy.max_lifetime_s)
     return claims
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from grantvault._key_format import display_prefix, mint_key
 from grantvault.types.errors import ErrorCode
+from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.auth.api_keys import KeyRecord, hash_key
@@ -93,6 +94,8 @@ async def create_app(vault: Vault, name: str, actor: dict[str, Any]) -> App:
             await conn.execute(
                 sa.insert(apps).values(id=app.id, name=name, created_at=app.created_at)
             )
+            # The app's chain starts with the app: from now on a missing chain is tampering.
+            await chain.start(conn, app.id)
             await vault.audit.append(
                 conn, [_record(app, AuditEvent.APP_CREATED, actor, details={"name": name})]
             )

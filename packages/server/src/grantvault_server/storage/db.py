@@ -19,6 +19,7 @@ Repositories are written once, as ``await conn.execute(...)`` on a :data:`Conn`:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -32,13 +33,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
-from sqlalchemy.exc import (
-    DataError,
-    DBAPIError,
-    IntegrityError,
-    OperationalError,
-    TimeoutError as PoolTimeout,
-)
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.base import Executable
@@ -47,6 +42,7 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -195,11 +191,11 @@ class Database:
                     yield conn_async
         except IntegrityError:
             raise
-        except DataError as exc:
-            raise _bad_value(exc) from exc
-        except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:
-            self._drop_reader()
-            raise _unavailable(exc) from exc
+        except (DBAPIError, OSError, PoolTimeout, UnicodeEncodeError) as exc:
+            translated = translate_error(exc)
+            if translated.code is ErrorCode.STORAGE_UNAVAILABLE:
+                self._drop_reader()
+            raise translated from exc
 
     def _reader(self) -> Connection:
         if self._read_conn is None or self._read_conn.closed or self._read_conn.invalidated:
@@ -228,12 +224,10 @@ class Database:
                 async with self._async.begin() as conn:
                     yield conn
         except IntegrityError:
-            raise
-        except DataError as exc:
-            raise _bad_value(exc) from exc
-        except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:
+            raise  # callers turn expected conflicts into their own errors; see translate_error
+        except (DBAPIError, OSError, PoolTimeout, UnicodeEncodeError) as exc:
             # PoolTimeout: no pooled connection freed up within pool_timeout (overload).
-            raise _unavailable(exc) from exc
+            raise translate_error(exc) from exc
 
     async def run_in_transaction(self, fn: Callable[[Connection], T]) -> T:
         """Run a synchronous function (Alembic, for one) inside a write transaction."""
@@ -348,18 +342,61 @@ class Database:
                 engine.dispose()
 
 
-def _bad_value(exc: Exception) -> VaultError:
-    # A value the database cannot store (out of range, wrong encoding): the caller's input.
-    return VaultError(
-        ErrorCode.INVALID_REQUEST,
-        f"A value in the request cannot be stored ({type(exc).__name__}); check its size and "
-        "characters.",
+def _sqlstate(exc: BaseException) -> str:
+    """The PostgreSQL SQLSTATE behind a driver error ('' for SQLite and transport errors).
+
+    asyncpg reports some server-side data errors (a NUL byte: 22021) and its own client-side
+    encoding errors (a lone surrogate: 22000) through SQLAlchemy as a plain ``DBAPIError``,
+    not ``DataError``: the class alone cannot tell a bad value from an outage there.
+    """
+    orig = getattr(exc, "orig", None)
+    for source in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
+
+
+def translate_error(exc: BaseException) -> VaultError:
+    """One answer per kind of storage fault, whatever the backend.
+
+    * A value the database cannot hold (SQLSTATE class 22 on PostgreSQL; a lone surrogate,
+      which SQLite's driver cannot encode; ``DataError``): ``invalid_request``, the caller's
+      input.
+    * Everything else (connection lost, locked past the busy timeout, pool exhausted, a
+      trigger or constraint refusing a write): ``storage_unavailable``. A constraint
+      violation the service did not expect (``IntegrityError`` is re-raised for the services
+      that turn conflicts into their own answers) gets the same code at the API edge
+      (``api.errors``), so SQLite's "constraint failed" and PostgreSQL's trigger exception
+      answer alike.
+
+    Messages name no exception class and no driver text: both can carry SQL and row values.
+    """
+    if isinstance(exc, DataError | UnicodeEncodeError) or _sqlstate(exc).startswith("22"):
+        return _bad_value()
+    _log_fault(exc)
+    return storage_unavailable()
+
+
+def _log_fault(exc: BaseException) -> None:
+    # The class and SQLSTATE tell the operator what happened; the driver's text may hold
+    # parameters (row contents), so it is not logged here.
+    log.warning(
+        "database fault", extra={"error": type(exc).__name__, "sqlstate": _sqlstate(exc) or None}
     )
 
 
-def _unavailable(exc: Exception) -> VaultError:
-    # The driver's message can contain SQL parameters; keep it out of the answer.
+def _bad_value() -> VaultError:
+    # A value the database cannot store (out of range, wrong encoding): the caller's input.
+    return VaultError(
+        ErrorCode.INVALID_REQUEST,
+        "A value in the request cannot be stored; check its size and characters.",
+    )
+
+
+def storage_unavailable() -> VaultError:
+    """The storage fault every backend answers alike (503, retried by clients)."""
     return VaultError(
         ErrorCode.STORAGE_UNAVAILABLE,
-        f"The database is unavailable ({type(exc).__name__}); retry shortly.",
+        "The database is unavailable or refused the write; retry shortly.",
     )
