@@ -735,8 +735,10 @@ async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: i
         except OAuthError as exc:
             error = exc.error
         except Exception as exc:  # one bad row must not stall the queue for every app
-            log.error("revocation item failed", extra={"grant_id": item.grant_id})
-            error = type(exc).__name__
+            # The traceback goes to the log (the formatter strips row values); the audit row
+            # gets a stable code, not an exception class name.
+            log.error("revocation item failed", exc_info=exc, extra={"grant_id": item.grant_id})
+            error = "internal_error"
         attempts = int(item.attempts) + 1
         async with vault.db.write() as conn:
             if error is None or attempts >= REVOCATION_ATTEMPTS:
