@@ -85,6 +85,15 @@ Method
    reads the answers, so the row count must lie between the 2xx count and the 2xx count
    plus those unanswered requests.
 
+Limiter cost (``--compare-limiter``, issue 9): grant_id mode only, on two vault processes
+started from copies of the same prepared data dir, identical but for the abuse limits:
+**limiter off** (``GRANTVAULT_RATE_LIMIT_PER_KEY/_PER_APP/_PER_IP=0``) and **limiter on**
+(the per-key and per-app budgets set so high that they never refuse, so every request pays
+the full check and the budget headers; the per-IP budget at its default). They are measured
+off, on, on, off (``--limiter-rounds`` times, so that drift cancels), each mean is reported,
+and the cost of the limiter is ``1 - on/off`` (target: under 5 %). Server CPU time per
+retrieval is reported for both too: on a machine with other load it varies less than req/s.
+
 Caveat: the load generator runs on the same machine as the server under test and competes
 with it for CPU (the output reports the core count and each side's CPU use, 100% = one
 core). A phase in which the server used less than 75% of its one core is flagged "not
@@ -96,7 +105,7 @@ waited on something other than its CPU (disk, locks, another thread).
 Run from the repository root::
 
     python bench/token_retrieval.py [--duration 10] [--concurrency 32] [--client wrk|httpx]
-                                    [--mode grant_id|jwt|both] [--json]
+                                    [--mode grant_id|jwt|both] [--compare-limiter] [--json]
 """
 
 from __future__ import annotations
@@ -142,6 +151,18 @@ TARGET_RPS = 3000.0
 TARGET_RATIO = 0.25
 # JWT identity mode: its throughput as a share of grant_id mode's (the identity issue).
 TARGET_JWT_RATIO = 0.80
+# The abuse limits may cost at most this share of grant_id throughput (issue 9, item 3).
+TARGET_LIMITER_COST = 0.05
+# --compare-limiter: "off" turns every limit off; "on" keeps them on with budgets no run spends.
+LIMITER_OFF_ENV = {
+    "GRANTVAULT_RATE_LIMIT_PER_KEY": "0",
+    "GRANTVAULT_RATE_LIMIT_PER_APP": "0",
+    "GRANTVAULT_RATE_LIMIT_PER_IP": "0",
+}
+LIMITER_ON_ENV = {
+    "GRANTVAULT_RATE_LIMIT_PER_KEY": "1000000000",
+    "GRANTVAULT_RATE_LIMIT_PER_APP": "1000000000",
+}
 MODES = ("grant_id", "jwt")
 TOKEN_PATH = "/sdk/token"
 DESTINATION_URL = "https://api.openai.com/v1/chat/completions"
@@ -643,10 +664,12 @@ class Target:
     label: str
     server: Server
     mode: str
+    #: --compare-limiter: whether this vault's abuse limits are on (None otherwise).
+    limiter: bool | None = None
 
     @property
     def is_vault(self) -> bool:
-        return self.server.name == "vault"
+        return self.server.name.startswith("vault")
 
     @property
     def file_key(self) -> str:
@@ -1088,6 +1111,17 @@ def print_report(report: dict[str, Any]) -> None:
                 f"vault {mode} / baseline = {rps:.1f} / {verdict['baseline_rps']:.1f} "
                 f"= {ratio:.3f}{upper_bound}"
             )
+    if verdict.get("limiter"):
+        lim = verdict["limiter"]
+        print(
+            f"limiter on / off = {lim['on_mean']:.1f} / {lim['off_mean']:.1f} retrievals/s "
+            f"(runs: off {lim['off_rps']}, on {lim['on_rps']}): cost {100 * lim['cost']:.1f} %"
+        )
+        if lim["cpu_us_per_retrieval_off"] and lim["cpu_us_per_retrieval_on"]:
+            print(
+                f"server CPU per retrieval: off {lim['cpu_us_per_retrieval_off']:.0f} us, "
+                f"on {lim['cpu_us_per_retrieval_on']:.0f} us"
+            )
     if verdict["jwt_vs_grant_id"] is not None:
         print(
             f"vault jwt / vault grant_id = {verdict['jwt_rps']:.1f} / {verdict['vault_rps']:.1f} "
@@ -1198,6 +1232,42 @@ def build_report(
                 "pass": jwt_vs_grant_id >= TARGET_JWT_RATIO,
             }
         )
+    limiter: dict[str, Any] | None = None
+    if any(t.limiter is not None for t, _, _ in runs):
+        off = [m.rps for t, _, m in runs if t.limiter is False]
+        on = [m.rps for t, _, m in runs if t.limiter is True]
+        off_rps, on_rps = statistics.fmean(off), statistics.fmean(on)
+        cost = 1 - on_rps / off_rps if off_rps else 0.0
+
+        def cpu_us(flag: bool) -> float | None:
+            # Server CPU per retrieval: less sensitive than req/s to the machine's other load.
+            phases = [m for t, _, m in runs if t.limiter is flag]
+            if any(m.server_cpu_pct is None for m in phases):
+                return None
+            cpu = sum((m.server_cpu_pct or 0) / 100 * m.elapsed for m in phases)
+            done = sum(m.ok for m in phases)
+            return round(1e6 * cpu / done, 1) if done else None
+
+        cpu_off, cpu_on = cpu_us(False), cpu_us(True)
+        grant_rps = off_rps
+        ratio = _ratio(grant_rps, baseline_rps)
+        limiter = {
+            "off_rps": [round(x, 1) for x in off],
+            "on_rps": [round(x, 1) for x in on],
+            "off_mean": round(off_rps, 1),
+            "on_mean": round(on_rps, 1),
+            "cost": round(cost, 4),
+            "cpu_us_per_retrieval_off": cpu_off,
+            "cpu_us_per_retrieval_on": cpu_on,
+        }
+        checks = [
+            {
+                "name": "limiter cost (1 - on/off)",
+                "value": round(cost, 4),
+                "target": f"< {TARGET_LIMITER_COST:g}",
+                "pass": cost < TARGET_LIMITER_COST,
+            }
+        ]
     vault_runs = [(w, m) for t, w, m in runs if t.is_vault]
     vault_successes = probes + sum(w.ok + m.ok for w, m in vault_runs)
     vault_unanswered = sum(w.unanswered + m.unanswered for w, m in vault_runs)
@@ -1231,6 +1301,7 @@ def build_report(
             "wrk_threads": args.threads if args.client == "wrk" else None,
             "presign_rate": args.presign_rate if args.client == "wrk" else None,
             "saturated_cpu_pct": SATURATED_CPU_PCT,
+            "compare_limiter": args.compare_limiter,
         },
         "warnings": args.warnings,
         "rows": rows,
@@ -1249,6 +1320,7 @@ def build_report(
             "jwt_vs_grant_id": jwt_vs_grant_id,
             "baseline_saturated": _all_saturated(baseline_runs),
             "checks": checks,
+            "limiter": limiter,
         },
         "audit": {
             "vault_successes": vault_successes,
@@ -1329,11 +1401,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="Run the load generator on uvloop when installed (default on; servers unaffected).",
     )
+    parser.add_argument(
+        "--compare-limiter",
+        action="store_true",
+        help="Measure grant_id retrievals with the abuse limits off and on (two otherwise "
+        "identical vault processes, order off, on, on, off) and report the limiter's cost.",
+    )
+    parser.add_argument(
+        "--limiter-rounds",
+        type=int,
+        default=2,
+        help="With --compare-limiter: how many off, on, on, off sequences (default 2).",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1:
         parser.error("--duration must be > 0 and --concurrency >= 1")
     args.modes = MODES if args.mode == "both" else (args.mode,)
+    if args.compare_limiter:
+        args.modes = ("grant_id",)
     args.warnings = []
     args.wrk_path = shutil.which("wrk")
     if args.client is None:
@@ -1403,17 +1489,45 @@ def main(argv: list[str] | None = None) -> int:
         vault_cmd = [sys.executable, "-m", "grantvault_server", "serve", "--port", str(vault_port)]
         baseline_cmd = [sys.executable, str(baseline_script), str(baseline_port)]
         runs: list[tuple[Target, PhaseResult, PhaseResult]] = []
+        limited_dir = data_dir / "limited"
+        if args.compare_limiter:
+            # Same vault (app, key, grant), its own copy: the two processes never share a file.
+            limited_dir.mkdir()
+            for name in ("grantvault.db", "master.key"):
+                shutil.copy2(data_dir / name, limited_dir / name)
+            env = {**env, **LIMITER_OFF_ENV}
         with (
             running_server("vault", vault_cmd, vault_port, env, data_dir) as vault,
             running_server("baseline", baseline_cmd, baseline_port, env, data_dir) as baseline,
+            contextlib.ExitStack() as limited_stack,
         ):
             # One vault process serves every mode, one mode after the other.
             vault_targets = [Target(f"vault {mode}", vault, mode) for mode in args.modes]
+            if args.compare_limiter:
+                limited_port = free_port()
+                limited = limited_stack.enter_context(
+                    running_server(
+                        "vault-limited",
+                        [*vault_cmd[:-1], str(limited_port)],
+                        limited_port,
+                        {
+                            **env,
+                            **LIMITER_ON_ENV,
+                            "GRANTVAULT_RATE_LIMIT_PER_IP": "600",
+                            "GRANTVAULT_DATA_DIR": str(limited_dir),
+                        },
+                        data_dir,
+                    )
+                )
+                off = Target("limiter off", vault, "grant_id", limiter=False)
+                on = Target("limiter on", limited, "grant_id", limiter=True)
+                vault_targets = [off, on, on, off] * args.limiter_rounds
             baseline_target = Target("baseline", baseline, "grant_id")
             order = [baseline_target, *vault_targets]
             if args.repeat_baseline:
                 order.append(baseline_target)
-            for target in vault_targets:
+            distinct = list({t.label: t for t in vault_targets}.values())
+            for target in distinct:
                 verify_mode(target, fixture)
             for target in order:
                 log(
@@ -1450,7 +1564,9 @@ def main(argv: list[str] | None = None) -> int:
         # Both servers have stopped. Every committed audit row is in the database file or its
         # WAL, and sqlite3 reads both.
         audit = audit_counts(data_dir / "grantvault.db")
-        report = build_report(args, runs, audit, probes=len(vault_targets))
+        if args.compare_limiter:
+            audit = dict(Counter(audit) + Counter(audit_counts(limited_dir / "grantvault.db")))
+        report = build_report(args, runs, audit, probes=len(distinct))
     if args.json:
         print(json.dumps(report))
     else:

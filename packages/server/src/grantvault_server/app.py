@@ -229,7 +229,8 @@ def create_app(
         settings, on_refused=lambda scope: metrics.rate_limited.labels(scope).inc()
     )
     app.state.limiter = limiter
-    app.add_middleware(RateLimitMiddleware, limiter=limiter, metrics=metrics)
+    if limiter.keys or limiter.apps or limiter.ips:  # all limits 0: not even the layer
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, metrics=metrics)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
     )

@@ -29,7 +29,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,16 +61,34 @@ UNAUTHENTICATED_PREFIXES = ("/connect/", "/webhooks/")
 EXEMPT_PREFIXES = ("/connect/static/",)
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    """One budget after a check: what the headers and a 429's body report."""
+    """One budget after a check: what the headers and a 429's body report.
 
-    scope: str  # "api_key", "app" or "ip"
-    limit: int
-    window_seconds: int
-    remaining: int
-    reset_after: float  # seconds until the whole budget is available again
-    retry_after: int | None  # set when refused: whole seconds until one request fits
+    A plain slotted class, built once per request (a frozen dataclass costs several times
+    more to construct, on the hottest path).
+    """
+
+    __slots__ = ("budget", "remaining", "reset_after", "retry_after")
+
+    def __init__(
+        self, budget: Budgets, remaining: int, reset_after: float, retry_after: int | None
+    ) -> None:
+        self.budget = budget
+        self.remaining = remaining
+        self.reset_after = reset_after  # seconds until the whole budget is available again
+        self.retry_after = retry_after  # set when refused: whole seconds until one fits
+
+    @property
+    def scope(self) -> str:
+        return self.budget.scope  # "api_key", "app" or "ip"
+
+    @property
+    def limit(self) -> int:
+        return self.budget.limit
+
+    @property
+    def window_seconds(self) -> int:
+        return self.budget.window
 
     @property
     def allowed(self) -> bool:
@@ -80,23 +97,19 @@ class Decision:
     def headers(self, now_epoch: float) -> list[tuple[bytes, bytes]]:
         """``RateLimit-Policy``/``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-11) and the
         ``X-RateLimit-*`` trio (``Reset`` in absolute Unix seconds) that clients read."""
+        budget = self.budget
         reset = max(1, math.ceil(self.reset_after))
-        name = self.scope.encode()
-        limit = str(self.limit).encode()
-        remaining = str(self.remaining).encode()
+        remaining = str(self.remaining)
         headers = [
-            (
-                b"ratelimit-policy",
-                b'"' + name + b'";q=' + limit + b";w=" + str(self.window_seconds).encode(),
-            ),
-            (b"ratelimit", b'"' + name + b'";r=' + remaining + b";t=" + str(reset).encode()),
-            (b"x-ratelimit-limit", limit),
-            (b"x-ratelimit-remaining", remaining),
+            (b"ratelimit-policy", budget.policy_header),
+            (b"ratelimit", f'"{budget.scope}";r={remaining};t={reset}'.encode()),
+            (b"x-ratelimit-limit", budget.limit_header),
+            (b"x-ratelimit-remaining", remaining.encode()),
             (b"x-ratelimit-reset", str(int(now_epoch) + reset).encode()),
         ]
         if self.retry_after is not None:
             headers.append((b"retry-after", str(self.retry_after).encode()))
-            headers.append((b"x-alter-rate-limited-scope", name))
+            headers.append((b"x-alter-rate-limited-scope", budget.scope.encode()))
         return headers
 
     def body(self) -> dict[str, Any]:
@@ -138,18 +151,25 @@ class Budgets:
         self.window = window
         self.interval = window / limit
         self.tat: dict[str, float] = {}
+        self.policy_header = f'"{scope}";q={limit};w={window}'.encode()
+        self.limit_header = str(limit).encode()
+
+    def ahead(self, key: str, now: float) -> float:
+        """How far ahead of ``now`` the key's TAT would be after one more request."""
+        tat = self.tat.get(key, now)
+        return (tat if tat > now else now) + self.interval - now
+
+    def decide(self, ahead: float) -> Decision:
+        """The decision for a request that would put the TAT ``ahead`` seconds ahead."""
+        if ahead > self.window + 1e-9:
+            retry = max(1, math.ceil(ahead - self.window))
+            return Decision(self, 0, ahead - self.interval, retry)
+        return Decision(self, int((self.window - ahead) / self.interval + 1e-9), ahead, None)
 
     def evaluate(self, key: str, now: float) -> tuple[float, Decision]:
         """The new TAT if the request is admitted, and the decision (not yet stored)."""
-        new_tat = max(self.tat.get(key, now), now) + self.interval
-        ahead = new_tat - now
-        if ahead > self.window + 1e-9:
-            retry = max(1, math.ceil(ahead - self.window))
-            return new_tat, Decision(
-                self.scope, self.limit, self.window, 0, ahead - self.interval, retry
-            )
-        remaining = int((self.window - ahead) / self.interval + 1e-9)
-        return new_tat, Decision(self.scope, self.limit, self.window, remaining, ahead, None)
+        ahead = self.ahead(key, now)
+        return now + ahead, self.decide(ahead)
 
     def store(self, key: str, tat: float, now: float) -> None:
         table = self.tat
@@ -218,23 +238,33 @@ class RateLimiter:
             scope[SCOPE_KEY] = None  # authenticated: a later 401 is not the address's doing
             return
         now = self.clock()
-        key_tat = app_tat = 0.0
-        decision: Decision | None = None
-        if keys is not None:
-            key_tat, decision = keys.evaluate(key_id, now)
-        if apps is not None:
-            app_tat, app_decision = apps.evaluate(app_id, now)
-            if decision is None or _binds(app_decision, decision):
-                decision = app_decision
-        assert decision is not None
+        # Floats first; one Decision, for the budget that binds (the smaller share left, or
+        # the one that refuses), is built at the end.
+        key_ahead = keys.ahead(key_id, now) if keys is not None else 0.0
+        app_ahead = apps.ahead(app_id, now) if apps is not None else 0.0
+        binding: Budgets
+        if keys is None:
+            assert apps is not None
+            binding, ahead = apps, app_ahead
+        elif apps is None:
+            binding, ahead = keys, key_ahead
+        elif key_ahead > keys.window and app_ahead > apps.window:
+            # Both refuse: report the longer wait, so one retry after it can pass both.
+            over_key = key_ahead - keys.window >= app_ahead - apps.window
+            binding, ahead = (keys, key_ahead) if over_key else (apps, app_ahead)
+        elif (keys.window - key_ahead) / keys.interval <= (apps.window - app_ahead) / apps.interval:
+            binding, ahead = keys, key_ahead
+        else:
+            binding, ahead = apps, app_ahead
+        decision = binding.decide(ahead)
         scope[SCOPE_KEY] = decision
         if not decision.allowed:
             self._refused(decision.scope)
             raise decision.error()
         if keys is not None:
-            keys.store(key_id, key_tat, now)
+            keys.store(key_id, now + key_ahead, now)
         if apps is not None:
-            apps.store(app_id, app_tat, now)
+            apps.store(app_id, now + app_ahead, now)
 
     def charge_ip(self, address: str) -> Decision | None:
         """Spend one request of a client address; the refusal when its budget is used up."""
@@ -260,15 +290,6 @@ class RateLimiter:
     def _refused(self, scope: str) -> None:
         if self.on_refused is not None:
             self.on_refused(scope)
-
-
-def _binds(candidate: Decision, current: Decision) -> bool:
-    """Does ``candidate`` constrain the caller more than ``current``?"""
-    if candidate.allowed != current.allowed:
-        return not candidate.allowed
-    if not candidate.allowed:
-        return (candidate.retry_after or 0) > (current.retry_after or 0)
-    return candidate.remaining < current.remaining
 
 
 def ip_key(address: str) -> str:
