@@ -68,7 +68,9 @@ def install(app: FastAPI) -> None:
             404: "No such endpoint; see /openapi.json for the protocol.",
             405: "This endpoint does not accept that HTTP method.",
         }.get(exc.status_code, str(exc.detail))
-        response = _response(request, exc.status_code, {"error": code.value, "message": message})
+        # FastAPI's "error parsing the body" is a 400; invalid_request is always sent as 422.
+        status = 422 if exc.status_code == 400 else exc.status_code
+        response = _response(request, status, {"error": code.value, "message": message})
         if exc.status_code == 405:  # RFC 9110 15.5.6: a 405 lists the methods that would work
             response.headers["Allow"] = allowed_methods(request)
         return response

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from grantvault_server.api.deps import VaultDep
@@ -19,7 +19,7 @@ async def get_healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready (same body, `not_ready`)."}})
 async def get_readyz(vault: VaultDep) -> JSONResponse:
     """Ready to serve: the database takes a write (not just a read: every retrieval commits
     its nonce and audit row) and the barrier is unsealed. The write probe is cached for a
@@ -36,7 +36,7 @@ async def get_readyz(vault: VaultDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def get_metrics(request: Request) -> Response:
     """Prometheus exposition of this process's metrics."""
     return Response(
