@@ -8,13 +8,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.api.responses import allowed_methods
 from grantvault_server.errors import VaultError
-from grantvault_server.storage.db import storage_unavailable
+from grantvault_server.services.storage_faults import UnexpectedConflict, storage_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,8 @@ def install(app: FastAPI) -> None:
             response.headers["Allow"] = allowed_methods(request)
         return response
 
-    @app.exception_handler(IntegrityError)
-    async def _constraint(request: Request, exc: IntegrityError) -> JSONResponse:
+    @app.exception_handler(UnexpectedConflict)
+    async def _constraint(request: Request, exc: UnexpectedConflict) -> JSONResponse:
         # A constraint (or, on SQLite, a trigger) refused a write that no service expected to
         # conflict: the same fault PostgreSQL reports for a trigger exception, so the same
         # answer on both backends (storage.db.translate_error), never a backend-dependent 500.
