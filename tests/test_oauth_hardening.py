@@ -19,10 +19,13 @@ import asyncio
 import html
 import re
 import signal
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,17 +35,25 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from grantvault.types.errors import ErrorCode
 from grantvault_server.app import create_app
 from grantvault_server.config import Settings
+from grantvault_server.errors import VaultError
 from grantvault_server.oauth import client as oauth_client
+from grantvault_server.oauth.client import OAuthClient
+from grantvault_server.services import (
+    grants as grant_service,
+    oauth_providers,
+    oauth_tokens as token_service,
+)
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage import db as storage_db
-from grantvault_server.storage.tables import audit_events, oauth_tokens
+from grantvault_server.storage.tables import audit_events, oauth_revocations, oauth_tokens
 
-from .conftest import PG_ADMIN_URL, SignedClient, make_app
+from .conftest import OPERATOR, PG_ADMIN_URL, SignedClient, make_app
 from .oauth_flow import approve, browser_for, follow, register_peer
-from .peer import VAULT_BASE_URL, Peer, query_of, start_peer
+from .peer import BASIC_CLIENT, VAULT_BASE_URL, Peer, query_of, start_peer
 from .test_oauth_connect import (
     Setup,
     connect_grant,
@@ -361,3 +372,434 @@ async def test_callback_error_text_is_filtered_before_it_reaches_the_app(
     description = parse_qs(urlsplit(link).query)["error_description"][0]
     assert description == message
     assert "<img" not in page.text and "\x1b" not in page.text
+
+
+# -- review of items 1 and 2: answers lost after the provider processed the request -----------
+
+
+class Mangling(httpx.AsyncHTTPTransport):
+    """Passes every request to the peer (which processes it and rotates the refresh token),
+    then hands the vault an answer it cannot use in place of the peer's."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        await response.aread()
+        if self.kind == "oversized":
+            body = b'{"pad": "' + b"x" * oauth_client.MAX_RESPONSE_BYTES + b'"}'
+            return httpx.Response(200, headers={"content-type": "application/json"}, content=body)
+        if self.kind == "malformed":
+            return httpx.Response(200, headers={"content-type": "application/json"}, content=b"{")
+        if self.kind == "non_bearer":
+            payload = dict(response.json(), token_type="DPoP")
+            return httpx.Response(200, json=payload)
+        if self.kind == "no_error_body":
+            return httpx.Response(500, content=b"<html>oops</html>")
+        return httpx.Response(int(self.kind), content=b"upstream gave up")
+
+
+async def cfg_of(setup: Setup) -> Any:
+    async with setup.vault.db.read() as conn:
+        return await oauth_providers.get_config(conn, setup.app.id, "peer")
+
+
+@pytest.mark.parametrize("kind", ["oversized", "malformed", "non_bearer", "502", "no_error_body"])
+async def test_an_unusable_answer_to_a_processed_refresh_is_never_re_sent(
+    setup: Setup, browser: httpx.AsyncClient, kind: str
+) -> None:
+    grant = await connect_grant(setup, browser, user=f"mangled-{kind}")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    before, errors_before = refreshes(setup.peer), grant_errors(setup.peer)
+    real = setup.vault.oauth
+    mangled = OAuthClient(setup.vault.settings.allow_http_hosts, transport=Mangling(kind))
+    setup.vault._oauth = mangled
+    try:
+        r = await setup.token(gid)
+    finally:
+        setup.vault._oauth = real
+        await mangled.aclose()
+    assert r.status_code == 503 and r.json()["error"] == "provider_unavailable", r.text
+    assert "retry-after" in r.headers
+    # Processed once by the peer, never sent again with the same refresh token.
+    assert refreshes(setup.peer) == before + 1 and grant_errors(setup.peer) == errors_before
+    row = await token_row(setup, gid)
+    assert row.last_refresh_error.startswith("answer_lost"), row.last_refresh_error
+    assert row.lease_owner is None
+    (failed,) = await audit_of(setup, gid, "token.refresh_failed")
+    assert failed.details["answer_lost"] is True and failed.details["attempts"] == 1
+    # After the cool-down the rotated-away token is refused, and the reason says why.
+    await set_token_row(setup, gid, cooldown_until=utcnow() - timedelta(seconds=1))
+    r = await setup.token(gid)
+    assert r.status_code == 403 and r.json()["error"] == "credential_revoked", r.text
+    (dead,) = await audit_of(setup, gid, "grant.needs_reconnect")
+    assert dead.reason == "refresh_answer_lost"
+
+
+async def test_a_refresh_that_never_reached_the_provider_is_retried(
+    setup: Setup, browser: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await connect_grant(setup, browser, user="refused-once")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    oauth = setup.vault.oauth
+    real_refresh = oauth.refresh
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/token"
+    calls: list[str] = []
+
+    async def refused_first(spec: Any, token_url: str, *args: Any) -> Any:
+        calls.append(token_url)
+        return await real_refresh(spec, closed if len(calls) == 1 else token_url, *args)
+
+    monkeypatch.setattr(oauth, "refresh", refused_first)
+    before = refreshes(setup.peer)
+    r = await setup.token(gid)
+    assert r.status_code == 200, r.text
+    assert len(calls) == 2 and refreshes(setup.peer) == before + 1
+    assert r.json()["retry_info"]["errors"][0]["error"] == "network_error"
+
+
+async def test_expired_token_and_a_hung_provider_answer_503_after_the_bounded_wait(
+    setup: Setup, browser: httpx.AsyncClient, fast_provider_limit: None
+) -> None:
+    grant = await connect_grant(setup, browser, user="hung-expired")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    before = refreshes(setup.peer)
+    with stopped(setup.peer):
+        started = time.monotonic()
+        r = await setup.token(gid)
+        elapsed = time.monotonic() - started
+    # One provider call (1 s here, TOTAL_TIMEOUT_S), never re-sent, then 503 at once.
+    assert 0.9 <= elapsed < 3, elapsed
+    assert r.status_code == 503 and r.json()["error"] == "provider_unavailable", r.text
+    assert 1 <= int(r.headers["retry-after"]) <= 300
+    row = await token_row(setup, gid)
+    assert row.lease_owner is None and row.last_refresh_error.startswith("answer_lost")
+    await wait_for(lambda: refreshes(setup.peer) == before + 1)
+
+
+# -- review: the lease bounds every provider call ------------------------------------------
+
+
+async def test_no_provider_call_starts_that_could_outlive_the_lease(
+    setup: Setup,
+    browser: httpx.AsyncClient,
+    fast_provider_limit: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grant = await connect_grant(setup, browser, user="short-lease")
+    gid = grant["grant_id"]
+    access0, _, _ = await stored_tokens(setup, gid)
+    # The lease covers one provider call (1 s) and the commit retries (30 s) with 0.5 s to
+    # spare; a database slow by 1 s before the call eats that.
+    monkeypatch.setattr(token_service, "LEASE", timedelta(seconds=36.5))
+    real_credentials = oauth_providers.client_credentials
+
+    async def slow_credentials(*args: Any) -> Any:
+        await asyncio.sleep(1.0)
+        return await real_credentials(*args)
+
+    monkeypatch.setattr(oauth_providers, "client_credentials", slow_credentials)
+    before = refreshes(setup.peer)
+    now = utcnow()
+    await set_token_row(
+        setup, gid, updated_at=now - timedelta(seconds=100), access_expires_at=now + timedelta(5)
+    )
+    r = await setup.token(gid)
+    assert r.status_code == 200 and r.json()["access_token"] == access0, r.text
+    await expire_now(setup, gid)
+    r = await setup.token(gid)
+    assert r.status_code == 503 and r.json()["error"] == "storage_unavailable", r.text
+    assert refreshes(setup.peer) == before  # never sent
+    row = await token_row(setup, gid)
+    assert row.lease_owner is None and row.cooldown_until is None  # released, no cool-down
+    assert await audit_of(setup, gid, "token.refresh_failed") == []
+
+
+# -- review: another replica's refresh, and one that died holding the lease ----------------
+
+
+async def test_a_still_valid_token_is_served_while_another_replica_refreshes(
+    setup: Setup, browser: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await connect_grant(setup, browser, user="other-replica")
+    gid = grant["grant_id"]
+    access0, _, _ = await stored_tokens(setup, gid)
+    monkeypatch.setattr(token_service, "WAIT_FOR_REFRESH_S", 1.5)
+    now = utcnow()
+    await set_token_row(
+        setup,
+        gid,
+        updated_at=now - timedelta(seconds=100),
+        access_expires_at=now + timedelta(seconds=5),
+        lease_owner=str(uuid.uuid4()),
+        lease_until=now + timedelta(seconds=60),
+    )
+    before = refreshes(setup.peer)
+    started = time.monotonic()
+    r = await setup.token(gid)
+    assert time.monotonic() - started < 1
+    assert r.status_code == 200 and r.json()["access_token"] == access0, r.text
+    assert refreshes(setup.peer) == before
+
+
+async def test_a_lease_abandoned_mid_refresh_is_remembered_as_a_lost_answer(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    grant = await connect_grant(setup, browser, user="crashed-refresher")
+    gid = grant["grant_id"]
+    _, refresh0, _ = await stored_tokens(setup, gid)
+    assert refresh0 is not None
+    # The crashed refresher's request reached the peer (which rotated the token) ...
+    doc = await setup.vault.oauth.discover(setup.peer.issuer)
+    async with httpx.AsyncClient(timeout=10) as http:
+        used = await http.post(
+            doc["token_endpoint"],
+            data={"grant_type": "refresh_token", "refresh_token": refresh0},
+            auth=BASIC_CLIENT,
+        )
+    assert used.status_code == 200, used.text
+    # ... and its lease ran out with its owner still named.
+    now = utcnow()
+    await set_token_row(
+        setup,
+        gid,
+        access_expires_at=now - timedelta(seconds=1),
+        lease_owner=str(uuid.uuid4()),
+        lease_until=now - timedelta(seconds=1),
+    )
+    r = await setup.token(gid)
+    assert r.status_code == 403 and r.json()["error"] == "credential_revoked", r.text
+    (taken_over,) = await audit_of(setup, gid, "token.refresh_failed")
+    assert taken_over.reason == "lease_expired" and taken_over.details["answer_lost"] is True
+    (dead,) = await audit_of(setup, gid, "grant.needs_reconnect")
+    assert dead.reason == "refresh_answer_lost", dead.reason
+
+
+async def test_a_lease_released_cleanly_then_expired_is_not_a_lost_answer(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    grant = await connect_grant(setup, browser, user="clean-release")
+    gid = grant["grant_id"]
+    await set_token_row(
+        setup,
+        gid,
+        access_expires_at=utcnow() - timedelta(seconds=1),
+        lease_until=utcnow() - timedelta(seconds=1),
+    )
+    r = await setup.token(gid)
+    assert r.status_code == 200, r.text
+    assert await audit_of(setup, gid, "token.refresh_failed") == []
+    assert (await token_row(setup, gid)).last_refresh_error is None
+
+
+# -- review of item 2: the held commit's branches ------------------------------------------
+
+
+class Writes:
+    """Wraps ``vault.db.write``: the next ``lost`` transactions commit and then report a
+    failure (the answer to COMMIT was lost); while ``refused`` every one fails."""
+
+    def __init__(self, vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = vault.db.write
+        self.lost = 0
+        self.refused = False
+        monkeypatch.setattr(vault.db, "write", self.write)
+
+    @asynccontextmanager
+    async def write(self, **kw: Any) -> AsyncIterator[Any]:
+        if self.refused:
+            raise storage_db.storage_unavailable()
+        async with self.real(**kw) as conn:
+            yield conn
+        if self.lost:
+            self.lost -= 1
+            raise storage_db.storage_unavailable()
+
+
+async def revocations(setup: Setup) -> int:
+    return await setup.count(oauth_revocations)
+
+
+async def test_a_commit_whose_answer_was_lost_counts_as_done(
+    setup: Setup, browser: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await connect_grant(setup, browser, user="in-doubt-commit")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    writes = Writes(setup.vault, monkeypatch)
+    oauth = setup.vault.oauth
+    real_refresh = oauth.refresh
+
+    async def answered(*args: Any) -> Any:
+        tokens = await real_refresh(*args)
+        writes.lost = 1  # the commit that follows succeeds but reports a failure
+        return tokens
+
+    monkeypatch.setattr(oauth, "refresh", answered)
+    r = await setup.token(gid)
+    assert r.status_code == 200, r.text
+    access1, _, _ = await stored_tokens(setup, gid)
+    assert r.json()["access_token"] == access1
+    (done,) = await audit_of(setup, gid, "token.refreshed")
+    assert done.details["commit_tries"] == 1
+    assert await revocations(setup) == 0  # the fresh tokens were not taken for orphans
+
+
+async def test_a_grant_revoked_during_the_stall_gets_no_tokens_back(
+    setup: Setup, browser: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await connect_grant(setup, browser, user="revoked-in-stall")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    oauth = setup.vault.oauth
+    real_refresh = oauth.refresh
+    fresh: list[Any] = []
+
+    async def revoked_meanwhile(*args: Any) -> Any:
+        tokens = await real_refresh(*args)
+        fresh.append(tokens)
+        monkeypatch.setattr(token_service, "run_revocations", _no_revocations)
+        await grant_service.revoke_grant(setup.vault, setup.app, gid, OPERATOR)
+        return tokens
+
+    monkeypatch.setattr(oauth, "refresh", revoked_meanwhile)
+    monkeypatch.setattr(grant_service, "run_revocations", _no_revocations)
+    r = await setup.token(gid)
+    assert r.status_code == 403 and r.json()["error"] == "grant_revoked", r.text
+    async with setup.vault.db.read() as conn:
+        left = (
+            await conn.execute(sa.select(oauth_tokens).where(oauth_tokens.c.grant_id == gid))
+        ).first()
+    assert left is None  # nothing resurrected
+    # Old refresh + access token (the revocation) and the two fresh ones (the orphans).
+    assert await revocations(setup) == 4
+    monkeypatch.undo()
+    await token_service.run_revocations(setup.vault)
+    (tokens,) = fresh
+    assert setup.peer.introspect(tokens.refresh_token)["active"] is False
+
+
+async def _no_revocations(*_args: Any, **_kw: Any) -> int:
+    return 0
+
+
+async def test_a_commit_out_of_time_drops_the_tokens_loudly(
+    setup: Setup,
+    browser: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grant = await connect_grant(setup, browser, user="commit-deadline")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    cfg = await cfg_of(setup)
+    monkeypatch.setattr(token_service, "COMMIT_RETRY_S", 0.5)
+    writes = Writes(setup.vault, monkeypatch)
+    oauth = setup.vault.oauth
+    real_refresh = oauth.refresh
+
+    async def answered(*args: Any) -> Any:
+        tokens = await real_refresh(*args)
+        writes.refused = True
+        return tokens
+
+    monkeypatch.setattr(oauth, "refresh", answered)
+    started = time.monotonic()
+    with pytest.raises(VaultError) as caught:
+        await token_service.access_token(setup.vault, cfg, gid)
+    assert caught.value.code is ErrorCode.STORAGE_UNAVAILABLE
+    assert time.monotonic() - started < 2
+    assert any("tokens dropped" in rec.getMessage() for rec in caplog.records)
+    writes.refused = False
+    assert await audit_of(setup, gid, "token.refreshed") == []
+
+
+# -- review item 12: an outcome written twice is audited once --------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["transient", "dead"])
+async def test_a_failure_recorded_by_an_in_doubt_commit_is_audited_once(
+    setup: Setup, browser: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    grant = await connect_grant(setup, browser, user=f"in-doubt-{outcome}")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    writes = Writes(setup.vault, monkeypatch)
+
+    async def failing(*_args: Any) -> Any:
+        writes.lost = 1
+        if outcome == "dead":
+            raise oauth_client.OAuthError("invalid_grant", status=400)
+        raise oauth_client.OAuthError("timeout", transient=True, maybe_delivered=True)
+
+    monkeypatch.setattr(setup.vault.oauth, "refresh", failing)
+    r = await setup.token(gid)
+    if outcome == "dead":
+        assert r.status_code == 403 and r.json()["error"] == "credential_revoked", r.text
+        assert len(await audit_of(setup, gid, "grant.needs_reconnect")) == 1
+    else:
+        assert r.status_code == 503 and r.json()["error"] == "provider_unavailable", r.text
+        assert len(await audit_of(setup, gid, "token.refresh_failed")) == 1
+
+
+# -- review item 5: a held commit on SQLite does not freeze the server ---------------------
+
+
+async def test_held_commit_retries_keep_the_event_loop_running(
+    setup: Setup,
+    browser: httpx.AsyncClient,
+    backend: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grant = await connect_grant(setup, browser, user="loop-alive")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    # The default lock wait (longer than the stall), on fresh connections.
+    monkeypatch.setattr(storage_db, "SQLITE_BUSY_TIMEOUT_MS", 5000)
+    if setup.vault.db._write is not None:
+        setup.vault.db._write.dispose()
+    oauth = setup.vault.oauth
+    real_refresh = oauth.refresh
+    holders: list[threading.Thread] = []
+
+    async def refresh_then_stall(*args: Any) -> Any:
+        tokens = await real_refresh(*args)
+        held = threading.Event()
+        holder = threading.Thread(
+            target=_hold_write_lock, args=(backend, database_url, gid, held), daemon=True
+        )
+        holder.start()
+        holders.append(holder)
+        assert await asyncio.to_thread(held.wait, 5)
+        return tokens
+
+    monkeypatch.setattr(oauth, "refresh", refresh_then_stall)
+    longest = 0.0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal longest
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        r = await setup.token(gid)
+    finally:
+        stop.set()
+        await tick
+        for holder in holders:
+            holder.join(5)
+    assert r.status_code == 200, r.text
+    assert longest < 0.5, f"event loop blocked for {longest:.2f} s"

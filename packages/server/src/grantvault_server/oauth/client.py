@@ -261,8 +261,14 @@ class OAuthClient:
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_RESPONSE_BYTES:
+                        # A 2xx (or 5xx) status line says the request arrived and may have
+                        # been processed (a refresh token rotated): the answer is lost.
                         raise OAuthError(
-                            "malformed_response", "answer larger than 1 MiB", transient=False
+                            "malformed_response",
+                            "answer larger than 1 MiB",
+                            transient=False,
+                            status=response.status_code,
+                            maybe_delivered=_answer_may_be_lost(response.status_code, None),
                         )
                 return response.status_code, response.headers, bytes(body)
         except (httpx.TimeoutException, TimeoutError) as exc:
@@ -318,6 +324,7 @@ class OAuthClient:
         transient = (
             status >= 500 or status == 429 or code in ("temporarily_unavailable", "server_error")
         )
+        maybe_delivered = _answer_may_be_lost(status, payload)
         retry_after = None
         if "retry-after" in headers:
             try:
@@ -325,7 +332,12 @@ class OAuthClient:
             except ValueError:
                 retry_after = None
         raise OAuthError(
-            code, description, status=status, transient=transient, retry_after=retry_after
+            code,
+            description,
+            status=status,
+            transient=transient,
+            retry_after=retry_after,
+            maybe_delivered=maybe_delivered,
         )
 
     async def _token_request(
@@ -347,14 +359,23 @@ class OAuthClient:
             )
         try:
             payload: dict[str, Any] | None = self._decode(spec, rheaders, body)
-        except OAuthError:
+        except OAuthError as exc:
             if status >= 400:
                 payload = None
             else:
+                exc.status = status
+                exc.maybe_delivered = _answer_may_be_lost(status, None)
                 raise
         self._raise_for(status, rheaders, payload)
         assert payload is not None
-        return self._token_set(spec, payload)
+        try:
+            return self._token_set(spec, payload)
+        except OAuthError as exc:
+            # A 2xx we cannot use (no access token, a non-bearer type, a bad expiry): the
+            # provider has issued tokens, and rotated the refresh token if it does that.
+            exc.status = status
+            exc.maybe_delivered = True
+            raise
 
     @staticmethod
     def _token_set(spec: OAuthProviderSpec, payload: dict[str, Any]) -> TokenSet:
@@ -489,6 +510,24 @@ class OAuthClient:
         if not isinstance(doc, dict) or doc.get("issuer") != issuer:
             raise OAuthError("issuer_mismatch", "the discovery document names a different issuer")
         return doc
+
+
+#: Gateway answers: the gateway may have passed the request on before giving up on the
+#: provider (502 Bad Gateway, 504 Gateway Timeout, Cloudflare's 524 A Timeout Occurred).
+_GATEWAY_STATUSES = frozenset({502, 504, 524})
+
+
+def _answer_may_be_lost(status: int, payload: Mapping[str, Any] | None) -> bool:
+    """Whether an unusable answer with ``status`` may follow a request the provider processed.
+
+    A 2xx means it did (an error *code* in a 2xx body, as GitHub sends, is the provider's own
+    refusal and is judged by the caller before this). A gateway status, or any 5xx without an
+    OAuth error body, may come from something in front of the provider after the provider
+    processed the request; a 5xx that carries an OAuth ``error`` is the provider's own answer.
+    """
+    if 200 <= status < 300 or status in _GATEWAY_STATUSES:
+        return True
+    return status >= 500 and not (payload and payload.get("error"))
 
 
 def _client_auth(

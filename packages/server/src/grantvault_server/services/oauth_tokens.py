@@ -46,11 +46,12 @@ from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.crypto.barrier import aad_for
 from grantvault_server.errors import VaultError
+from grantvault_server.oauth import client as oauth_client
 from grantvault_server.oauth.client import OAuthError, TokenSet
 from grantvault_server.services import oauth_providers as providers
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
-from grantvault_server.storage.db import Conn
+from grantvault_server.storage.db import Conn, storage_unavailable
 from grantvault_server.storage.tables import grants, oauth_revocations, oauth_tokens
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,12 @@ LEASE_MARGIN_S = 5.0
 ANSWER_LOST = "answer_lost"
 #: Audited reason when the provider then refuses the refresh token as used.
 REFRESH_ANSWER_LOST = "refresh_answer_lost"
+#: ``last_refresh_error`` of a grant whose lease expired while still owned: its refresher
+#: crashed or was cancelled, maybe after sending the refresh token (decision 0008).
+LEASE_EXPIRED_MARKER = f"{ANSWER_LOST}:lease_expired"
+#: Lock wait of one try of a held commit on SQLite: the wait blocks the event loop, so the
+#: retry loop waits between short tries (yielding) instead of inside one long one.
+COMMIT_TRY_LOCK_WAIT_MS = 100
 #: How long a caller waits for someone else's refresh before answering 409.
 WAIT_FOR_REFRESH_S = 30.0
 #: Refresh this long before expiry at most (less for short-lived tokens: a tenth of life).
@@ -240,20 +247,60 @@ async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -
                         row.generation,
                     )
                 raise _unavailable(cfg, row.cooldown_until - now)
+            previous = str(row.last_refresh_error or "")
+            # A lease that ran out still owned (a clean release clears the owner): its
+            # refresher crashed or was cancelled, maybe after the provider rotated the token.
+            abandoned = row.lease_owner is not None
+            if abandoned and not previous.startswith(ANSWER_LOST):
+                previous = LEASE_EXPIRED_MARKER
             taken = await conn.execute(
                 sa.update(oauth_tokens)
                 .where(
                     oauth_tokens.c.grant_id == grant_id,
                     oauth_tokens.c.generation == row.generation,
                     sa.or_(oauth_tokens.c.lease_until.is_(None), oauth_tokens.c.lease_until < now),
+                    # Exactly the holder we read, so what is recorded below is about it.
+                    oauth_tokens.c.lease_owner.is_(None)
+                    if row.lease_owner is None
+                    else oauth_tokens.c.lease_owner == row.lease_owner,
                 )
-                .values(lease_owner=owner, lease_until=now + LEASE)
+                .values(lease_owner=owner, lease_until=now + LEASE, last_refresh_error=previous)
             )
             leased = taken.rowcount == 1
             refresh_ct = row.refresh_ct
+            if leased and abandoned:
+                await vault.audit.append(
+                    conn,
+                    [
+                        AuditRecord(
+                            chain=row.app_id,
+                            event=AuditEvent.TOKEN_REFRESH_FAILED,
+                            outcome=Outcome.FAILURE,
+                            actor={"type": "vault", "via": "refresh"},
+                            grant_id=grant_id,
+                            provider_id=cfg.provider_id,
+                            reason="lease_expired",
+                            details={"answer_lost": True},
+                        )
+                    ],
+                )
+            if (
+                not leased
+                and row.lease_owner is not None
+                and row.lease_until is not None
+                and row.lease_until >= now
+                and _still_valid(row, now)
+            ):
+                # Someone else (another replica) is refreshing: the still-valid token is
+                # served meanwhile rather than waiting for their answer.
+                return AccessToken(
+                    await _decrypt_access(vault, conn, row), row.access_expires_at, row.generation
+                )
         if leased:
             lease_deadline = leased_at + LEASE.total_seconds() - LEASE_MARGIN_S
-            return await _refresh_leased(vault, cfg, row, owner, refresh_ct, lease_deadline)
+            return await _refresh_leased(
+                vault, cfg, row, owner, refresh_ct, lease_deadline, previous
+            )
         if asyncio.get_running_loop().time() > deadline:
             raise VaultError(
                 ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
@@ -282,11 +329,14 @@ async def _refresh_leased(
     owner: str,
     refresh_ct: bytes | None,
     lease_deadline: float,
+    previous: str,
 ) -> AccessToken:
     """Call the provider while holding the lease, then record the outcome under the fence.
 
     ``lease_deadline`` (event-loop time) is when this process stops trusting its lease: every
-    write of the outcome is retried through a database stall until then, never after.
+    write of the outcome is retried through a database stall until then, never after, and
+    a provider call starts only if it and a held commit still fit before it. ``previous`` is
+    the row's ``last_refresh_error`` as this lease left it.
     """
     grant_id, app_id = row.grant_id, row.app_id
     fence = (
@@ -307,14 +357,18 @@ async def _refresh_leased(
         )
     if refresh_token is None or not cfg.spec.supports_refresh:
         # Nothing to refresh with: the token has expired for good.
-        await _mark_dead(vault, cfg, row, fence, "no_refresh_token", lease_deadline)
-        raise credential_revoked(grant_id, cfg.provider_id)
+        return await _mark_dead(vault, cfg, row, fence, "no_refresh_token", lease_deadline)
     attempts = _Attempts()
     tokens: TokenSet | None = None
     failure: OAuthError | None = None
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + RETRY_BUDGET_S
     for attempt in range(1, ATTEMPTS + 1):
+        if loop.time() + oauth_client.TOTAL_TIMEOUT_S + COMMIT_RETRY_S > lease_deadline:
+            # Pool waits or a slow database ate into the lease: a call now could outlive it,
+            # and another replica could send the same refresh token meanwhile. Stop unsent.
+            log.warning("refresh stopped: not enough lease left", extra={"grant_id": grant_id})
+            break
         try:
             tokens = await vault.oauth.refresh(cfg.spec, cfg.token_url, creds, refresh_token)
             break
@@ -348,7 +402,8 @@ async def _refresh_leased(
         return await _commit_refreshed(
             vault, cfg, row, fence, tokens, refresh_token, attempts, now, lease_deadline
         )
-    assert failure is not None
+    if failure is None:
+        return await _release_unsent(vault, cfg, row, fence, lease_deadline)
     vault.refresh_observer(
         "credential_revoked"
         if failure.dead_credential
@@ -356,18 +411,15 @@ async def _refresh_leased(
         if failure.config_error
         else "transient_failure"
     )
-    previous = str(row.last_refresh_error or "")
     if failure.dead_credential:
         if previous.startswith(ANSWER_LOST):
             # The provider says the refresh token was used: by the refresh whose answer we
             # never received. Say so, so the operator knows what killed the grant.
-            await _mark_dead(
+            return await _mark_dead(
                 vault, cfg, row, fence, REFRESH_ANSWER_LOST, lease_deadline,
                 details={"provider_error": failure.error, "earlier_failure": previous[:120]},
             )  # fmt: skip
-        else:
-            await _mark_dead(vault, cfg, row, fence, failure.error, lease_deadline)
-        raise credential_revoked(grant_id, cfg.provider_id)
+        return await _mark_dead(vault, cfg, row, fence, failure.error, lease_deadline)
     # Once an answer is lost the marker stays until a refresh succeeds (or the user
     # reconnects), whatever fails in between.
     answer_lost = failure.maybe_delivered or previous.startswith(ANSWER_LOST)
@@ -375,7 +427,7 @@ async def _refresh_leased(
     cooldown = timedelta(seconds=min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (failures - 1)))
 
     async def record(conn: Conn, _try: int) -> AccessToken | None:
-        await conn.execute(
+        stored = await conn.execute(
             sa.update(oauth_tokens)
             .where(fence)
             .values(
@@ -388,6 +440,10 @@ async def _refresh_leased(
                 )[:255],
             )
         )
+        if stored.rowcount != 1:
+            # An earlier try committed although it reported a failure, or the lease was lost:
+            # nothing to record (and audit) again; answer from what the row holds now.
+            return await _current_answer(vault, cfg, conn, grant_id, now, attempts)
         await vault.audit.append(
             conn,
             [
@@ -468,6 +524,7 @@ async def _commit_refreshed(
     }
     loop = asyncio.get_running_loop()
     deadline = min(loop.time() + COMMIT_RETRY_S, lease_deadline)
+    overtaken_by: VaultError | None = None
 
     async def commit(conn: Conn, tries: int) -> bool:
         stored = await conn.execute(sa.update(oauth_tokens).where(fence).values(**values))
@@ -482,6 +539,8 @@ async def _commit_refreshed(
             # not leave the provider's fresh tokens alive.
             log.error("refresh lease lost before commit", extra={"grant_id": grant_id})
             await _queue_orphans(vault, conn, row, cfg, tokens)
+            nonlocal overtaken_by
+            overtaken_by = await _overtaken_error(conn, cfg, grant_id, current)
             return True
         if tokens.scopes is not None:
             await conn.execute(
@@ -520,7 +579,7 @@ async def _commit_refreshed(
         )
         raise
     if lost:  # raised after the transaction, so the queued orphans are committed
-        raise VaultError(
+        raise overtaken_by or VaultError(
             ErrorCode.TOKEN_REFRESH_IN_PROGRESS,
             "The token refresh was overtaken (the grant changed meanwhile); retry.",
             grant_id=grant_id,
@@ -550,7 +609,7 @@ async def _write_retrying(
     while True:
         tries += 1
         try:
-            async with vault.db.write() as conn:
+            async with vault.db.write(lock_wait_ms=COMMIT_TRY_LOCK_WAIT_MS) as conn:
                 return await work(conn, tries)
         except VaultError as exc:
             if exc.code is not ErrorCode.STORAGE_UNAVAILABLE or loop.time() + delay > deadline:
@@ -611,9 +670,12 @@ async def _mark_dead(
     reason: str,
     lease_deadline: float,
     details: dict[str, Any] | None = None,
-) -> None:
-    async def mark(conn: Conn, _try: int) -> None:
-        await conn.execute(
+) -> AccessToken:
+    """Mark the credential dead under the fence, then raise ``credential_revoked`` (or serve
+    what the row holds if the fence no longer matches and another refresh succeeded)."""
+
+    async def mark(conn: Conn, _try: int) -> AccessToken | None:
+        marked = await conn.execute(
             sa.update(oauth_tokens)
             .where(fence)
             .values(
@@ -626,6 +688,10 @@ async def _mark_dead(
                 updated_at=utcnow(),
             )
         )
+        if marked.rowcount != 1:
+            # Already marked by an earlier try whose commit reported a failure, or the lease
+            # was lost: audit nothing twice, and answer from what the row holds now.
+            return await _current_answer(vault, cfg, conn, row.grant_id, utcnow(), None)
         await vault.audit.append(
             conn,
             [
@@ -641,8 +707,75 @@ async def _mark_dead(
                 )
             ],
         )
+        return None
 
-    await _write_retrying(vault, row.grant_id, lease_deadline, mark)
+    served = await _write_retrying(vault, row.grant_id, lease_deadline, mark)
+    if served is not None:
+        return served
+    raise credential_revoked(row.grant_id, cfg.provider_id)
+
+
+async def _current_answer(
+    vault: Vault,
+    cfg: providers.ProviderConfig,
+    conn: Conn,
+    grant_id: str,
+    now: datetime,
+    attempts: _Attempts | None,
+) -> AccessToken | None:
+    """After a fenced write matched nothing: what the row holds now decides the answer.
+
+    A usable token (someone else refreshed, or ours is still valid) is returned; a dead or
+    missing row raises ``credential_revoked``; ``None`` leaves the caller's own error.
+    """
+    current = await _read(conn, grant_id)
+    if current is None or current.needs_reconnect or current.access_ct is None:
+        raise credential_revoked(grant_id, cfg.provider_id)
+    if fresh_enough(current, now) or _still_valid(current, now):
+        return AccessToken(
+            await _decrypt_access(vault, conn, current),
+            current.access_expires_at,
+            current.generation,
+            attempts.info(None) if attempts is not None else None,
+        )
+    return None
+
+
+async def _overtaken_error(
+    conn: Conn, cfg: providers.ProviderConfig, grant_id: str, current: Any
+) -> VaultError | None:
+    """The answer for a refresh whose fenced commit found the row changed: a revoked (or
+    deleted) grant, or a credential marked dead, says so; ``None`` means another refresher
+    took over (the caller answers ``token_refresh_in_progress``)."""
+    grant = (await conn.execute(sa.select(grants.c.status).where(grants.c.id == grant_id))).first()
+    if grant is None or grant.status == "revoked":
+        return VaultError(
+            ErrorCode.GRANT_REVOKED,
+            "This grant was revoked while its token was refreshed; create a new grant.",
+            grant_id=grant_id,
+        )
+    if current is None or current.needs_reconnect or current.access_ct is None:
+        return credential_revoked(grant_id, cfg.provider_id)
+    return None
+
+
+async def _release_unsent(
+    vault: Vault, cfg: providers.ProviderConfig, row: Any, fence: Any, lease_deadline: float
+) -> AccessToken:
+    """Give the lease back when no provider call was started (too little lease left): no
+    cool-down, nothing to remember; the still-valid token if there is one, else a 503."""
+    now = utcnow()
+
+    async def release(conn: Conn, _try: int) -> AccessToken | None:
+        await conn.execute(
+            sa.update(oauth_tokens).where(fence).values(lease_owner=None, lease_until=None)
+        )
+        return await _current_answer(vault, cfg, conn, row.grant_id, now, None)
+
+    served = await _write_retrying(vault, row.grant_id, lease_deadline, release)
+    if served is not None:
+        return served
+    raise storage_unavailable()
 
 
 async def token_strings(vault: Vault, conn: Conn, app_id: str, grant_id: str) -> list[str]:

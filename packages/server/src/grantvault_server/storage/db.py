@@ -24,8 +24,8 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -126,6 +126,24 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
+@contextmanager
+def _sqlite_lock_wait(engine: Engine, lock_wait_ms: int) -> Iterator[Connection]:
+    """A write transaction whose lock wait is ``lock_wait_ms``, restored afterwards."""
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection  # PRAGMA on the driver: no autobegin
+        assert raw is not None
+        (previous,) = raw.execute("PRAGMA busy_timeout").fetchone()
+        raw.execute(f"PRAGMA busy_timeout={int(lock_wait_ms)}")
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            try:
+                raw.execute(f"PRAGMA busy_timeout={int(previous)}")
+            except sqlite3.Error:
+                conn.invalidate()  # never pooled with the short wait
+
+
 class Database:
     """Transaction helpers every repository call goes through."""
 
@@ -213,15 +231,27 @@ class Database:
             self._read_conn = None
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Conn]:
-        """A write transaction: committed when the block ends, rolled back on any error."""
+    async def write(self, *, lock_wait_ms: int | None = None) -> AsyncIterator[Conn]:
+        """A write transaction: committed when the block ends, rolled back on any error.
+
+        ``lock_wait_ms`` bounds this transaction's lock waits, for callers that retry
+        themselves and must keep to a deadline: SQLite's busy timeout for this transaction
+        only (a lock wait there blocks the event loop), PostgreSQL's ``lock_timeout``.
+        """
         try:
-            if self._write is not None:
+            if self._write is not None and lock_wait_ms is not None:
+                with _sqlite_lock_wait(self._write, lock_wait_ms) as sync_conn:
+                    yield SyncConnection(sync_conn)
+            elif self._write is not None:
                 with self._write.begin() as sync_conn:
                     yield SyncConnection(sync_conn)
             else:
                 assert self._async is not None
                 async with self._async.begin() as conn:
+                    if lock_wait_ms is not None:
+                        await conn.execute(
+                            sa.text(f"SET LOCAL lock_timeout = '{int(lock_wait_ms)}ms'")
+                        )
                     yield conn
         except IntegrityError:
             raise  # callers turn expected conflicts into their own errors; see translate_error
