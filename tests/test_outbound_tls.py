@@ -8,9 +8,13 @@ provider client (discovery, token, revocation, account lookup) and the identity 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import json
+import logging
+import os
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -25,11 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from grantvault_server import outbound
-from grantvault_server.config import ConfigError, load_settings
+from grantvault_server.config import ConfigError, Settings, load_settings
 from grantvault_server.identity import discovery
 from grantvault_server.identity.fetch import fetch_json
 from grantvault_server.oauth.client import ClientCredentials, OAuthClient, OAuthError
 from grantvault_server.services.oauth_providers import custom_spec
+from grantvault_server.services.vault import Vault
 
 
 @dataclass(frozen=True)
@@ -275,3 +280,59 @@ def test_a_bad_bundle_stops_start_up_with_one_clear_message(
     with pytest.raises(ConfigError) as caught:
         _settings_with(tmp_path, ca_bundle=path)
     assert "GRANTVAULT_CA_BUNDLE" in str(caught.value) and expected in str(caught.value)
+
+
+# -- review: the vault's own settings, not a process-wide side effect; no environment --------
+
+
+async def test_a_settings_built_directly_is_honoured_by_the_vaults_clients(
+    internal_ca_server: Server, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        master_key=base64.b64encode(os.urandom(32)).decode(),  # type: ignore[arg-type]
+        ca_bundle=internal_ca_server.pki.ca_pem,
+    )
+    vault = await Vault.start(settings, migrate_schema=True)
+    try:
+        outbound._configured = None  # whatever the process default says: public roots
+        assert vault.tls_context is outbound.context_for(internal_ca_server.pki.ca_pem)
+        doc = await vault.oauth.discover(internal_ca_server.issuer)
+        assert doc["issuer"] == internal_ca_server.issuer
+        found = await discovery.discover(internal_ca_server.issuer, [], verify=vault.tls_context)
+        assert found.jwks_uri.endswith("/jwks")
+    finally:
+        await vault.close()
+
+
+async def test_identity_fetches_ignore_proxy_variables(
+    internal_ca_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:  # a proxy that is not there
+        s.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    context = outbound.context_for(internal_ca_server.pki.ca_pem)
+    fetched = await fetch_json(f"{internal_ca_server.issuer}/jwks", "JWKS", verify=context)
+    assert fetched.status == 200
+
+
+def test_ca_variables_of_other_tools_are_named_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/corp.pem")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    with caplog.at_level(logging.WARNING, logger="grantvault_server.outbound"):
+        assert outbound.warn_ignored_environment(None) == ["SSL_CERT_FILE"]
+    assert "GRANTVAULT_CA_BUNDLE" in caplog.text and "SSL_CERT_FILE" in caplog.text
+    assert outbound.warn_ignored_environment(tmp_path / "ca.pem") == []
+
+
+def test_an_empty_ca_bundle_variable_means_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GRANTVAULT_CA_BUNDLE", "")
+    assert load_settings(data_dir=tmp_path / "data").ca_bundle is None

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
             return [h.strip() for h in text.split(",") if h.strip()]
         return value
 
+    @field_validator("ca_bundle", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``GRANTVAULT_CA_BUNDLE=""`` (a variable cleared in a compose file) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:

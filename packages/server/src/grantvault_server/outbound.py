@@ -13,21 +13,34 @@ context is built at start-up by :func:`configure` (``config.load_settings`` call
 bad file stops the start with a clear message); without one it is built on first use, so CLI
 commands that never call out do not pay for it. Either way httpx receives it as ``verify=``.
 
-Why not ``SSL_CERT_FILE``: the provider client does not read the environment
-(``trust_env=False``, so proxy variables cannot reroute tokens), and one explicit setting is
-easier to reason about than a variable that applies to some clients only.
+Why not ``SSL_CERT_FILE``: no outbound client reads the environment (``trust_env=False``,
+so proxy variables cannot reroute tokens or sign-in codes), and one explicit setting is
+easier to reason about than a variable that applies to some clients only. Start-up warns
+when ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` is set without ``GRANTVAULT_CA_BUNDLE``
+(:func:`warn_ignored_environment`).
+
+The vault builds its clients from its own ``Settings`` (:func:`context_for`, one context per
+bundle path, cached), so a ``Settings`` made directly (tests, embedding) is honoured too.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
 from pathlib import Path
 
 import certifi
 import httpx
 
+log = logging.getLogger(__name__)
+
 #: The context of this process; ``None`` until configured with a bundle or first used.
 _configured: ssl.SSLContext | None = None
+#: One context per bundle (``None``: public roots only), by resolved path.
+_by_bundle: dict[str | None, ssl.SSLContext] = {}
+#: Variables other HTTP clients read for their trust store; the vault does not.
+IGNORED_CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
 
 class CaBundleError(ValueError):
@@ -63,7 +76,30 @@ def build_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
 def configure(ca_bundle: Path | None) -> None:
     """Set the process's outbound trust at start-up (raises :class:`CaBundleError`)."""
     global _configured
-    _configured = build_context(ca_bundle) if ca_bundle is not None else None
+    _configured = context_for(ca_bundle) if ca_bundle is not None else None
+
+
+def context_for(ca_bundle: Path | None) -> ssl.SSLContext:
+    """The context for ``ca_bundle`` (public roots plus it), built once per path."""
+    key = str(ca_bundle.resolve()) if ca_bundle is not None else None
+    context = _by_bundle.get(key)
+    if context is None:
+        context = _by_bundle[key] = build_context(ca_bundle)
+    return context
+
+
+def warn_ignored_environment(ca_bundle: Path | None) -> list[str]:
+    """Warn (once, at start-up) about CA variables set for other tools that the vault does
+    not read; returns their names."""
+    if ca_bundle is not None:
+        return []
+    ignored = [name for name in IGNORED_CA_VARIABLES if os.environ.get(name)]
+    if ignored:
+        log.warning(
+            "%s set but not read by the vault; set GRANTVAULT_CA_BUNDLE to trust a private CA",
+            " and ".join(ignored),
+        )
+    return ignored
 
 
 def tls_context() -> ssl.SSLContext:

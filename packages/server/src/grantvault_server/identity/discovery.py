@@ -13,6 +13,7 @@ Why the checks matter:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +74,11 @@ def _optional_url(doc: dict[str, Any], field: str, allow_http_hosts: Sequence[st
         raise DiscoveryError(str(exc)) from None
 
 
-async def discover(issuer: str, allow_http_hosts: Sequence[str]) -> Discovery:
-    """Fetch and validate ``{issuer}/.well-known/openid-configuration``."""
+async def discover(
+    issuer: str, allow_http_hosts: Sequence[str], *, verify: ssl.SSLContext | None = None
+) -> Discovery:
+    """Fetch and validate ``{issuer}/.well-known/openid-configuration`` (TLS trust:
+    ``verify``, the vault's context, else the process's)."""
     try:
         check_idp_url(issuer, allow_http_hosts, "issuer")
     except IdpUrlError as exc:
@@ -83,7 +87,7 @@ async def discover(issuer: str, allow_http_hosts: Sequence[str]) -> Discovery:
         raise DiscoveryError("The issuer must not have a query string (OIDC Discovery 3).")
     url = issuer.rstrip("/") + WELL_KNOWN
     try:
-        fetched = await fetch_json(url, "discovery document")
+        fetched = await fetch_json(url, "discovery document", verify=verify)
     except IdpFetchError as exc:
         raise DiscoveryError(f"{exc} (fetched from {url})") from None
     if fetched.status != 200 or not isinstance(fetched.body, dict):

@@ -102,6 +102,8 @@ async def fetch_json(
                 httpx.AsyncClient(
                     timeout=httpx.Timeout(timeout_s),
                     follow_redirects=False,
+                    # No proxy or CA variables from the environment (see ``outbound``).
+                    trust_env=False,
                     verify=verify or outbound.tls_context(),
                 ) as client,
                 client.stream(

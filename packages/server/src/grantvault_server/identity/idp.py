@@ -161,7 +161,9 @@ async def set_idp(
     if settings.signin_client_secret is not None and settings.signin_client_id is None:
         raise InvalidInput("A client secret needs its client id (--client-id).")
     try:
-        found = await discover(settings.issuer, vault.settings.allow_http_hosts)
+        found = await discover(
+            settings.issuer, vault.settings.allow_http_hosts, verify=vault.tls_context
+        )
     except DiscoveryError as exc:
         raise VaultError(ErrorCode.IDP_DISCOVERY_FAILED, str(exc)) from None
     algorithms = found.algorithms

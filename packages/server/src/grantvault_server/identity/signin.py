@@ -394,6 +394,7 @@ async def _finish(
             form=form,
             headers=headers,
             timeout_s=EXCHANGE_TIMEOUT_S,
+            verify=vault.tls_context,
         )
     except IdpFetchError:
         raise _Failed(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from grantvault_server import outbound
 from grantvault_server.audit.chain import AuditChain
 from grantvault_server.config import SchemaOutOfDate, Settings, resolve_master_key
 from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
@@ -53,8 +55,13 @@ class Vault:
     def oauth(self) -> OAuthClient:
         """The HTTP client for every call to an OAuth provider (bounded, no redirects)."""
         if self._oauth is None:
-            self._oauth = OAuthClient(self.settings.allow_http_hosts)
+            self._oauth = OAuthClient(self.settings.allow_http_hosts, verify=self.tls_context)
         return self._oauth
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        """Outbound TLS trust from this vault's own settings (``GRANTVAULT_CA_BUNDLE``)."""
+        return outbound.context_for(self.settings.ca_bundle)
 
     def injection_spec(self, raw: dict[str, Any]) -> InjectionSpec:
         """Parse a stored injection spec, memoised (it is validated data read on every use)."""
@@ -76,6 +83,8 @@ class Vault:
         when asked (``grantvault db upgrade``), so replicas never race each other's DDL.
         """
         source = resolve_master_key(settings, allow_generate=allow_generate)
+        # Fetches not given a context (the JWKS cache) use the process's: this vault's.
+        outbound.configure(settings.ca_bundle)
         if settings.is_embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(

@@ -22,6 +22,7 @@ def serve(
     """Run the vault server (migrates the embedded SQLite database automatically)."""
     import uvicorn
 
+    from grantvault_server import outbound
     from grantvault_server.app import create_app
     from grantvault_server.observability import configure_logging
 
@@ -36,6 +37,7 @@ def serve(
         fail(str(exc), 2)
         return
     configure_logging(settings.log_level, settings.log_format)
+    outbound.warn_ignored_environment(settings.ca_bundle)
     sock = _listen_socket(settings.host, settings.port)
 
     async def main() -> None:
