@@ -319,3 +319,26 @@ async def test_grants_list_cli_shows_the_flag(
     assert item["scope_mismatch"] is True and item["scope_mismatch_at"]
     table = await asyncio.to_thread(invoke)
     assert "scope mismatch" in table and item["scope_mismatch_at"][:10] in table
+
+
+async def test_token_answer_carries_a_standing_scope_mismatch(
+    vault: Vault, client: httpx.AsyncClient
+) -> None:
+    """The retrieval answer's ``scope_mismatch`` is the grant's standing report, so an app can
+    ask the user to reconnect before the provider refuses the call."""
+    app, key = await make_app(vault)
+    signed = SignedClient(client, key)
+    grant_id = await _secret_grant(vault, app)
+    body = {
+        "grant_id": grant_id,
+        "request": {"method": "GET", "url": "https://api.openai.com/v1/models"},
+    }
+    before = await signed.post("/sdk/token", body)
+    assert before.status_code == 200, before.text
+    assert before.json()["scope_mismatch"] is False
+
+    r = await signed.post(f"/sdk/grants/{grant_id}/report-scope-mismatch", REPORT)
+    assert r.status_code == 204
+    after = await signed.post("/sdk/token", body)
+    assert after.status_code == 200, after.text
+    assert after.json()["scope_mismatch"] is True

@@ -28,7 +28,7 @@ from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services import oauth_providers as oauth_configs, oauth_tokens
 from grantvault_server.services.apps import App, _iso
-from grantvault_server.services.grants import grant_status, principal_label
+from grantvault_server.services.grants import grant_status, principal_label, scope_mismatch_open
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
 from grantvault_server.services.last_used import TOUCH_GRANT, needs_touch
 from grantvault_server.services.requests import claim_nonce_in
@@ -84,6 +84,8 @@ def _resolve_base() -> sa.Select[Any]:
             grants.c.oauth_provider_id,
             grants.c.scopes,
             grants.c.api_base_url,
+            grants.c.scope_mismatch_at,
+            grants.c.scope_mismatch,
             sa.func.coalesce(managed_secrets.c.slug, oauth_providers.c.provider_id).label("slug"),
             managed_secrets.c.injection,
             managed_secrets.c.allowed_hosts,
@@ -395,7 +397,9 @@ async def retrieve(
         "grant_id": row.id,
         "provider_id": row.slug,
         "token_generation": generation,
-        "scope_mismatch": False,
+        # A standing report (grant.scope_mismatch_reported) tells the app to ask the user to
+        # reconnect with more scopes before the provider refuses the call.
+        "scope_mismatch": scope_mismatch_open(row),
     }
 
 
