@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from pathlib import Path
 
 import httpx
 import pytest
 
+from grantvault_server.config import Settings
 from grantvault_server.observability import JsonFormatter, redact
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Database
@@ -103,3 +106,17 @@ async def test_access_log_lines_name_the_route_not_the_raw_path(
     [record] = [r for r in caplog.records if r.name == "grantvault.access"]
     assert record.route == "/sdk/oauth/grants/{grant_id}/revoke"  # type: ignore[attr-defined]
     assert record.status == 404 and "leak" not in JsonFormatter().format(record)  # type: ignore[attr-defined]
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/operations.md is the operator's reference: a setting that is not in it does not
+    exist for them. The README's table links there and must name only real settings."""
+    root = Path(__file__).resolve().parents[1]
+    operations = (root / "docs" / "operations.md").read_text()
+    readme = (root / "README.md").read_text()
+    names = {f"GRANTVAULT_{field.upper()}" for field in Settings.model_fields}
+    missing = sorted(n for n in names if n not in operations)
+    assert not missing, f"settings missing from docs/operations.md: {missing}"
+    mentioned = set(re.findall(r"`(GRANTVAULT_[A-Z_]+)`", readme))
+    unknown = sorted(mentioned - names - {"GRANTVAULT_TEST_PG_URL"})
+    assert not unknown, f"README names settings that do not exist: {unknown}"
