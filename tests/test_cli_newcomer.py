@@ -145,3 +145,20 @@ def test_serve_reports_a_port_in_use_before_saying_it_listens(tmp_path: Path) ->
     assert "listening" not in done.stderr.lower()
     # Nothing was started: not even the embedded database or its master key.
     assert not (tmp_path / "data" / "master.key").exists()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])  # noqa: S104 - never bound
+def test_no_redirect_uri_is_derived_from_a_wildcard_listen_address(
+    embedded: Path, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    monkeypatch.setenv("GRANTVAULT_HOST", host)
+    code, out, err = _add("google")
+    assert code != 0
+    text = (out + err).replace("\n", " ")
+    assert "GRANTVAULT_PUBLIC_BASE_URL" in text and "0.0.0.0:8080" not in text
+    listed = invoke("providers", "list", "--app", "demo", "--json")[1]
+    assert json.loads(listed)["providers"] == []  # refused before anything was stored
+    monkeypatch.setenv("GRANTVAULT_HOST", "::1")
+    code, out, _ = _add("google", "--json")
+    assert code == 0
+    assert json.loads(out)["redirect_uri"] == "http://[::1]:8080/sdk/oauth/callback"

@@ -52,7 +52,15 @@ from grantvault_server.storage import db as storage_db
 from grantvault_server.storage.tables import audit_events, oauth_revocations, oauth_tokens
 
 from .conftest import OPERATOR, PG_ADMIN_URL, SignedClient, make_app
-from .oauth_flow import approve, browser_for, follow, register_peer
+from .oauth_flow import (
+    approve,
+    browser_for,
+    consent_page,
+    csrf_of,
+    follow,
+    register_peer,
+    session_id_of,
+)
 from .peer import BASIC_CLIENT, VAULT_BASE_URL, Peer, query_of, start_peer
 from .test_oauth_connect import (
     Setup,
@@ -807,3 +815,23 @@ async def test_held_commit_retries_keep_the_event_loop_running(
             holder.join(5)
     assert r.status_code == 200, r.text
     assert longest < 0.5, f"event loop blocked for {longest:.2f} s"
+
+
+# -- review item 15: stored endpoints re-checked against this server's http allowance -------
+
+
+async def test_a_stored_plain_http_authorize_url_is_refused_when_this_server_disallows_it(
+    setup: Setup, browser: httpx.AsyncClient
+) -> None:
+    # Stored by a process that allowed http://127.0.0.1 (the peer); this one does not.
+    session = await setup.session()
+    step = await consent_page(browser, session["connect_url"])
+    sid = session_id_of(step.url)
+    vault = setup.vault
+    vault.settings = vault.settings.model_copy(update={"allow_http_hosts": []})
+    r = await browser.post(
+        f"{VAULT_BASE_URL}/connect/s/{sid}/authorize",
+        data={"csrf": csrf_of(step.response.text), "provider": "peer"},
+    )
+    assert r.status_code == 400, (r.status_code, r.headers.get("location"))
+    assert "plain http" in r.text and "no-store" in r.headers["cache-control"]

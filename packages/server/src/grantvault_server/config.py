@@ -182,7 +182,10 @@ class Settings(BaseSettings):
     def effective_public_base_url(self) -> str:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
-        return f"http://{self.host}:{self.port}"
+        host = self.host.strip()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address in a URL (RFC 3986 §3.2.2)
+        return f"http://{host}:{self.port}"
 
     @property
     def is_sqlite(self) -> bool:

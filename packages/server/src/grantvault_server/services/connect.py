@@ -463,6 +463,13 @@ async def start_flow(vault: Vault, session: Any, provider_id: str, ttl_seconds: 
         cfg = await providers.get_config(conn, session.app_id, provider_id)
     if cfg is None:
         raise FlowRefused("provider_not_configured", "This provider is no longer configured.")
+    try:
+        cfg.check_schemes(vault.settings.allow_http_hosts)
+    except OAuthError:
+        raise FlowRefused(
+            "connect_config_error",
+            "This provider's sign-in address uses plain http, which this vault does not allow.",
+        ) from None
     spec = cfg.spec
     scopes = requested_scopes(cfg, session)
     oidc = spec.issuer is not None and "openid" in scopes

@@ -23,7 +23,7 @@ from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.crypto.barrier import aad_for
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
-from grantvault_server.oauth.client import ClientCredentials
+from grantvault_server.oauth.client import ClientCredentials, check_endpoint
 from grantvault_server.providers.oauth_catalog import get_oauth_provider
 from grantvault_server.providers.oauth_schema import (
     AccountLookup,
@@ -70,6 +70,23 @@ class ProviderConfig:
         url = self.url(self.spec.authorize_url)
         assert url is not None
         return url
+
+    def check_schemes(self, allow_http_hosts: Sequence[str]) -> None:
+        """Refuse plain-http browser and API endpoints this server does not allow.
+
+        Stored custom specs and overrides are parsed with any http host allowed (they were
+        checked against the allowance of whoever stored them, which may be another process
+        or an older setting); the OAuth client re-checks every endpoint it calls itself, and
+        this re-checks the two it does not call: where the browser is sent to authorize and
+        the API origin tokens are meant for. Raises :class:`OAuthError`
+        (``endpoint_not_allowed``)."""
+        check_endpoint(self.authorize_url, allow_http_hosts)
+        try:
+            api_base = self.url(self.spec.api_base_url)
+        except ValueError:  # named per connection (a Salesforce instance): checked then
+            api_base = None
+        if api_base:
+            check_endpoint(api_base, allow_http_hosts)
 
     @property
     def token_url(self) -> str:

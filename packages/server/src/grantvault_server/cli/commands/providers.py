@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from grantvault_server.cli._common import AppOpt, JsonOpt, emit, fail, out, run, table, with_vault
+from grantvault_server.config import Settings
+from grantvault_server.errors import InvalidInput
 from grantvault_server.services import apps as app_service, oauth_providers as providers
 from grantvault_server.services.vault import Vault, operator_actor
 
@@ -122,6 +124,7 @@ def providers_add(
     custom = bool(issuer or authorize_url or token_url)
 
     async def action(vault: Vault) -> tuple[providers.ProviderConfig, str, bool]:
+        redirect_uri = _redirect_uri(vault.settings)
         found = await app_service.get_app(vault, app)
         spec = None
         scope_list = _split(scopes)
@@ -171,9 +174,7 @@ def providers_add(
             spec=spec,
             replace=replace,
         )
-        # The URI Connect sends (services.connect), from the same settings the server reads.
-        s = vault.settings
-        return cfg, f"{s.effective_public_base_url}/sdk/oauth/callback", not s.public_base_url
+        return cfg, redirect_uri, not vault.settings.public_base_url
 
     from grantvault_server.oauth.client import OAuthError
 
@@ -195,6 +196,26 @@ def providers_add(
                 "(derived from GRANTVAULT_HOST and GRANTVAULT_PORT; set "
                 "GRANTVAULT_PUBLIC_BASE_URL to the URL users' browsers reach the vault at)"
             )
+
+
+#: Listen addresses that mean "every interface": no browser can be sent there.
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})  # noqa: S104 - recognised, never bound
+
+
+def _redirect_uri(settings: Settings) -> str:
+    """The URI Connect sends (``services.connect``), from the settings the server reads.
+
+    Derived from GRANTVAULT_HOST/PORT only when that names a reachable host: a wildcard
+    listen address would print a redirect URI no browser can follow.
+    """
+    if not settings.public_base_url and settings.host.strip() in _WILDCARD_HOSTS:
+        raise InvalidInput(
+            f"GRANTVAULT_HOST is {settings.host!r} (every interface), so the redirect URI to "
+            "register at the provider cannot be derived from it: set "
+            "GRANTVAULT_PUBLIC_BASE_URL to the URL users' browsers reach the vault at "
+            "(https://vault.example.com), then run this again."
+        )
+    return f"{settings.effective_public_base_url}/sdk/oauth/callback"
 
 
 @providers_cli.command("list")
