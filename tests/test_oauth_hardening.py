@@ -835,3 +835,27 @@ async def test_a_stored_plain_http_authorize_url_is_refused_when_this_server_dis
     )
     assert r.status_code == 400, (r.status_code, r.headers.get("location"))
     assert "plain http" in r.text and "no-store" in r.headers["cache-control"]
+
+
+async def test_no_retry_starts_that_would_end_after_the_provider_budget(
+    setup: Setup,
+    browser: httpx.AsyncClient,
+    fast_provider_limit: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grant = await connect_grant(setup, browser, user="provider-budget")
+    gid = grant["grant_id"]
+    await expire_now(setup, gid)
+    monkeypatch.setattr(token_service, "PROVIDER_BUDGET_S", 1.0)  # less than wait + one call
+    calls: list[int] = []
+
+    async def refused(*_args: Any) -> Any:
+        calls.append(1)
+        raise oauth_client.OAuthError("network_error", transient=True)
+
+    monkeypatch.setattr(setup.vault.oauth, "refresh", refused)
+    r = await setup.token(gid)
+    assert r.status_code == 503 and r.json()["error"] == "provider_unavailable", r.text
+    assert len(calls) == 1
+    (failed,) = await audit_of(setup, gid, "token.refresh_failed")
+    assert failed.details["attempts"] == 1 and failed.details["answer_lost"] is False

@@ -57,9 +57,10 @@ from grantvault_server.storage.tables import grants, oauth_revocations, oauth_to
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How long a refresher owns a grant's refresh (decision 0008): the provider phase (retries
-#: stop after RETRY_BUDGET_S, then one last call of at most 15 s), then up to COMMIT_RETRY_S
-#: of database stall while the answer is committed, plus LEASE_MARGIN_S for clock skew.
+#: How long a refresher owns a grant's refresh (decision 0008): the provider phase (calls
+#: start at most 25 s into the lease, each at most TOTAL_TIMEOUT_S = 15 s, all within
+#: PROVIDER_BUDGET_S), then up to COMMIT_RETRY_S of database stall while the answer is
+#: committed, plus LEASE_MARGIN_S for clock skew.
 LEASE = timedelta(seconds=75)
 #: How long the answer of a provider is held and its commit retried through a database stall.
 COMMIT_RETRY_S = 30.0
@@ -81,8 +82,10 @@ WAIT_FOR_REFRESH_S = 30.0
 #: Refresh this long before expiry at most (less for short-lived tokens: a tenth of life).
 MAX_MARGIN = timedelta(seconds=60)
 ATTEMPTS = 3
-#: Retries stop this long after the first attempt, well inside LEASE (one call is <= 15 s).
-RETRY_BUDGET_S = 20.0
+#: Every provider call of one refresh, backoff included, ends within this long of the first:
+#: a retry starts only if its wait and its whole call (TOTAL_TIMEOUT_S) still fit. Below the
+#: SDK's 30 s default timeout, so a caller gets the provider's outcome, not a timeout.
+PROVIDER_BUDGET_S = 25.0
 COOLDOWN_BASE_S = 5.0
 COOLDOWN_MAX_S = 300.0
 REVOCATION_ATTEMPTS = 8
@@ -362,7 +365,7 @@ async def _refresh_leased(
     tokens: TokenSet | None = None
     failure: OAuthError | None = None
     loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + RETRY_BUDGET_S
+    budget_end = loop.time() + PROVIDER_BUDGET_S
     for attempt in range(1, ATTEMPTS + 1):
         if loop.time() + oauth_client.TOTAL_TIMEOUT_S + COMMIT_RETRY_S > lease_deadline:
             # Pool waits or a slow database ate into the lease: a call now could outlive it,
@@ -378,12 +381,18 @@ async def _refresh_leased(
             # after sending) may mean the provider rotated the token: sending the same refresh
             # token again would look like theft to it. Retry only what surely never arrived
             # (connection refused) or was answered (5xx, 429), within the lease.
-            permanent = not exc.transient or exc.maybe_delivered or loop.time() > give_up_at
+            retryable = exc.transient and not exc.maybe_delivered
             wait = 0.0
-            if not permanent and attempt < ATTEMPTS:
+            if retryable and attempt < ATTEMPTS:
                 wait = min(exc.retry_after or 0.25 * 2 ** (attempt - 1), 2.0) * random.uniform(
                     0.5, 1.0
                 )
+            permanent = not retryable or (
+                attempt < ATTEMPTS
+                and loop.time() + wait + oauth_client.TOTAL_TIMEOUT_S > budget_end
+            )
+            if permanent:
+                wait = 0.0
             attempts.errors.append(
                 {
                     "attempt": attempt,
