@@ -49,7 +49,12 @@ from grantvault_server.services import (
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage import db as storage_db
-from grantvault_server.storage.tables import audit_events, oauth_revocations, oauth_tokens
+from grantvault_server.storage.tables import (
+    audit_events,
+    grants,
+    oauth_revocations,
+    oauth_tokens,
+)
 
 from .conftest import OPERATOR, PG_ADMIN_URL, SignedClient, make_app
 from .oauth_flow import (
@@ -664,8 +669,9 @@ async def test_a_commit_whose_answer_was_lost_counts_as_done(
     assert await revocations(setup) == 0  # the fresh tokens were not taken for orphans
 
 
+@pytest.mark.parametrize("how", ["revoked", "deleted"])
 async def test_a_grant_revoked_during_the_stall_gets_no_tokens_back(
-    setup: Setup, browser: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, browser: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     grant = await connect_grant(setup, browser, user="revoked-in-stall")
     gid = grant["grant_id"]
@@ -679,6 +685,9 @@ async def test_a_grant_revoked_during_the_stall_gets_no_tokens_back(
         fresh.append(tokens)
         monkeypatch.setattr(token_service, "run_revocations", _no_revocations)
         await grant_service.revoke_grant(setup.vault, setup.app, gid, OPERATOR)
+        if how == "deleted":  # the grant row itself gone: the orphans still queue
+            async with setup.vault.db.write() as conn:
+                await conn.execute(sa.delete(grants).where(grants.c.id == gid))
         return tokens
 
     monkeypatch.setattr(oauth, "refresh", revoked_meanwhile)
@@ -859,3 +868,26 @@ async def test_no_retry_starts_that_would_end_after_the_provider_budget(
     assert len(calls) == 1
     (failed,) = await audit_of(setup, gid, "token.refresh_failed")
     assert failed.details["attempts"] == 1 and failed.details["answer_lost"] is False
+
+
+async def test_a_still_valid_token_is_served_while_this_process_refreshes(
+    setup: Setup, browser: httpx.AsyncClient, fast_provider_limit: None
+) -> None:
+    grant = await connect_grant(setup, browser, user="joiner")
+    gid = grant["grant_id"]
+    access0, _, _ = await stored_tokens(setup, gid)
+    now = utcnow()
+    await set_token_row(
+        setup,
+        gid,
+        updated_at=now - timedelta(seconds=100),
+        access_expires_at=now + timedelta(seconds=5),
+    )
+    with stopped(setup.peer):
+        first = asyncio.create_task(setup.token(gid))  # starts the refresh, which hangs
+        await wait_for(lambda: gid in setup.vault.refreshes)
+        started = time.monotonic()
+        r = await setup.token(gid)
+        assert time.monotonic() - started < 0.5
+        assert r.status_code == 200 and r.json()["access_token"] == access0, r.text
+        assert (await first).status_code == 200

@@ -209,12 +209,13 @@ async def access_token(vault: Vault, cfg: providers.ProviderConfig, grant_id: st
         if row is None or row.needs_reconnect or row.access_ct is None:
             raise credential_revoked(grant_id, cfg.provider_id)
         now = utcnow()
-        if fresh_enough(row, now):
+        pending = vault.refreshes.get(grant_id)
+        if fresh_enough(row, now) or (pending is not None and _still_valid(row, now)):
+            # A refresh already under way here does not hold up a still-valid token.
             return AccessToken(
                 await _decrypt_access(vault, conn, row), row.access_expires_at, row.generation
             )
     # Single flight inside this process: every caller of this grant awaits one refresh.
-    pending = vault.refreshes.get(grant_id)
     if pending is None:
         pending = asyncio.get_running_loop().create_task(_refresh(vault, cfg, grant_id))
         vault.refreshes[grant_id] = pending
