@@ -1496,6 +1496,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("grantvault.db", "master.key"):
                 shutil.copy2(data_dir / name, limited_dir / name)
             env = {**env, **LIMITER_OFF_ENV}
+        else:
+            # Throughput runs measure the limiter's work but must not be throttled by it: one
+            # key sends far more than the default budget here, which is the limiter's job.
+            env = {**env, **LIMITER_ON_ENV}
         with (
             running_server("vault", vault_cmd, vault_port, env, data_dir) as vault,
             running_server("baseline", baseline_cmd, baseline_port, env, data_dir) as baseline,

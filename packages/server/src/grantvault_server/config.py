@@ -88,10 +88,10 @@ class Settings(BaseSettings):
         default=60, ge=1, le=3600, description="Window of every rate limit, in seconds."
     )
     rate_limit_per_key: int = Field(
-        default=6000, ge=0, description="Signed requests per window per API key (0: off)."
+        default=30_000, ge=0, description="Signed requests per window per API key (0: off)."
     )
     rate_limit_per_app: int = Field(
-        default=12000, ge=0, description="Signed requests per window per app, all keys (0: off)."
+        default=60_000, ge=0, description="Signed requests per window per app, all keys (0: off)."
     )
     rate_limit_per_ip: int = Field(
         default=600,
