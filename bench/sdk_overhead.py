@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 
 from grantvault import App
-from grantvault._signing import sign_request
+from grantvault.protocol.signing import sign_request
 
 TARGET_P50_MS = 1.0
 READY_TIMEOUT_SECONDS = 30.0

@@ -40,7 +40,7 @@ Method
    Each target gets a 2 s warm-up, whose results are discarded, then a measured phase of
    ``--duration`` seconds, with ``--concurrency`` keep-alive connections sending requests
    back to back. Every vault request is built exactly like the SDK's: a compact-JSON body
-   and a fresh signature (new nonce) from ``grantvault._signing.sign_request``. Anything but
+   and a fresh signature (new nonce) from ``grantvault.protocol.signing.sign_request``. Anything but
    a 2xx answer is an error, counted per status code (or socket error) with sample bodies.
    The load generator is one of:
 
@@ -144,7 +144,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from tests.peer import BASIC_CLIENT, VAULT_BASE_URL, Peer, follow_to, query_of, start_peer  # noqa: E402
 
-from grantvault._signing import sign_request  # noqa: E402
+from grantvault.protocol.signing import sign_request  # noqa: E402
 
 WARMUP_SECONDS = 2.0
 TARGET_RPS = 3000.0

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from grantvault._signing import sign_request
+from grantvault.protocol.signing import sign_request
 from grantvault_server.app import create_app
 from grantvault_server.config import Settings
 from grantvault_server.services import apps as app_service

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from grantvault._signing import sign_request
+from grantvault.protocol.signing import sign_request
 from grantvault.types.errors import STATUS_BY_CODE, ErrorCode
 from grantvault_server.api.unimplemented import UNSERVED
 from grantvault_server.app import create_app

@@ -36,6 +36,11 @@ def test_sdk_never_imports_the_server() -> None:
     assert _offenders(SDK, ("grantvault_server", "sqlalchemy", "fastapi", "alembic")) == []
 
 
+def test_server_imports_only_the_public_sdk() -> None:
+    """The wire contract is ``grantvault.protocol`` and ``grantvault.types``, never a private module."""
+    assert _offenders(SERVER, ("grantvault._",)) == []
+
+
 def test_routes_go_through_services_not_storage() -> None:
     assert _offenders(SERVER / "api", ("grantvault_server.storage", "sqlalchemy")) == []
 

@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from grantvault._signing import sign_request
+from grantvault.protocol.signing import sign_request
 from grantvault_server.api.deps import signed_target
 from grantvault_server.app import create_app
 from grantvault_server.services import grants as grant_service, secrets as secret_service

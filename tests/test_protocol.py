@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from grantvault._key_format import mint_key
+from grantvault.protocol.key_format import mint_key
 from grantvault_server.services import apps as app_service
 from grantvault_server.services.vault import Vault
 from tests.conftest import OPERATOR, SignedClient, make_app

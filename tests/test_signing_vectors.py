@@ -1,4 +1,4 @@
-"""Signing rules checked against vectors computed here, independently of ``grantvault._signing``.
+"""Signing rules checked against vectors computed here, independently of ``grantvault.protocol.signing``.
 
 The expected values are built with ``hmac``/``hashlib`` directly from the rules of wire
 protocol §2.3, so a bug shared by the signer and the verifier cannot hide.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from grantvault._signing import canonical_target, sign_request
+from grantvault.protocol.signing import canonical_target, sign_request
 
 API_KEY = "alter_rk_abcdefghijklmnopqrstuv_wxyz23"
 BODY = b'{"grant_id":"9f0c1f8e-6a57-4c1b-9a55-0e6f1b0f3b8a","reason":null}'

@@ -7,10 +7,11 @@ import re
 import pytest
 from pydantic import ValidationError
 
+from grantvault.protocol.injection import FORBIDDEN_HEADERS
 from grantvault.types.wire import TokenResponse
 from grantvault_server.providers.catalog import load_templates
 from grantvault_server.providers.hosts import check_destination
-from grantvault_server.providers.schema import FORBIDDEN_HEADERS, InjectionSpec
+from grantvault_server.providers.schema import InjectionSpec
 from grantvault_server.services.secrets import token_fields
 
 TEMPLATES = load_templates()

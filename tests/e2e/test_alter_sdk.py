@@ -25,7 +25,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from grantvault._key_format import mint_key
+from grantvault.protocol.key_format import mint_key
 from tests.e2e.conftest import Echo, Server
 
 pytestmark = pytest.mark.e2e

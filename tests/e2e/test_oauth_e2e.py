@@ -21,7 +21,7 @@ import httpx
 import pytest
 from alter_sdk import App
 
-from grantvault._signing import sign_request
+from grantvault.protocol.signing import sign_request
 from tests.e2e.conftest import Server, free_port, running_server, server_env
 from tests.oauth_flow import with_query
 from tests.peer import BASIC_CLIENT, Peer, start_peer

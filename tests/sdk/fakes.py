@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from grantvault import App, SyncApp
-from grantvault._key_format import mint_key
+from grantvault.protocol.key_format import mint_key
 from grantvault_server.auth.signing import verify_signature
 
 BASE_URL = "http://127.0.0.1:8080"

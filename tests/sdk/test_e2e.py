@@ -41,7 +41,7 @@ from grantvault import (
     SystemPrincipal,
     TimeoutError,
 )
-from grantvault._key_format import mint_key
+from grantvault.protocol.key_format import mint_key
 from tests.sdk.conftest import Echo, Vault, call
 
 pytestmark = pytest.mark.e2e

@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 import grantvault as gv
 from grantvault import App, SyncApp
-from grantvault._key_format import mint_key
-from grantvault._signing import HEADER_NONCE
+from grantvault.protocol.key_format import mint_key
+from grantvault.protocol.signing import HEADER_NONCE
 from tests.e2e.conftest import free_port
 
 GRANT = "0b6f7c1e-8a7d-4a4e-9b52-5d3f8f7f2a11"

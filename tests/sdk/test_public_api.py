@@ -18,6 +18,10 @@ MODULES = [
     "grantvault.fastapi",
     "grantvault.mcp",
     "grantvault.langchain",
+    "grantvault.protocol",
+    "grantvault.protocol.injection",
+    "grantvault.protocol.key_format",
+    "grantvault.protocol.signing",
 ]
 
 
@@ -43,7 +47,9 @@ def test_all_is_sorted_complete_and_documented(module_name: str) -> None:
 
 def test_top_level_names_are_exactly_all() -> None:
     public = {n for n in dir(grantvault) if not n.startswith("_")}
-    submodules = {"types", "exceptions", "models", "enums", "fastapi", "mcp", "langchain"}
+    submodules = {
+        "types", "protocol", "exceptions", "models", "enums", "fastapi", "mcp", "langchain"
+    }  # fmt: skip
     assert public - submodules == set(grantvault.__all__) - {"__version__"}
 
 

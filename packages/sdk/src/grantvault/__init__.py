@@ -21,8 +21,6 @@ from grantvault._version import __version__
 if _typing.TYPE_CHECKING:
     from grantvault._client import App, SyncApp
     from grantvault._context import audit_scope
-    from grantvault._key_format import is_valid_key
-    from grantvault._signing import derive_signing_key, sign_request
     from grantvault.enums import CallerType, HttpMethod, Provider
     from grantvault.exceptions import (
         AgentCannotMintSubagentsError,
@@ -120,6 +118,8 @@ if _typing.TYPE_CHECKING:
         UnifiedGrantListResult,
         UserPrincipal,
     )
+    from grantvault.protocol.key_format import is_valid_key
+    from grantvault.protocol.signing import derive_signing_key, sign_request
     from grantvault.types import ErrorCode
 
 # Names load on first use (PEP 562): ``import grantvault`` stays cheap for code that needs only
@@ -225,9 +225,9 @@ _LAZY: dict[str, str] = {
     "UnifiedGrantListResult": "grantvault.models",
     "UserPrincipal": "grantvault.models",
     "audit_scope": "grantvault._context",
-    "derive_signing_key": "grantvault._signing",
-    "is_valid_key": "grantvault._key_format",
-    "sign_request": "grantvault._signing",
+    "derive_signing_key": "grantvault.protocol.signing",
+    "is_valid_key": "grantvault.protocol.key_format",
+    "sign_request": "grantvault.protocol.signing",
 }
 
 __all__ = [

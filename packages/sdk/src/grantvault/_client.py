@@ -33,7 +33,6 @@ from grantvault._constants import (
     POOL_MAX_KEEPALIVE,
 )
 from grantvault._core import Core, Effect, GetUserToken, Send, Sleep, Spawn, log
-from grantvault._key_format import is_valid_key
 from grantvault._retry import RetryPolicy
 from grantvault._validation import base_url as check_base_url, caller_label, positive_number
 from grantvault._version import __version__
@@ -52,6 +51,7 @@ from grantvault.models import (
     RevokeGrantResult,
     UnifiedGrantListResult,
 )
+from grantvault.protocol.key_format import is_valid_key
 
 USER_AGENT = f"grantvault-python/{__version__}"
 _GETTER_FAILED = "user_token_getter failed"

@@ -47,13 +47,6 @@ from grantvault._injection import (
     parse_token_answer,
 )
 from grantvault._retry import RetryPolicy, coerce_seconds, unanswered
-from grantvault._signing import (
-    HEADER_ACTOR_ID,
-    HEADER_CALLER,
-    HEADER_CALLER_TYPE,
-    HEADER_CONTEXT,
-    sign_request,
-)
 from grantvault.enums import CallerType, HttpMethod
 from grantvault.exceptions import (
     AlterSDKError,
@@ -83,6 +76,13 @@ from grantvault.models import (
     RetryInfo,
     RevokeGrantResult,
     UnifiedGrantListResult,
+)
+from grantvault.protocol.signing import (
+    HEADER_ACTOR_ID,
+    HEADER_CALLER,
+    HEADER_CALLER_TYPE,
+    HEADER_CONTEXT,
+    sign_request,
 )
 
 T = TypeVar("T")

@@ -21,38 +21,10 @@ from grantvault import _sigv4
 from grantvault._constants import MAX_AUDIT_BODY_BYTES
 from grantvault.exceptions import BackendError
 from grantvault.models import RetryInfo
+from grantvault.protocol import injection as rules
 
-_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
-_INJECTION_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-_VALUE_SOURCE = re.compile(r"^(token|additional_credentials\.[a-z][a-z0-9_]*)$")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:[0-5]\d)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_FORBIDDEN_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "content-type",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "cookie",
-        "set-cookie",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        "x-real-ip",
-        "x-http-method-override",
-        "x-method-override",
-        "www-authenticate",
-        "strict-transport-security",
-        "content-security-policy",
-    }
-)
 #: Headers never copied into an audit row, whatever injected them.
 SENSITIVE_HEADERS = frozenset(
     {
@@ -100,120 +72,170 @@ class Injection:
     @property
     def is_sigv4(self) -> bool:
         """Whether the credential is an AWS key pair to sign with."""
-        return self.format.startswith(_sigv4.ALGORITHM) and self.additional_credentials is not None
+        return (
+            self.format.startswith(rules.SIGV4_FORMAT) and self.additional_credentials is not None
+        )
 
 
 def parse_token_answer(data: object) -> Injection:
-    """Validate the vault's token answer; raise ``BackendError`` on anything malformed."""
+    """Validate the vault's token answer; raise ``BackendError`` on anything malformed.
+
+    The fields are checked in a fixed order, so the error names the first bad one.
+    """
     if not isinstance(data, dict):
         raise _bad("not an object")
-    token = data.get("access_token")
-    if not isinstance(token, str) or not token or any(c in token for c in "\r\n\x00"):
-        raise _bad("access_token")
-    grant_id = data.get("grant_id")
-    if not _canonical_uuid(grant_id):
-        raise _bad("grant_id")
-    assert isinstance(grant_id, str)
-    provider_id = data.get("provider_id", "")
-    if not isinstance(provider_id, str) or _CONTROL.search(provider_id) or len(provider_id) > 255:
-        raise _bad("provider_id")
-    token_type = data.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or not token_type.strip() or _CONTROL.search(token_type):
-        raise _bad("token_type")
-    expires_in = data.get("expires_in")
-    if expires_in is not None and (type(expires_in) is not int or expires_in < 0):
-        raise _bad("expires_in")
-    for name in ("expires_at", "grant_expires_at"):
-        value = data.get(name)
-        if value is not None:
-            if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-                raise _bad(name)
-            try:
-                datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise _bad(name) from None
-    scopes = data.get("scopes", [])
-    if not isinstance(scopes, list) or not all(
-        isinstance(s, str) and s and s == s.strip() and not _CONTROL.search(s) for s in scopes
-    ):
-        raise _bad("scopes")
+    token = _access_token(data.get("access_token"))
+    grant_id = _grant_id(data.get("grant_id"))
+    provider_id = _provider_id(data.get("provider_id", ""))
+    _check_token_type(data.get("token_type", "Bearer"))
+    _check_expiry(data)
+    _check_scopes(data.get("scopes", []))
     scope_mismatch = data.get("scope_mismatch", False)
     if not isinstance(scope_mismatch, bool):
         raise _bad("scope_mismatch")
     generation = data.get("token_generation")
     if generation is not None and not _canonical_uuid(generation):
         raise _bad("token_generation")
-    header = data.get("injection_header", "Authorization")
-    if (
-        not isinstance(header, str)
-        or len(header) > 60
-        or not _HEADER_NAME.fullmatch(header)
-        or header.lower() in _FORBIDDEN_HEADERS
-    ):
-        raise _bad("injection_header")
-    fmt = data.get("injection_format", "Bearer {token}")
-    if (
-        not isinstance(fmt, str)
-        or len(fmt) > 200
-        or any(c in fmt for c in "\r\n\x00")
-        or (not fmt.startswith(_sigv4.ALGORITHM) and "{token}" not in fmt)
-    ):
-        raise _bad("injection_format")
-    extra = data.get("additional_credentials")
-    if extra is not None and (
-        not isinstance(extra, dict)
-        or len(extra) > 10
-        or not all(
-            isinstance(k, str)
-            and len(k) <= 50
-            and isinstance(v, str)
-            and v.strip()
-            and len(v) <= 8192
-            and not any(c in v for c in "\r\n\x00")
-            for k, v in extra.items()
-        )
-    ):
-        raise _bad("additional_credentials")
-    rules_raw = data.get("additional_injections")
-    rules: list[dict[str, str]] = []
-    if rules_raw is not None:
-        if not isinstance(rules_raw, list) or len(rules_raw) > 10:
-            raise _bad("additional_injections")
-        for rule in rules_raw:
-            target = rule.get("target") if isinstance(rule, dict) else None
-            key = rule.get("key") if isinstance(rule, dict) else None
-            source = rule.get("value_source") if isinstance(rule, dict) else None
-            if (
-                target not in ("header", "query_param")
-                or not isinstance(key, str)
-                or len(key) > 100
-                or not _INJECTION_KEY.fullmatch(key)
-                or not isinstance(source, str)
-                or not _VALUE_SOURCE.fullmatch(source)
-                or (target == "header" and key.lower() in _FORBIDDEN_HEADERS)
-            ):
-                raise _bad("additional_injections")
-            assert isinstance(target, str)
-            rules.append({"target": target, "key": key, "value_source": source})
-    retry_info: RetryInfo | None = None
-    raw_retry = data.get("retry_info")
-    if isinstance(raw_retry, dict) and raw_retry:
-        try:
-            retry_info = RetryInfo.model_validate(raw_retry)
-        except ValueError:
-            retry_info = None
+    header = _injection_header(data.get("injection_header", "Authorization"))
+    fmt = _injection_format(data.get("injection_format", "Bearer {token}"))
+    extra = _additional_credentials(data.get("additional_credentials"))
+    injections = _additional_injections(data.get("additional_injections"))
     return Injection(
         access_token=token,
         grant_id=grant_id,
         provider_id=provider_id,
         header=header,
         format=fmt,
-        additional_credentials=dict(extra) if extra is not None else None,
-        additional_injections=rules,
+        additional_credentials=extra,
+        additional_injections=injections,
         scope_mismatch=scope_mismatch,
         token_generation=generation if isinstance(generation, str) else None,
-        retry_info=retry_info,
+        retry_info=_retry_info(data.get("retry_info")),
     )
+
+
+def _access_token(token: object) -> str:
+    if not isinstance(token, str) or not token or any(c in token for c in "\r\n\x00"):
+        raise _bad("access_token")
+    return token
+
+
+def _grant_id(grant_id: object) -> str:
+    if not isinstance(grant_id, str) or not _canonical_uuid(grant_id):
+        raise _bad("grant_id")
+    return grant_id
+
+
+def _provider_id(provider_id: object) -> str:
+    if not isinstance(provider_id, str) or _CONTROL.search(provider_id) or len(provider_id) > 255:
+        raise _bad("provider_id")
+    return provider_id
+
+
+def _check_token_type(token_type: object) -> None:
+    if not isinstance(token_type, str) or not token_type.strip() or _CONTROL.search(token_type):
+        raise _bad("token_type")
+
+
+def _check_expiry(data: Mapping[str, Any]) -> None:
+    expires_in = data.get("expires_in")
+    if expires_in is not None and (type(expires_in) is not int or expires_in < 0):
+        raise _bad("expires_in")
+    for name in ("expires_at", "grant_expires_at"):
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+            raise _bad(name)
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _bad(name) from None
+
+
+def _check_scopes(scopes: object) -> None:
+    if not isinstance(scopes, list) or not all(
+        isinstance(s, str) and s and s == s.strip() and not _CONTROL.search(s) for s in scopes
+    ):
+        raise _bad("scopes")
+
+
+def _injection_header(header: object) -> str:
+    try:
+        if isinstance(header, str):
+            return rules.check_header_name(header)
+    except ValueError:
+        pass
+    raise _bad("injection_header")
+
+
+def _injection_format(fmt: object) -> str:
+    try:
+        if isinstance(fmt, str):
+            return rules.check_format(fmt)
+    except ValueError:
+        pass
+    raise _bad("injection_format")
+
+
+def _credential_value_ok(name: object, value: object) -> bool:
+    return (
+        isinstance(name, str)
+        and len(name) <= 50
+        and isinstance(value, str)
+        and bool(value.strip())
+        and len(value) <= 8192
+        and not any(c in value for c in "\r\n\x00")
+    )
+
+
+def _additional_credentials(extra: object) -> dict[str, str] | None:
+    if extra is None:
+        return None
+    if (
+        not isinstance(extra, dict)
+        or len(extra) > rules.MAX_EXTRA_INJECTIONS
+        or not all(_credential_value_ok(k, v) for k, v in extra.items())
+    ):
+        raise _bad("additional_credentials")
+    return dict(extra)
+
+
+def _additional_injections(raw: object) -> list[dict[str, str]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > rules.MAX_EXTRA_INJECTIONS:
+        raise _bad("additional_injections")
+    return [_additional_injection(rule) for rule in raw]
+
+
+def _additional_injection(rule: object) -> dict[str, str]:
+    if isinstance(rule, dict):
+        target, key, source = rule.get("target"), rule.get("key"), rule.get("value_source")
+        if (
+            isinstance(key, str)
+            and isinstance(source, str)
+            and rules.VALUE_SOURCE.fullmatch(source)
+        ):
+            try:
+                if target == "header":
+                    rules.check_header_name(key)
+                    return {"target": target, "key": key, "value_source": source}
+                if target == "query_param":
+                    rules.check_param_name(key)
+                    return {"target": target, "key": key, "value_source": source}
+            except ValueError:
+                pass
+    raise _bad("additional_injections")
+
+
+def _retry_info(raw: object) -> RetryInfo | None:
+    if not isinstance(raw, dict) or not raw:
+        return None
+    try:
+        return RetryInfo.model_validate(raw)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -250,57 +272,71 @@ def build_provider_request(
     if json_content:
         out.setdefault("Content-Type", "application/json")
     params: dict[str, Any] | None = dict(query_params) if query_params else None
-    injected: set[str] = set()
     if injection.is_sigv4:
-        creds = injection.additional_credentials or {}
-        secret = creds.get("secret_key")
-        if not secret:
-            raise BackendError("The AWS credential has no secret_key; store it again.")
-        target = str(httpx.URL(url).copy_merge_params(params or {})) if params else url
-        target = _sigv4.canonical_url(target)
-        try:
-            signed = _sigv4.sign(
-                method=method,
-                url=target,
-                body=content or b"",
-                access_key_id=injection.access_token,
-                secret_key=secret,
-                session_token=creds.get("session_token"),
-                region=creds.get("region"),
-                service=creds.get("service"),
-            )
-        except ValueError as exc:
-            raise BackendError(str(exc)) from None
-        for name in list(out):
-            if name.lower() in {k.lower() for k in signed}:
-                del out[name]
-        out.update(signed)
-        injected |= {k.lower() for k in signed}
-        return ProviderRequest(
-            method,
-            target,
-            out,
-            None,
-            content,
-            {k: v for k, v in out.items() if k.lower() not in injected | SENSITIVE_HEADERS},
-        )
-    for name in [n for n in out if n.lower() == injection.header.lower()]:
-        del out[name]
-    out[injection.header] = injection.format.replace("{token}", injection.access_token, 1)
-    injected.add(injection.header.lower())
+        return _sigv4_request(injection, method, url, out, params, content)
+    injected = {_set_header(out, injection.header, _formatted(injection))}
     for rule in injection.additional_injections:
         value = _source_value(rule["value_source"], injection)
         if not value:
             continue
         if rule["target"] == "header":
-            for name in [n for n in out if n.lower() == rule["key"].lower()]:
-                del out[name]
-            out[rule["key"]] = value
-            injected.add(rule["key"].lower())
+            injected.add(_set_header(out, rule["key"], value))
         else:
             params = {**(params or {}), rule["key"]: value}
-    audit = {k: v for k, v in out.items() if k.lower() not in injected | SENSITIVE_HEADERS}
-    return ProviderRequest(method, url, out, params, content, audit)
+    return ProviderRequest(method, url, out, params, content, _audit_headers(out, injected))
+
+
+def _formatted(injection: Injection) -> str:
+    return injection.format.replace(rules.TOKEN_PLACEHOLDER, injection.access_token, 1)
+
+
+def _set_header(headers: dict[str, str], name: str, value: str) -> str:
+    """Set ``name`` replacing any spelling of it the caller used; return it lower-cased."""
+    for existing in [n for n in headers if n.lower() == name.lower()]:
+        del headers[existing]
+    headers[name] = value
+    return name.lower()
+
+
+def _audit_headers(headers: Mapping[str, str], injected: set[str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in injected | SENSITIVE_HEADERS}
+
+
+def _sigv4_request(
+    injection: Injection,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    params: dict[str, Any] | None,
+    content: bytes | None,
+) -> ProviderRequest:
+    """Sign the whole request with the AWS key pair (the query is folded into the URL)."""
+    creds = injection.additional_credentials or {}
+    secret = creds.get("secret_key")
+    if not secret:
+        raise BackendError("The AWS credential has no secret_key; store it again.")
+    target = str(httpx.URL(url).copy_merge_params(params or {})) if params else url
+    target = _sigv4.canonical_url(target)
+    try:
+        signed = _sigv4.sign(
+            method=method,
+            url=target,
+            body=content or b"",
+            access_key_id=injection.access_token,
+            secret_key=secret,
+            session_token=creds.get("session_token"),
+            region=creds.get("region"),
+            service=creds.get("service"),
+        )
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
+    injected = {k.lower() for k in signed}
+    for name in [n for n in headers if n.lower() in injected]:
+        del headers[name]
+    headers.update(signed)
+    return ProviderRequest(
+        method, target, headers, None, content, _audit_headers(headers, injected)
+    )
 
 
 def audit_body(content: bytes | None, json_value: Any = None, *, is_json: bool = False) -> Any:

@@ -1,5 +1,5 @@
 """Grantvault server: the /sdk protocol, encrypted storage, audit and the `grantvault` CLI."""
 
-from grantvault._version import __version__
+from grantvault import __version__
 
 __all__ = ["__version__"]

@@ -11,8 +11,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.types import Scope
 
-from grantvault._key_format import is_valid_key
-from grantvault._signing import HEADER_ACTOR_ID, HEADER_CALLER, HEADER_CALLER_TYPE, HEADER_CONTEXT
+from grantvault.protocol.key_format import is_valid_key
+from grantvault.protocol.signing import (
+    HEADER_ACTOR_ID,
+    HEADER_CALLER,
+    HEADER_CALLER_TYPE,
+    HEADER_CONTEXT,
+)
 from grantvault.types.errors import ErrorCode
 from grantvault_server.auth.api_keys import KeyRecord, check_key_state
 from grantvault_server.auth.signing import verify_signature

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from grantvault._signing import (
+from grantvault.protocol.signing import (
     ACTOR_FIELDS,
     HEADER_CONTENT_SHA256,
     HEADER_NONCE,

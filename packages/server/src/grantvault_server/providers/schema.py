@@ -2,7 +2,9 @@
 
 Everything here is data validated with ``extra="forbid"``: a template file with a typo or an
 unknown key fails at start-up (and in the test that loads every template), never at the
-moment a request needs it.
+moment a request needs it. Where a credential may be injected (header and parameter names,
+the format) is the wire protocol's rule, ``grantvault.protocol.injection``: the client refuses
+a token answer that breaks it, so a secret that breaks it is never stored.
 """
 
 from __future__ import annotations
@@ -12,40 +14,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from grantvault.protocol.injection import (
+    MAX_EXTRA_INJECTIONS,
+    check_format,
+    check_header_name,
+    check_param_name,
+)
+
 AuthType = Literal["bearer", "header", "query", "basic", "sigv4"]
 
-HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
-QUERY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
 HOST_RULE = re.compile(
     r"^(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
     r"(?::[0-9]{1,5})?$"
 )
-# Headers the public client refuses to inject (it would reject the whole token response).
-FORBIDDEN_HEADERS = frozenset(
-    {
-        "host", "content-length", "content-type", "transfer-encoding", "connection",
-        "keep-alive", "upgrade", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "cookie", "set-cookie", "x-real-ip", "x-http-method-override", "x-method-override",
-        "www-authenticate", "strict-transport-security", "content-security-policy",
-    }
-)  # fmt: skip
-
 SIGV4_FIELDS = ("access_key_id", "secret_access_key", "session_token", "region", "service")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_header(name: str) -> str:
-    if len(name) > 60 or not HEADER_NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a valid header name (letters, digits, '-'; max 60)")
-    lowered = name.lower()
-    if lowered in FORBIDDEN_HEADERS or lowered.startswith("x-forwarded-"):
-        raise ValueError(f"header {name!r} cannot carry a credential")
-    return name
 
 
 class CredentialField(_Strict):
@@ -76,9 +64,9 @@ class ExtraInjection(_Strict):
     @model_validator(mode="after")
     def _key(self) -> ExtraInjection:
         if self.target == "header":
-            _check_header(self.key)
-        elif not QUERY_NAME.fullmatch(self.key) or len(self.key) > 60:
-            raise ValueError(f"{self.key!r} is not a valid query parameter name")
+            check_header_name(self.key)
+        else:
+            check_param_name(self.key)
         return self
 
 
@@ -121,23 +109,24 @@ class InjectionSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> InjectionSpec:
-        _check_header(self.header)
+        check_header_name(self.header)
         if self.auth == "sigv4":
             if self.extra:
                 raise ValueError("sigv4 signs the whole request; extra injections would break it")
         else:
-            if "{token}" not in self.format or len(self.format) > 200:
-                raise ValueError("format must contain {token} and be at most 200 characters")
-            if any(c in self.format for c in "\r\n\x00"):
-                raise ValueError("format must not contain control characters")
+            check_format(self.format, allow_sigv4=False)
         if self.auth == "bearer" and (self.header, self.format) != (
             "Authorization",
             "Bearer {token}",
         ):
             raise ValueError("bearer uses 'Authorization: Bearer {token}'; use auth 'header'")
         if self.auth == "query":
-            if not self.query_param or not QUERY_NAME.fullmatch(self.query_param):
+            if not self.query_param:
                 raise ValueError("query auth needs a valid query_param name")
+            try:
+                check_param_name(self.query_param)
+            except ValueError:
+                raise ValueError("query auth needs a valid query_param name") from None
         elif self.query_param is not None:
             raise ValueError("query_param is only used with auth 'query'")
         names = [f.name for f in self.fields]
@@ -157,8 +146,11 @@ class InjectionSpec(_Strict):
                 )
         if self.auth == "sigv4" and not set(names) <= set(SIGV4_FIELDS):
             raise ValueError(f"sigv4 fields are {', '.join(SIGV4_FIELDS)}")
-        if len(self.fields) > 10 or len(self.extra) > 10:
-            raise ValueError("at most 10 credential fields and 10 extra injections")
+        if len(self.fields) > MAX_EXTRA_INJECTIONS or len(self.extra) > MAX_EXTRA_INJECTIONS:
+            raise ValueError(
+                f"at most {MAX_EXTRA_INJECTIONS} credential fields and "
+                f"{MAX_EXTRA_INJECTIONS} extra injections"
+            )
         for inj in self.extra:
             if inj.source != "token" and inj.source not in names:
                 raise ValueError(f"extra injection source {inj.source!r} is not a credential field")

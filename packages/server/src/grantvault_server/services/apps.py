@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from grantvault._key_format import display_prefix, mint_key
+from grantvault.protocol.key_format import display_prefix, mint_key
 from grantvault.types.errors import ErrorCode
 from grantvault_server.audit import chain
 from grantvault_server.audit.chain import AuditRecord

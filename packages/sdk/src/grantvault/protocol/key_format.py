@@ -15,6 +15,18 @@ from __future__ import annotations
 import secrets
 import zlib
 
+__all__ = [
+    "BASE32_ALPHABET",
+    "CHECKSUM_LENGTH",
+    "DISPLAY_PREFIX_LENGTH",
+    "KEY_TYPES",
+    "RANDOM_LENGTH",
+    "checksum_for",
+    "display_prefix",
+    "is_valid_key",
+    "mint_key",
+]
+
 BASE32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 RANDOM_LENGTH = 22
 CHECKSUM_LENGTH = 6

@@ -1,5 +1,7 @@
 """Request signing for the ``/sdk/*`` protocol: one implementation for the SDK and the vault.
 
+Public: the vault verifies with these functions and constants, the SDK signs with them.
+
 Every request carries ``x-api-key`` plus an HMAC-SHA256 signature over the method, the
 canonical path and query, a timestamp, a nonce, the body hash and any attenuation headers.
 The signing key is derived from the API key (``HMAC-SHA256(api_key, "alter-signing-v1")``), so
@@ -21,6 +23,29 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlencode
+
+__all__ = [
+    "ACTOR_FIELDS",
+    "HEADER_ACTOR_ID",
+    "HEADER_CALLER",
+    "HEADER_CALLER_TYPE",
+    "HEADER_CONTENT_SHA256",
+    "HEADER_CONTEXT",
+    "HEADER_NONCE",
+    "HEADER_REQUEST_RULE",
+    "HEADER_SCOPE_CONSTRAINTS",
+    "HEADER_SIGNATURE",
+    "HEADER_SIGNATURE_V2",
+    "HEADER_TIMESTAMP",
+    "SIGNING_LABEL",
+    "StringsToSign",
+    "canonical_target",
+    "content_sha256",
+    "derive_signing_key",
+    "hmac_hex",
+    "sign_request",
+    "strings_to_sign",
+]
 
 SIGNING_LABEL = b"alter-signing-v1"
 
@@ -77,6 +102,7 @@ class StringsToSign:
 
     @property
     def has_actor(self) -> bool:
+        """Whether actor headers are bound (the request carries the V2 signature)."""
         return self.v2 != self.legacy
 
 
