@@ -20,7 +20,6 @@ from grantvault import __version__
 from grantvault.types.errors import ErrorCode
 from grantvault_server.admission import AdmissionGate, AdmissionMiddleware
 from grantvault_server.api import (
-    connect_pages,
     errors,
     identity as identity_api,
     ops,
@@ -35,6 +34,7 @@ from grantvault_server.services import connect
 from grantvault_server.services.oauth_tokens import run_revocations
 from grantvault_server.services.requests import purge_nonces
 from grantvault_server.services.vault import Vault
+from grantvault_server.web import mount as mount_pages
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("grantvault.access")
@@ -216,8 +216,7 @@ def create_app(
     app.include_router(identity_api.router)
     # After the served routes: these paths answer 501 (see api.unimplemented).
     app.include_router(unimplemented.router)
-    app.include_router(connect_pages.router)
-    app.mount("/connect/static", connect_pages.static_files, name="connect-static")
+    mount_pages(app)
     app.include_router(ops.router)
     # Innermost first: admission gate, then rate limits, then request id/body size/metrics.
     gate = AdmissionGate(settings.effective_max_in_flight, settings.queue_timeout_seconds)

@@ -1,82 +1,55 @@
-"""The hosted Connect pages the end user sees (audience: browsers, not SDKs).
+"""The hosted Connect pages the end user sees.
 
-Server-rendered with Jinja2 and usable without JavaScript; scripts only hand the popup's
-fragment token to the server and deliver the result to the opener. Every page is sent with
-a strict CSP (no inline script, ``frame-ancestors 'none'``), ``Referrer-Policy: no-referrer``
-and ``Cache-Control: no-store``; the browser is tied to the session by an HttpOnly cookie
-(see ``services.connect``), and form posts carry a token derived from that cookie.
+Server-rendered (the one Jinja environment of :mod:`grantvault_server.web.pages`) and usable
+without JavaScript; scripts only hand the popup's fragment token to the server and deliver
+the result to the opener. Every page is sent with the Connect header policy
+(:data:`grantvault_server.web.security.CONNECT`: a strict CSP, no inline script,
+``frame-ancestors 'none'``, ``Referrer-Policy: no-referrer``, ``Cache-Control: no-store``);
+the browser is tied to the session by an HttpOnly cookie (see ``services.connect``), and
+form posts carry a token derived from that cookie.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from grantvault_server.services import connect
 from grantvault_server.services.apps import _iso
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
+from grantvault_server.web import pages
+from grantvault_server.web.security import CONNECT, csrf_ok, csrf_token, set_browser_cookie
 
 router = APIRouter(include_in_schema=False)
-PACKAGE = Path(__file__).resolve().parent.parent
-templates = Environment(
-    loader=FileSystemLoader(PACKAGE / "templates"),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-static_files = StaticFiles(directory=PACKAGE / "static")
 
 COOKIE = "gv_connect"
-
-
-def _csp(form_action: str = "'self'") -> str:
-    return (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
-    )
-
-
-def _secure_headers(response: Response, form_action: str = "'self'") -> Response:
-    response.headers["Content-Security-Policy"] = _csp(form_action)
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Cross-Origin-Opener-Policy"] = "unsafe-none"
-    return response
+CSRF_PURPOSE = "connect"
 
 
 def page(name: str, status: int = 200, form_action: str = "'self'", **context: Any) -> Response:
-    html = templates.get_template(name).render(**context)
-    return _secure_headers(HTMLResponse(html, status_code=status), form_action)
+    policy = CONNECT.with_form_action(form_action)
+    return pages.page(f"connect/{name}", policy, status, **context)
 
 
 def redirect(url: str) -> Response:
-    return _secure_headers(RedirectResponse(url, status_code=303))
+    return pages.redirect(url, CONNECT)
 
 
 def refused(exc: connect.FlowRefused) -> Response:
     status = 410 if exc.code in ("session_expired", "session_finished", "state_used") else 400
-    return page("connect_error.html", status=status, code=exc.code, message=exc.message)
+    return page("error.html", status=status, code=exc.code, message=exc.message)
 
 
 def _csrf(browser: str) -> str:
-    return hashlib.sha256(b"gv-connect-csrf:" + browser.encode()).hexdigest()[:32]
+    return csrf_token(browser, CSRF_PURPOSE)
 
 
 def _vault(request: Request) -> Vault:
-    vault: Vault = request.app.state.vault
-    return vault
+    return pages.vault_of(request)
 
 
 def _origin(url: str) -> str:
@@ -87,7 +60,7 @@ def _origin(url: str) -> str:
 @router.get("/sdk/oauth/connect")
 async def widget_entry() -> Response:
     """What the popup widget opens (``/sdk/oauth/connect#session=...``)."""
-    return page("connect_widget.html")
+    return page("widget.html")
 
 
 @router.get("/connect/start")
@@ -100,12 +73,11 @@ async def start(request: Request, session: str = "") -> Response:
         return refused(exc)
     response = redirect(f"/connect/s/{row.id}")
     if cookie is not None:
-        response.set_cookie(
+        set_browser_cookie(
+            response,
             COOKIE,
             cookie,
             max_age=int(connect.SESSION_TTL.total_seconds()) + 60,
-            httponly=True,
-            samesite="lax",
             secure=vault.settings.effective_public_base_url.startswith("https://"),
             path="/",
         )
@@ -136,7 +108,7 @@ async def session_home(request: Request, session_id: str) -> Response:
     if len(remaining) == 1 and len(configs) == 1:
         return _consent(session, remaining[0], browser, await connect.app_name(vault, session))
     return page(
-        "connect_picker.html",
+        "picker.html",
         session_id=session.id,
         providers=configs,
         declined=declined,
@@ -159,7 +131,7 @@ def _consent(session: Any, cfg: Any, browser: str, app_name: str) -> Response:
     ]
     options, default = connect.ttl_choices(session) if session.grant_policy else ([], None)
     return page(
-        "connect_consent.html",
+        "consent.html",
         # The form's 303 goes to the provider: CSP form-action must allow its origin.
         form_action=f"'self' {_origin(cfg.authorize_url)}",
         session_id=session.id,
@@ -203,7 +175,7 @@ async def _form(request: Request, session_id: str) -> tuple[Any, dict[str, str]]
     session = await connect.browser_session(vault, session_id, browser)
     form = {k: str(v) for k, v in (await request.form()).items()}
     assert browser is not None
-    if not hmac.compare_digest(form.get("csrf", ""), _csrf(browser)):
+    if not csrf_ok(form.get("csrf", ""), browser, CSRF_PURPOSE):
         raise connect.FlowRefused("csrf", "This form expired. Go back and try again.")
     if session.status != "pending":
         raise connect.FlowRefused("session_finished", "This sign-in is already finished.")
@@ -263,7 +235,7 @@ async def _result(vault: Vault, session: Any) -> Response:
     result = session.result or {}
     ok = session.status == "completed"
     configs = {c.provider_id: c for c in await connect.session_configs(vault, session)}
-    now = _iso(utcnow())
+    now = _iso(vault.clock.now())
     grants = []
     for g in result.get("grants", []):
         cfg = configs.get(g["provider_id"])
@@ -318,7 +290,7 @@ async def _result(vault: Vault, session: Any) -> Response:
         "auto_continue": return_link is not None,
     }
     return page(
-        "connect_result.html",
+        "result.html",
         ok=ok,
         grants=grants,
         message=text,
