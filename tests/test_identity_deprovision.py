@@ -24,10 +24,10 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server.cli.main import cli
 from grantvault_server.config import Settings
 from grantvault_server.errors import VaultError
-from grantvault_server.identity import service as identity, webhooks
-from grantvault_server.identity.state import identity_state
+from grantvault_server.identity import webhook_signature
 from grantvault_server.services import grants as grant_service, secrets as secret_service
 from grantvault_server.services.apps import App
+from grantvault_server.services.identity import service as identity
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage import tables
 from grantvault_server.storage.tables import (
@@ -249,7 +249,7 @@ def signed_headers(
     return {
         f"{prefix}-id": delivery,
         f"{prefix}-timestamp": str(at),
-        f"{prefix}-signature": webhooks.sign(secret, delivery, at, body),
+        f"{prefix}-signature": webhook_signature.sign(secret, delivery, at, body),
         "content-type": "application/json",
     }
 
@@ -333,7 +333,7 @@ async def test_webhook_deprovisioning_is_signed_fresh_and_once(
         "idp", "webhook-secret", "--app", app.name, "--from-stdin", stdin=imported
     )
     assert code == 0
-    identity_state(vault).configs.clear()
+    vault.identity.configs.clear()
     r = await client.post(url, content=other, headers=signed_headers(imported, other))
     assert r.status_code == 200
     assert (
@@ -344,7 +344,7 @@ async def test_webhook_deprovisioning_is_signed_fresh_and_once(
 async def test_group_removal_by_webhook_applies_to_older_tokens(
     vault: Vault, client: httpx.AsyncClient, idp_peer: IdpPeer
 ) -> None:
-    from grantvault_server.identity import idp as idp_service
+    from grantvault_server.services.identity import idp as idp_service
 
     app, _ = await make_app(vault)
     await configure(vault, app, idp_peer)

@@ -14,8 +14,8 @@ import pytest
 
 from grantvault_server.app import create_app
 from grantvault_server.config import Settings
-from grantvault_server.identity import service as identity
 from grantvault_server.services import apps as app_service
+from grantvault_server.services.identity import service as identity
 from grantvault_server.services.vault import Vault
 
 from .conftest import OPERATOR, SignedClient, make_app

@@ -30,14 +30,13 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server import api as api_package
 from grantvault_server.app import create_app
 from grantvault_server.errors import VaultError
-from grantvault_server.identity.service import resolve_user
-from grantvault_server.identity.state import identity_state
 from grantvault_server.services import (
     apps as app_service,
     grants as grant_service,
     secrets as secret_service,
 )
 from grantvault_server.services.apps import App
+from grantvault_server.services.identity.service import resolve_user
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import app_users
 from tests.conftest import OPERATOR, SignedClient, make_app
@@ -66,7 +65,7 @@ async def refused(vault: Vault, app: App, token: str) -> str:
 
 
 def fetches(vault: Vault, peer: IdpPeer) -> int:
-    cache = identity_state(vault).jwks.get(f"{peer.issuer}/jwks")
+    cache = vault.identity.jwks.get(f"{peer.issuer}/jwks")
     return 0 if cache is None else cache.fetch_count
 
 

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
-from grantvault_server.identity import idp as idp_service, jwks as jwks_module, verify
-from grantvault_server.identity.service import resolve_user
-from grantvault_server.identity.state import identity_state
+from grantvault_server.identity import jwks as jwks_module, verify
 from grantvault_server.services.apps import App
+from grantvault_server.services.identity import idp as idp_service
+from grantvault_server.services.identity.service import resolve_user
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import (
     app_group_members,
@@ -71,7 +71,7 @@ def b64(data: bytes) -> str:
 
 
 def fetches(vault: Vault, peer: IdpPeer) -> int:
-    cache = identity_state(vault).jwks.get(f"{peer.issuer}/jwks")
+    cache = vault.identity.jwks.get(f"{peer.issuer}/jwks")
     return 0 if cache is None else cache.fetch_count
 
 
@@ -448,7 +448,7 @@ async def test_f12_jwks_down_cached_keys_still_verify(vault: Vault, tmp_path: Pa
         jwt.encode(peer.claims(), attacker_key(), algorithm="RS256", headers={"kid": "new"}),
     )
     # A vault that never saw the keys answers 503 (retry), not "bad token".
-    identity_state(vault).jwks.clear()
+    vault.identity.jwks.clear()
     await refused(vault, cold, token, ErrorCode.IDP_UNAVAILABLE)
 
 
@@ -466,7 +466,7 @@ async def test_f13_removed_keys_stop_verifying_after_the_cache_expires(
         clock.advance(60)
         # Still within the cache's lifetime: the removed key is still trusted.
         assert (await resolve_user(vault, target.id, old)).subject == "judy"
-        clock.advance(identity_state(vault).jwks_policy.ttl_s)
+        clock.advance(vault.identity.jwks_policy.ttl_s)
         await refused(vault, target, old)
         assert (await resolve_user(vault, target.id, peer.id_token("judy"))).subject == "judy"
     finally:

@@ -21,8 +21,9 @@ import sqlalchemy as sa
 
 from grantvault_server.app import create_app
 from grantvault_server.config import Settings
-from grantvault_server.identity import service as identity, signin
+from grantvault_server.services import signin
 from grantvault_server.services.apps import App
+from grantvault_server.services.identity import service as identity
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import audit_events, auth_sessions
 

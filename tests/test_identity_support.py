@@ -26,9 +26,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from grantvault_server.identity import idp as idp_service
-from grantvault_server.identity.state import identity_state
 from grantvault_server.services.apps import App
+from grantvault_server.services.identity import idp as idp_service
 from grantvault_server.services.vault import Vault
 
 from .conftest import OPERATOR
@@ -239,7 +238,7 @@ class FakeClock:
 
     def __init__(self, vault: Vault) -> None:
         self.now = 1000.0
-        identity_state(vault).clock = lambda: self.now
+        vault.identity.clock = lambda: self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

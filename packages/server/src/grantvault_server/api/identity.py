@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from grantvault_server.api.deps import CallerDep, VaultDep
 from grantvault_server.api.responses import errors
-from grantvault_server.identity import webhooks
-from grantvault_server.identity.service import resolve_user
 from grantvault_server.services import signin
+from grantvault_server.services.identity import webhooks
+from grantvault_server.services.identity.service import resolve_user
 
 router = APIRouter(tags=["identity"])
 

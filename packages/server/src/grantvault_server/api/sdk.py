@@ -45,9 +45,9 @@ from grantvault_server.api.schemas import (
     _reject_nul,
 )
 from grantvault_server.errors import InvalidInput, VaultError
-from grantvault_server.identity.service import active_idp_id, resolve_user
 from grantvault_server.providers.oauth_catalog import catalog_item, load_oauth_catalog
 from grantvault_server.services import audit_log, connect, grants as grant_service, tokens
+from grantvault_server.services.identity.service import active_idp_id, resolve_user
 from grantvault_server.services.secrets import get_secret
 
 router = APIRouter(prefix="/sdk", tags=["sdk"])

@@ -1,17 +1,17 @@
-"""End-user identity: the app's identity provider (OIDC issuer), JWT verification, app users
-and groups, the sign-in broker behind ``authenticate()``, and deprovisioning.
+"""End-user identity as a library: token verification, key caches, discovery, claim mapping.
+
+Framework-free and storage-free: nothing here imports FastAPI, the database, the audit
+chain or :mod:`grantvault_server.services`. The flows that do (IdP set-up, user sync and
+deprovisioning, webhooks, sign-in) are application services in
+:mod:`grantvault_server.services.identity`; the routes live in ``api.identity``.
 
 Layout (dependencies point down)::
 
-    service     resolve_user / disable_user / ...: what the rest of the vault calls
-    signin      the brokered sign-in (auth sessions, PKCE, code exchange)
-    webhooks    signed inbound deprovisioning events
-    users       app users and groups: just-in-time creation, group sync, status changes
-    idp         per-app IdP configuration (discovery, mappings, encrypted client secrets)
-    verify      JWT verification (PyJWT) and the verified-token cache
-    jwks        the per-issuer key cache (TTL, refresh cooldown, outage tolerance)
-    discovery   the OIDC discovery document, validated
-    fetch       bounded outbound HTTP to the IdP
-
-Nothing here imports FastAPI: the routes live in ``api.identity``.
+    state              IdpConfig and the per-vault caches (held as ``Vault.identity``)
+    claims             claim mapping: the end user a verified token names (Identity)
+    webhook_signature  Standard Webhooks secrets and signatures
+    verify             JWT verification (PyJWT) and the verified-token cache
+    jwks               the per-issuer key cache (TTL, refresh cooldown, outage tolerance)
+    discovery          what verification keeps of the IdP's OIDC discovery document
+                       (fetched and checked by ``outbound.oidc``, through ``Vault.http``)
 """

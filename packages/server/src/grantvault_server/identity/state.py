@@ -1,22 +1,20 @@
 """Per-vault, per-process identity state: key caches, verified tokens, configuration cache.
 
-It lives beside the :class:`~grantvault_server.services.vault.Vault` (one per vault object,
-dropped with it) rather than in module globals, so two vaults in one process (tests, the
-CLI next to a server) never share caches.
+One :class:`IdentityState` lives on each vault object (``Vault.identity``, dropped with it),
+never in module globals, so two vaults in one process (tests, the CLI next to a server)
+never share caches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from grantvault_server.identity.jwks import JwksCache, JwksPolicy
 from grantvault_server.identity.verify import VerifiedTokens
-from grantvault_server.services.vault import Vault
 
 #: How long a server trusts its cached copy of an app's IdP configuration. Changes made by
 #: this process apply at once; changes made by another process (the CLI) within this time.
@@ -78,16 +76,3 @@ class IdentityState:
 
     def forget_config(self, app_id: str) -> None:
         self.configs.pop(app_id, None)
-
-
-_STATES: dict[int, IdentityState] = {}
-
-
-def identity_state(vault: Vault) -> IdentityState:
-    """The identity state of ``vault`` in this process (created on first use)."""
-    key = id(vault)
-    state = _STATES.get(key)
-    if state is None:
-        state = _STATES[key] = IdentityState()
-        weakref.finalize(vault, _STATES.pop, key, None)
-    return state

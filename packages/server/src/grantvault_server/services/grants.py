@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
+from grantvault_server.identity.claims import Identity
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.oauth_tokens import detach_tokens_for_revocation, run_revocations
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
@@ -29,9 +31,6 @@ from grantvault_server.storage.tables import (
     oauth_providers,
     oauth_tokens,
 )
-
-if TYPE_CHECKING:  # identity.users imports this module
-    from grantvault_server.identity.users import Identity
 
 log = logging.getLogger(__name__)
 
@@ -376,34 +375,11 @@ async def revoke_grant(
                 "revoked_at": _iso(row.revoked_at),
             }
         now = utcnow()
-        await conn.execute(
-            sa.update(grants)
-            .where(grants.c.id == grant_id)
-            .values(status="revoked", revoked_at=now, revoke_reason=reason)
+        queued = await revoke_in(
+            conn, vault, app.id, [Revocable.of(row)], actor=actor, reason=reason, now=now
         )
-        queued: list[str] = []
-        if row.kind == "oauth":
-            # The tokens leave the vault's grant at once; the provider is told next.
-            queued = await detach_tokens_for_revocation(
-                vault, conn, app.id, grant_id, row.oauth_provider_id
-            )
-        await vault.audit.append(
-            conn,
-            [
-                AuditRecord(
-                    chain=app.id,
-                    event=AuditEvent.GRANT_REVOKED,
-                    outcome=Outcome.SUCCESS,
-                    actor=actor,
-                    reason=reason,
-                    principal=principal_label(row.principal_type, row.principal_id),
-                    grant_id=grant_id,
-                    provider_id=row.slug,
-                )
-            ],
-        )
-    if queued:
-        await revoke_at_provider(vault, grant_id)
+    for revoked_id in queued:
+        await revoke_at_provider(vault, revoked_id)
     return {
         "success": True,
         "message": "Grant revoked.",
@@ -420,6 +396,122 @@ async def revoke_at_provider(vault: Vault, grant_id: str) -> None:
         )
     except Exception:  # the queue keeps the work; never fail a revocation on the provider
         log.warning("provider revocation deferred", extra={"grant_id": grant_id}, exc_info=True)
+
+
+@dataclass(frozen=True)
+class Revocable:
+    """A grant as the revoke path needs it."""
+
+    grant_id: str
+    kind: str
+    status: str
+    principal_type: str
+    principal_id: str | None
+    oauth_provider_id: str | None = None
+    #: What the audit row names as ``provider_id`` (the secret's or provider's slug).
+    slug: str | None = None
+
+    @classmethod
+    def of(cls, row: Any) -> Revocable:
+        """From a :func:`load_grant` row."""
+        return cls(
+            grant_id=row.id,
+            kind=row.kind,
+            status=row.status,
+            principal_type=row.principal_type,
+            principal_id=row.principal_id,
+            oauth_provider_id=row.oauth_provider_id,
+            slug=row.slug,
+        )
+
+
+async def revoke_in(
+    conn: Conn,
+    vault: Vault,
+    app_id: str,
+    targets: Sequence[Revocable],
+    *,
+    actor: dict[str, Any],
+    reason: str | None,
+    now: datetime,
+    records: list[AuditRecord] | None = None,
+) -> list[str]:
+    """The one way grants are revoked, inside the caller's write transaction.
+
+    Every grant not yet revoked is marked revoked (``reason`` stored) and audited
+    ``grant.revoked``. An OAuth grant's tokens leave it at once and are queued for
+    revocation at the provider, refresh token first (an already revoked grant's too: a
+    refresh may have stored tokens after the revocation). The audit records go to
+    ``records`` when given (the caller appends them with its own, in order), else they are
+    appended here. Returns the ids of the grants with queued tokens: after the commit, hand
+    each to :func:`revoke_at_provider`.
+    """
+    fresh = [t for t in targets if t.status != "revoked"]
+    if fresh:
+        await conn.execute(
+            sa.update(grants)
+            .where(grants.c.id.in_([t.grant_id for t in fresh]), grants.c.status != "revoked")
+            .values(status="revoked", revoked_at=now, revoke_reason=reason)
+        )
+    audit = [
+        AuditRecord(
+            chain=app_id,
+            event=AuditEvent.GRANT_REVOKED,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            reason=reason,
+            principal=principal_label(t.principal_type, t.principal_id),
+            grant_id=t.grant_id,
+            provider_id=t.slug,
+        )
+        for t in fresh
+    ]
+    queued: list[str] = []
+    for t in targets:
+        # The tokens leave the vault's grant at once; the provider is told next.
+        if (
+            t.kind == "oauth"
+            and t.oauth_provider_id is not None
+            and await detach_tokens_for_revocation(
+                vault, conn, app_id, t.grant_id, t.oauth_provider_id
+            )
+        ):
+            queued.append(t.grant_id)
+    if records is not None:
+        records.extend(audit)
+    elif audit:
+        await vault.audit.append(conn, audit)
+    return queued
+
+
+async def revoke_user_oauth_grants(vault: Vault, app_id: str, subject: str) -> None:
+    """A user was disabled or deleted: revoke their OAuth grants, drop the tokens and tell the
+    providers (one of the ``services.identity.service.on_user_disabled`` hooks)."""
+    now = utcnow()
+    async with vault.db.write() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(
+                    grants.c.id, grants.c.status, grants.c.kind, grants.c.oauth_provider_id
+                ).where(
+                    grants.c.app_id == app_id,
+                    grants.c.kind == "oauth",
+                    grants.c.principal_type == "user",
+                    grants.c.principal_id == subject,
+                )
+            )
+        ).all()
+        queued = await revoke_in(
+            conn,
+            vault,
+            app_id,
+            [Revocable(r.id, r.kind, r.status, "user", subject, r.oauth_provider_id) for r in rows],
+            actor={"type": "vault", "via": "deprovisioning"},
+            reason="user deprovisioned",
+            now=now,
+        )
+    for grant_id in queued:
+        await revoke_at_provider(vault, grant_id)
 
 
 #: Bounds of a scope-mismatch report as stored (the client clamps to the same bounds).

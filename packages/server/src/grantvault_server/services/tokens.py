@@ -22,14 +22,14 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.audit.redact import redact_url
 from grantvault_server.crypto.barrier import BarrierError, CorruptCiphertext
 from grantvault_server.errors import NotFound, VaultError
-from grantvault_server.identity.service import resolve_user
-from grantvault_server.identity.users import Identity
+from grantvault_server.identity.claims import Identity
 from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services import oauth_providers as oauth_configs, oauth_tokens
 from grantvault_server.services.apps import App, _iso
 from grantvault_server.services.grants import grant_status, principal_label, scope_mismatch_open
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
+from grantvault_server.services.identity.service import resolve_user
 from grantvault_server.services.last_used import TOUCH_GRANT, needs_touch
 from grantvault_server.services.requests import claim_nonce_in
 from grantvault_server.services.secrets import credential_aad, token_fields

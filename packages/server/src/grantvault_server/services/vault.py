@@ -13,6 +13,7 @@ from grantvault_server import outbound
 from grantvault_server.audit.chain import AuditChain
 from grantvault_server.config import SchemaOutOfDate, Settings, resolve_master_key
 from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
+from grantvault_server.identity.state import IdentityState
 from grantvault_server.oauth.client import OAuthClient
 from grantvault_server.policy.engine import PolicyEngine
 from grantvault_server.providers.catalog import load_templates
@@ -43,6 +44,8 @@ class Vault:
     refreshes: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Told the outcome of every refresh that reached a provider (wired to /metrics).
     refresh_observer: Callable[[str], None] = field(default=lambda _outcome: None, repr=False)
+    #: This vault's identity caches in this process (keys, verified tokens, IdP configs).
+    identity: IdentityState = field(default_factory=IdentityState, repr=False)
 
     @property
     def retrieval_writer(self) -> RetrievalWriter:

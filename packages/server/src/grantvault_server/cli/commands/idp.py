@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from grantvault_server.cli._common import AppOpt, JsonOpt, emit, err, fail, out, run, with_vault
-from grantvault_server.identity import idp as idp_service
 from grantvault_server.services import apps as app_service
+from grantvault_server.services.identity import idp as idp_service
 from grantvault_server.services.vault import Vault, operator_actor
 
 idp_cli = typer.Typer(

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 import typer
 
 from grantvault_server.cli._common import AppOpt, JsonOpt, emit, out, run, table, with_vault
-from grantvault_server.identity import service as identity
-from grantvault_server.identity.idp import active_config, require_config
-from grantvault_server.identity.users import list_groups, list_users
 from grantvault_server.services import apps as app_service
+from grantvault_server.services.identity import service as identity
+from grantvault_server.services.identity.idp import active_config, require_config
+from grantvault_server.services.identity.users import list_groups, list_users
 from grantvault_server.services.vault import Vault, operator_actor
 
 users_cli = typer.Typer(

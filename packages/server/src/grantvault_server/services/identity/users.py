@@ -13,9 +13,7 @@ is ignored for it; a token issued after it means the IdP added the user back.
 
 from __future__ import annotations
 
-import re
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,12 +23,17 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import InvalidInput, VaultError
+from grantvault_server.identity.claims import (
+    MAX_GROUP_ID,
+    Identity,
+    MappedClaims,
+    effective_groups,
+    storable,
+)
 from grantvault_server.identity.state import IdpConfig
-from grantvault_server.services.apps import _iso
-from grantvault_server.services.grants import principal_label
+from grantvault_server.services.grants import Revocable, principal_label, revoke_in
 from grantvault_server.services.last_used import needs_touch
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.sql import for_update, insert_ignore
@@ -42,165 +45,13 @@ from grantvault_server.storage.tables import (
     identity_providers,
     managed_secrets,
 )
+from grantvault_server.timefmt import iso
 
 USER_STATUSES = ("active", "disabled", "deleted")
-MAX_GROUPS = 1000
-MAX_GROUP_ID = 255
 #: Group removals older than this are forgotten: no token lives that long.
 REMOVAL_MEMORY = timedelta(days=7)
 #: At most this many group ids in one audit record's details (the count is always exact).
 AUDIT_LIST_LIMIT = 100
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A verified end user of an app."""
-
-    #: The vault's id of the app user (a UUID).
-    user_id: str
-    #: The IdP's id of the user (the mapped user id claim, ``sub`` by default); what user
-    #: grants name as ``principal_id``.
-    subject: str
-    idp_id: str
-    #: External group ids from the token (minus those the IdP has since removed); what
-    #: group grants name as ``principal_id``.
-    groups: frozenset[str]
-    email: str | None
-    display_name: str | None
-
-
-@dataclass(frozen=True)
-class MappedClaims:
-    """A verified token's claims through the app's claim mappings."""
-
-    subject: str
-    email: str | None
-    display_name: str | None
-    groups: frozenset[str]
-    issued_at: float | None
-
-
-class ClaimsRejected(Exception):
-    """The verified token lacks a usable user id (or carries unusable groups)."""
-
-
-#: Characters no user id, group id, email or name has, and that storage cannot hold alike on
-#: both backends: C0/C1 controls (NUL among them: PostgreSQL refuses it, SQLite stores it) and
-#: lone UTF-16 surrogates (which JSON's ``\ud800`` escapes produce and no UTF-8 encoder takes).
-_UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def storable(value: str) -> bool:
-    """Whether ``value`` may become a user id, group id or profile field."""
-    return _UNSTORABLE.search(value) is None
-
-
-def _text(value: object, limit: int, what: str) -> str | None:
-    if not isinstance(value, str):
-        return None
-    if not storable(value):
-        # Refused, not cleaned: a signed claim the vault would store differently from what
-        # the IdP said is a claim the vault misreports.
-        raise ClaimsRejected(f"the {what} claim holds control characters or invalid Unicode")
-    value = value.strip()
-    return value[:limit] if value else None
-
-
-def parse_groups(value: object) -> frozenset[str]:
-    """A groups claim as a list of strings, or one string separated by spaces or commas."""
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        items: list[object] = [g for g in value.replace(",", " ").split() if g]
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise ClaimsRejected("the groups claim is neither a list nor a string")
-    if len(items) > MAX_GROUPS:
-        raise ClaimsRejected(f"the groups claim lists more than {MAX_GROUPS} groups")
-    groups = set()
-    for item in items:
-        if not isinstance(item, str) or not 1 <= len(item) <= MAX_GROUP_ID or not storable(item):
-            raise ClaimsRejected(
-                f"the groups claim holds a value that is not a 1-{MAX_GROUP_ID} character string "
-                "without control characters"
-            )
-        groups.add(item)
-    return frozenset(groups)
-
-
-def _first(value: object) -> object:
-    return value[0] if isinstance(value, list) and len(value) == 1 else value
-
-
-def machine_token(claims: dict[str, Any]) -> str | None:
-    """Why ``claims`` belong to a client acting for itself rather than to an end user.
-
-    The vault accepts as a user token only one that names a person: an ID token, or an
-    access token a client obtained *for a user*. A token a client obtained for itself (the
-    client-credentials grant) is refused, because its subject is the client: accepting it
-    would create an "app user" for the machine and hand it that user's grants. The markers
-    (documented in docs/identity.md, "Which tokens count as end users"):
-
-    * ``sub`` equal to ``client_id`` (RFC 9068 section 2.2), ``cid`` (Okta) or ``azp``;
-    * ``gty`` = ``client-credentials`` (Auth0, whose machine subjects end in ``@clients``);
-    * ``idtyp`` = ``app`` (Microsoft Entra ID's app-only tokens, optional claim);
-    * ``preferred_username`` starting ``service-account-`` (Keycloak's service accounts).
-    """
-    subject = claims.get("sub")
-    for name in ("client_id", "cid", "azp"):
-        client = claims.get(name)
-        if isinstance(client, str) and client and client == subject:
-            return f"its subject is the client itself ({name}); it names no end user"
-    if _first(claims.get("gty")) == "client-credentials":
-        return "it was issued by the client-credentials grant (gty); it names no end user"
-    if claims.get("idtyp") == "app":
-        return "it is an app-only token (idtyp); it names no end user"
-    username = claims.get("preferred_username")
-    if isinstance(username, str) and username.startswith("service-account-"):
-        return "it belongs to a service account; it names no end user"
-    return None
-
-
-def map_claims(config: IdpConfig, claims: dict[str, Any]) -> MappedClaims:
-    machine = machine_token(claims)
-    if machine is not None:
-        raise ClaimsRejected(machine)
-    subject = claims.get(config.user_id_claim)
-    if not isinstance(subject, str) or not 1 <= len(subject) <= 255:
-        raise ClaimsRejected(
-            f"the token has no usable {config.user_id_claim!r} claim (the user id: a string of "
-            "1-255 characters)"
-        )
-    if not storable(subject):
-        raise ClaimsRejected(
-            f"the {config.user_id_claim!r} claim (the user id) holds control characters or "
-            "invalid Unicode"
-        )
-    email = _text(claims.get(config.email_claim), 320, "email")
-    iat = claims.get("iat")
-    return MappedClaims(
-        subject=subject,
-        email=email if email and "@" in email else None,
-        display_name=_text(claims.get(config.name_claim), 255, "name"),
-        groups=parse_groups(claims.get(config.groups_claim))
-        if config.groups_claim
-        else frozenset(),
-        issued_at=float(iat) if isinstance(iat, int | float) else None,
-    )
-
-
-def effective_groups(
-    token_groups: frozenset[str], removals: dict[str, float], issued_at: float | None
-) -> frozenset[str]:
-    """Token groups, minus those removed by the IdP after the token was issued."""
-    if not removals:
-        return token_groups
-    return frozenset(
-        g
-        for g in token_groups
-        if g not in removals or (issued_at is not None and issued_at > removals[g])
-    )
 
 
 def user_disabled(status: str) -> VaultError:
@@ -388,7 +239,7 @@ async def sync_user(
     """The app user behind verified claims: created on first sight, synced when changed."""
     async with vault.db.read() as conn:
         row = await _USER_BY_SUBJECT.first(conn, {"idp_id": config.id, "subject": mapped.subject})
-    now = utcnow()
+    now = vault.clock.now()
     if row is not None:
         if row.status != "active":
             raise user_disabled(row.status)
@@ -409,36 +260,15 @@ async def sync_user(
         if row.status != "active":
             raise user_disabled(row.status)
         if changes.records and not config.mappings_locked:
-            # The first user of this IdP: the claim mappings are now in use.
-            await conn.execute(
-                sa.update(identity_providers)
-                .where(
-                    identity_providers.c.id == config.id,
-                    identity_providers.c.mappings_locked_at.is_(None),
-                )
-                .values(mappings_locked_at=now)
-            )
-        removals: dict[str, float] = dict(row.group_removals)
-        groups = effective_groups(mapped.groups, removals, mapped.issued_at)
-        # The IdP added the user back to a group it had removed them from.
-        for readded in groups & set(removals):
-            del removals[readded]
-        cutoff = (now - REMOVAL_MEMORY).timestamp()
-        removals = {g: t for g, t in removals.items() if t > cutoff}
+            await _lock_mappings(conn, config, now)
+        groups, removals = _synced_groups(row, mapped, now)
         current = frozenset(row.groups)
         await _set_memberships(conn, config, row.id, current, groups, now, changes)
         values: dict[str, Any] = {"last_seen_at": now}
         if groups != current or removals != row.group_removals:
             values["groups"] = sorted(groups)
             values["group_removals"] = removals
-        profile = {
-            name: new
-            for name, new, old in (
-                ("email", mapped.email, row.email),
-                ("display_name", mapped.display_name, row.display_name),
-            )
-            if new is not None and new != old
-        }
+        profile = _profile_changes(row, mapped)
         if profile:
             values.update(profile)
             if not any(r.event is AuditEvent.USER_CREATED for r in changes.records):
@@ -458,13 +288,58 @@ async def sync_user(
     )
 
 
+async def _lock_mappings(conn: Conn, config: IdpConfig, now: datetime) -> None:
+    """The first user of this IdP: the claim mappings are now in use."""
+    await conn.execute(
+        sa.update(identity_providers)
+        .where(
+            identity_providers.c.id == config.id,
+            identity_providers.c.mappings_locked_at.is_(None),
+        )
+        .values(mappings_locked_at=now)
+    )
+
+
+def _synced_groups(
+    row: Any, mapped: MappedClaims, now: datetime
+) -> tuple[frozenset[str], dict[str, float]]:
+    """The user's groups from this token, and the IdP's removals still worth remembering."""
+    removals: dict[str, float] = dict(row.group_removals)
+    groups = effective_groups(mapped.groups, removals, mapped.issued_at)
+    # The IdP added the user back to a group it had removed them from.
+    for readded in groups & set(removals):
+        del removals[readded]
+    cutoff = (now - REMOVAL_MEMORY).timestamp()
+    return groups, {g: t for g, t in removals.items() if t > cutoff}
+
+
+def _profile_changes(row: Any, mapped: MappedClaims) -> dict[str, str]:
+    """The profile fields the token changes (a claim left out changes nothing)."""
+    return {
+        name: new
+        for name, new, old in (
+            ("email", mapped.email, row.email),
+            ("display_name", mapped.display_name, row.display_name),
+        )
+        if new is not None and new != old
+    }
+
+
 async def _revoke_user_grants(
-    conn: Conn, config: IdpConfig, subject: str, reason: str, now: datetime, changes: _Changes
+    conn: Conn,
+    vault: Vault,
+    config: IdpConfig,
+    subject: str,
+    reason: str,
+    now: datetime,
+    changes: _Changes,
 ) -> list[str]:
     """Revoke the user's active managed-secret grants (OAuth grants: the disable hooks)."""
     rows = (
         await conn.execute(
-            sa.select(grants.c.id, managed_secrets.c.slug)
+            sa.select(
+                grants.c.id, grants.c.kind, grants.c.oauth_provider_id, managed_secrets.c.slug
+            )
             .join(managed_secrets, managed_secrets.c.id == grants.c.managed_secret_id)
             .where(
                 grants.c.app_id == config.app_id,
@@ -478,26 +353,21 @@ async def _revoke_user_grants(
     ).all()
     if not rows:
         return []
-    ids = [r.id for r in rows]
-    await conn.execute(
-        sa.update(grants)
-        .where(grants.c.id.in_(ids), grants.c.status == "active")
-        .values(status="revoked", revoked_at=now, revoke_reason=reason)
+    targets = [
+        Revocable(r.id, r.kind, "active", "user", subject, r.oauth_provider_id, r.slug)
+        for r in rows
+    ]
+    await revoke_in(
+        conn,
+        vault,
+        config.app_id,
+        targets,
+        actor=changes.actor,
+        reason=reason,
+        now=now,
+        records=changes.records,
     )
-    for r in rows:
-        changes.records.append(
-            AuditRecord(
-                chain=config.app_id,
-                event=AuditEvent.GRANT_REVOKED,
-                outcome=Outcome.SUCCESS,
-                actor=changes.actor,
-                reason=reason,
-                principal=changes.principal,
-                grant_id=r.id,
-                provider_id=r.slug,
-            )
-        )
-    return ids
+    return [t.grant_id for t in targets]
 
 
 _STATUS_EVENTS = {
@@ -528,7 +398,7 @@ async def change_status(
         raise InvalidInput("A user id (subject) is 1-255 characters, without control characters.")
     if reason is not None and len(reason) > 512:
         raise InvalidInput("reason is at most 512 characters.")
-    now = utcnow()
+    now = vault.clock.now()
     changes = _Changes(config, subject, actor)
     row = await _lock_or_create(conn, config, subject, now, changes, status=status)
     if row.status != status or changes.records:
@@ -543,7 +413,7 @@ async def change_status(
     revoked: list[str] = []
     if status != "active":
         why = reason or f"user {status}"
-        revoked = await _revoke_user_grants(conn, config, subject, why, now, changes)
+        revoked = await _revoke_user_grants(conn, vault, config, subject, why, now, changes)
     if status == "deleted" and row.groups:
         await _set_memberships(
             conn,
@@ -577,7 +447,7 @@ async def remove_group_member(
         )
     if not 1 <= len(subject) <= 255 or not storable(subject):
         raise InvalidInput("A user id (subject) is 1-255 characters, without control characters.")
-    now = utcnow()
+    now = vault.clock.now()
     changes = _Changes(config, subject, actor)
     row = await _lock_or_create(conn, config, subject, now, changes)
     removals = dict(row.group_removals)
@@ -604,8 +474,8 @@ def _user_item(row: Any) -> dict[str, Any]:
         "status": row.status,
         "status_reason": row.status_reason,
         "groups": list(row.groups),
-        "created_at": _iso(row.created_at),
-        "last_seen_at": _iso(row.last_seen_at),
+        "created_at": iso(row.created_at),
+        "last_seen_at": iso(row.last_seen_at),
     }
 
 
@@ -676,7 +546,7 @@ async def list_groups(vault: Vault, config: IdpConfig) -> dict[str, Any]:
                 "group_id": r.id,
                 "external_id": r.external_id,
                 "members": r.members,
-                "created_at": _iso(r.created_at),
+                "created_at": iso(r.created_at),
             }
             for r in rows
         ],

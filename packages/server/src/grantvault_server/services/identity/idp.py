@@ -12,6 +12,7 @@ import base64
 import os
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,19 +22,24 @@ from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.crypto.barrier import aad_for
 from grantvault_server.errors import InvalidInput, VaultError
-from grantvault_server.identity.discovery import DiscoveryError, check_algorithms, discover
-from grantvault_server.identity.state import IdpConfig, identity_state
-from grantvault_server.services.apps import App, _iso
+from grantvault_server.identity.discovery import (
+    Discovery,
+    DiscoveryError,
+    check_algorithms,
+    discover,
+)
+from grantvault_server.identity.state import IdpConfig
+from grantvault_server.identity.webhook_signature import WEBHOOK_SECRET_PREFIX, webhook_key
+from grantvault_server.services.apps import App
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.sql import for_update
 from grantvault_server.storage.tables import identity_providers
+from grantvault_server.timefmt import iso
 
 CALLBACK_PATH = "/sdk/auth/callback"
 WEBHOOK_PATH = "/webhooks/idp/{app_id}"
-WEBHOOK_SECRET_PREFIX = "whsec_"
 MAPPING_FIELDS = ("user_id_claim", "groups_claim", "email_claim", "name_claim")
 _KEEP: Any = object()
 
@@ -91,7 +97,7 @@ async def read_config(conn: Conn, app_id: str) -> IdpConfig | None:
 
 async def active_config(vault: Vault, app_id: str, *, fresh: bool = False) -> IdpConfig | None:
     """The app's active IdP, from this process's short-lived cache unless ``fresh``."""
-    state = identity_state(vault)
+    state = vault.identity
     now = state.clock()
     cached = state.configs.get(app_id)
     if not fresh and cached is not None and cached[0] > now:
@@ -138,15 +144,8 @@ class IdpSettings:
     clear_signin: bool = False
 
 
-async def set_idp(
-    vault: Vault, app: App, actor: dict[str, Any], settings: IdpSettings, *, force: bool = False
-) -> dict[str, Any]:
-    """Configure (or reconfigure) the app's IdP after validating its discovery document.
-
-    Same issuer: the row is updated in place. Another issuer: the old row is deactivated and
-    a new one created (needs ``force`` once users have signed in, because their ids belong
-    to the old issuer).
-    """
+def _check_settings(settings: IdpSettings) -> None:
+    """Refuse malformed operator input before anything is fetched."""
     for name in MAPPING_FIELDS:
         _claim_name(getattr(settings, name) or None, name)
     if settings.audience is not None and not 1 <= len(settings.audience) <= 512:
@@ -160,21 +159,163 @@ async def set_idp(
         raise InvalidInput("The sign-in client secret is 1-4096 characters.")
     if settings.signin_client_secret is not None and settings.signin_client_id is None:
         raise InvalidInput("A client secret needs its client id (--client-id).")
+
+
+async def _discover(vault: Vault, settings: IdpSettings) -> tuple[Discovery, tuple[str, ...]]:
+    """The issuer's validated discovery document, and the algorithms to accept."""
     try:
-        found = await discover(
-            settings.issuer, vault.settings.allow_http_hosts, verify=vault.tls_context
-        )
+        found = await discover(settings.issuer, vault.settings.allow_http_hosts, http=vault.http)
     except DiscoveryError as exc:
         raise VaultError(ErrorCode.IDP_DISCOVERY_FAILED, str(exc)) from None
-    algorithms = found.algorithms
-    if settings.algorithms is not None:
-        algorithms = check_algorithms(settings.algorithms)
-        if not algorithms or len(algorithms) != len(settings.algorithms):
-            raise InvalidInput(
-                "--algorithms takes asymmetric JWS algorithms only (RS256, PS256, ES256, "
-                "EdDSA, ...); `none` and HS* are never accepted."
+    if settings.algorithms is None:
+        return found, found.algorithms
+    algorithms = check_algorithms(settings.algorithms)
+    if not algorithms or len(algorithms) != len(settings.algorithms):
+        raise InvalidInput(
+            "--algorithms takes asymmetric JWS algorithms only (RS256, PS256, ES256, "
+            "EdDSA, ...); `none` and HS* are never accepted."
+        )
+    return found, algorithms
+
+
+_DEFAULT_MAPPINGS: dict[str, Any] = {
+    "user_id_claim": "sub",
+    "groups_claim": None,
+    "email_claim": "email",
+    "name_claim": "name",
+    "audience": None,
+}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`set_idp` decided: the row to write and what it replaces."""
+
+    current: Any
+    #: The same issuer as the active row: updated in place (else a new row replaces it).
+    same: bool
+    idp_id: str
+    #: Mappings and audience before, and as they will be.
+    base: dict[str, Any]
+    wanted: dict[str, Any]
+
+    @property
+    def remapped(self) -> list[str]:
+        return [f for f in MAPPING_FIELDS if self.wanted[f] != self.base[f]]
+
+
+def _plan(current: Any, settings: IdpSettings, *, force: bool) -> _Plan:
+    """Decide the mappings and whether the change is allowed (locked mappings need force)."""
+    same = current is not None and current.issuer == settings.issuer
+    fields = (*MAPPING_FIELDS, "audience")
+    base = {f: getattr(current, f) for f in fields} if same else dict(_DEFAULT_MAPPINGS)
+    wanted = dict(base)
+    for name in fields:
+        value = getattr(settings, name)
+        if value is not None:
+            wanted[name] = (value or None) if name == "groups_claim" else value
+    if not wanted["audience"]:
+        raise InvalidInput("An IdP needs the audience its tokens carry (--audience).")
+    plan = _Plan(current, same, current.id if same else str(uuid.uuid4()), base, wanted)
+    locked = current is not None and current.mappings_locked_at is not None
+    if locked and not force and not same:
+        raise VaultError(
+            ErrorCode.IDP_MAPPINGS_LOCKED,
+            "Users of this app have signed in with the current issuer; replacing it "
+            "makes their ids and grants unusable. Re-run with --force to replace it.",
+        )
+    if locked and not force and plan.remapped:
+        raise VaultError(
+            ErrorCode.IDP_MAPPINGS_LOCKED,
+            f"The claim mappings locked at the first sign-in ({', '.join(plan.remapped)} "
+            "would change, and existing users would get other ids or groups). "
+            "Re-run with --force if that is intended.",
+        )
+    return plan
+
+
+def _signin_values(vault: Vault, app_id: str, idp_id: str, settings: IdpSettings) -> dict[str, Any]:
+    """The sign-in client columns to write (the secret sealed to its row), if any change."""
+    if settings.clear_signin:
+        return {"signin_client_id": None, "signin_client_secret_ct": None}
+    if settings.signin_client_id is None:
+        return {}
+    secret = settings.signin_client_secret
+    return {
+        "signin_client_id": settings.signin_client_id,
+        "signin_client_secret_ct": (
+            vault.barrier.encrypt(
+                secret.encode(), secret_aad(app_id, idp_id, "signin_client_secret_ct")
             )
-    now = utcnow()
+            if secret is not None
+            else None
+        ),
+    }
+
+
+async def _write_idp(
+    conn: Conn, app_id: str, issuer: str, plan: _Plan, values: dict[str, Any], now: datetime
+) -> None:
+    """Update the active row in place, or deactivate it and insert the new one."""
+    if plan.same:
+        await conn.execute(
+            sa.update(identity_providers)
+            .where(identity_providers.c.id == plan.idp_id)
+            .values(**values)
+        )
+        return
+    if plan.current is not None:
+        await conn.execute(
+            sa.update(identity_providers)
+            .where(identity_providers.c.id == plan.current.id)
+            .values(active=False, updated_at=now)
+        )
+    await conn.execute(
+        sa.insert(identity_providers).values(
+            id=plan.idp_id, app_id=app_id, issuer=issuer, active=True, created_at=now, **values
+        )
+    )
+
+
+def _configured(
+    app_id: str,
+    actor: dict[str, Any],
+    settings: IdpSettings,
+    plan: _Plan,
+    values: dict[str, Any],
+    *,
+    force: bool,
+) -> AuditRecord:
+    return AuditRecord(
+        chain=app_id,
+        event=AuditEvent.IDP_CONFIGURED,
+        outcome=Outcome.SUCCESS,
+        actor=actor,
+        details={
+            "idp_id": plan.idp_id,
+            "issuer": settings.issuer,
+            "audience": plan.wanted["audience"],
+            "mappings": {f: plan.wanted[f] for f in MAPPING_FIELDS},
+            "algorithms": values["algorithms"],
+            "replaced_issuer": (None if plan.same or plan.current is None else plan.current.issuer),
+            "signin_client_id": values.get("signin_client_id"),
+            "forced": force,
+        },
+    )
+
+
+async def set_idp(
+    vault: Vault, app: App, actor: dict[str, Any], settings: IdpSettings, *, force: bool = False
+) -> dict[str, Any]:
+    """Configure (or reconfigure) the app's IdP after validating its discovery document.
+
+    Same issuer: the row is updated in place. Another issuer: the old row is deactivated and
+    a new one created (needs ``force`` once users have signed in, because their ids belong
+    to the old issuer).
+    """
+    _check_settings(settings)
+    found, algorithms = await _discover(vault, settings)
+    now = vault.clock.now()
     async with vault.db.write() as conn:
         current = (
             await conn.execute(
@@ -187,109 +328,22 @@ async def set_idp(
                 )
             )
         ).first()
-        same = current is not None and current.issuer == settings.issuer
-        base: dict[str, Any] = (
-            {f: getattr(current, f) for f in (*MAPPING_FIELDS, "audience")}
-            if same and current is not None
-            else {
-                "user_id_claim": "sub",
-                "groups_claim": None,
-                "email_claim": "email",
-                "name_claim": "name",
-                "audience": None,
-            }
-        )
-        wanted = dict(base)
-        for name in (*MAPPING_FIELDS, "audience"):
-            value = getattr(settings, name)
-            if value is not None:
-                wanted[name] = (value or None) if name == "groups_claim" else value
-        if not wanted["audience"]:
-            raise InvalidInput("An IdP needs the audience its tokens carry (--audience).")
-        locked = current is not None and current.mappings_locked_at is not None
-        if locked and not force:
-            if not same:
-                raise VaultError(
-                    ErrorCode.IDP_MAPPINGS_LOCKED,
-                    "Users of this app have signed in with the current issuer; replacing it "
-                    "makes their ids and grants unusable. Re-run with --force to replace it.",
-                )
-            changed = [f for f in MAPPING_FIELDS if wanted[f] != base[f]]
-            if changed:
-                raise VaultError(
-                    ErrorCode.IDP_MAPPINGS_LOCKED,
-                    f"The claim mappings locked at the first sign-in ({', '.join(changed)} "
-                    "would change, and existing users would get other ids or groups). "
-                    "Re-run with --force if that is intended.",
-                )
-        idp_id = current.id if same and current is not None else str(uuid.uuid4())
+        plan = _plan(current, settings, force=force)
         values: dict[str, Any] = {
-            **wanted,
+            **plan.wanted,
             "jwks_uri": found.jwks_uri,
             "algorithms": list(algorithms),
             "endpoints": found.endpoints(),
             "updated_at": now,
         }
-        if same and force and any(wanted[f] != base[f] for f in MAPPING_FIELDS):
+        if plan.same and force and plan.remapped:
             values["mappings_locked_at"] = None
-        if settings.clear_signin:
-            values["signin_client_id"] = None
-            values["signin_client_secret_ct"] = None
-        elif settings.signin_client_id is not None:
-            values["signin_client_id"] = settings.signin_client_id
-            values["signin_client_secret_ct"] = (
-                vault.barrier.encrypt(
-                    settings.signin_client_secret.encode(),
-                    secret_aad(app.id, idp_id, "signin_client_secret_ct"),
-                )
-                if settings.signin_client_secret is not None
-                else None
-            )
-        if same:
-            await conn.execute(
-                sa.update(identity_providers)
-                .where(identity_providers.c.id == idp_id)
-                .values(**values)
-            )
-        else:
-            if current is not None:
-                await conn.execute(
-                    sa.update(identity_providers)
-                    .where(identity_providers.c.id == current.id)
-                    .values(active=False, updated_at=now)
-                )
-            await conn.execute(
-                sa.insert(identity_providers).values(
-                    id=idp_id,
-                    app_id=app.id,
-                    issuer=settings.issuer,
-                    active=True,
-                    created_at=now,
-                    **values,
-                )
-            )
+        values.update(_signin_values(vault, app.id, plan.idp_id, settings))
+        await _write_idp(conn, app.id, settings.issuer, plan, values, now)
         await vault.audit.append(
-            conn,
-            [
-                AuditRecord(
-                    chain=app.id,
-                    event=AuditEvent.IDP_CONFIGURED,
-                    outcome=Outcome.SUCCESS,
-                    actor=actor,
-                    details={
-                        "idp_id": idp_id,
-                        "issuer": settings.issuer,
-                        "audience": wanted["audience"],
-                        "mappings": {f: wanted[f] for f in MAPPING_FIELDS},
-                        "algorithms": list(algorithms),
-                        "replaced_issuer": None if same or current is None else current.issuer,
-                        "signin_client_id": values.get("signin_client_id"),
-                        "forced": force,
-                    },
-                )
-            ],
+            conn, [_configured(app.id, actor, settings, plan, values, force=force)]
         )
-    identity_state(vault).forget_config(app.id)
+    vault.identity.forget_config(app.id)
     return await show_idp(vault, app)
 
 
@@ -315,7 +369,7 @@ async def show_idp(vault: Vault, app: App) -> dict[str, Any]:
         "jwks_uri": row.jwks_uri,
         "algorithms": list(row.algorithms),
         "claims": {f.removesuffix("_claim"): getattr(row, f) for f in MAPPING_FIELDS},
-        "mappings_locked_at": _iso(row.mappings_locked_at),
+        "mappings_locked_at": iso(row.mappings_locked_at),
         "signin": {
             "client_id": row.signin_client_id,
             "client_secret_set": row.signin_client_secret_ct is not None,
@@ -325,8 +379,8 @@ async def show_idp(vault: Vault, app: App) -> dict[str, Any]:
             "url": base + WEBHOOK_PATH.format(app_id=app.id),
             "secret_set": row.webhook_secret_ct is not None,
         },
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
     }
 
 
@@ -350,7 +404,7 @@ async def set_webhook_secret(
                 webhook_secret_ct=vault.barrier.encrypt(
                     secret.encode(), secret_aad(app.id, config.id, "webhook_secret_ct")
                 ),
-                updated_at=utcnow(),
+                updated_at=vault.clock.now(),
             )
         )
         await vault.audit.append(
@@ -365,19 +419,5 @@ async def set_webhook_secret(
                 )
             ],
         )
-    identity_state(vault).forget_config(app.id)
+    vault.identity.forget_config(app.id)
     return secret
-
-
-def webhook_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_`` secret (raises :class:`InvalidInput` when malformed)."""
-    body = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
-    try:
-        key = base64.b64decode(body, validate=True)
-    except ValueError:
-        key = b""
-    if not secret.startswith(WEBHOOK_SECRET_PREFIX) or not 16 <= len(key) <= 128:
-        raise InvalidInput(
-            "A webhook secret is `whsec_` followed by the base64 of 16-128 random bytes."
-        )
-    return key

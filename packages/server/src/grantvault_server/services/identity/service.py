@@ -18,16 +18,17 @@ from typing import Any
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
-from grantvault_server.identity import users
-from grantvault_server.identity.idp import active_config, read_config, require_config
-from grantvault_server.identity.state import IdpConfig, identity_state
-from grantvault_server.identity.users import ClaimsRejected, Identity, MappedClaims
+from grantvault_server.identity.claims import ClaimsRejected, Identity, MappedClaims, map_claims
+from grantvault_server.identity.state import IdentityState, IdpConfig
 from grantvault_server.identity.verify import (
     IdpUnreachable,
     TokenRejected,
     VerifyPolicy,
     verify_token,
 )
+from grantvault_server.services.grants import revoke_user_oauth_grants
+from grantvault_server.services.identity import users
+from grantvault_server.services.identity.idp import active_config, read_config, require_config
 from grantvault_server.services.vault import Vault
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "delete_user",
     "disable_user",
     "enable_user",
+    "identity_state",
     "on_user_disabled",
     "resolve_user",
     "verified_claims",
@@ -50,14 +52,13 @@ log = logging.getLogger(__name__)
 UserDisabledHook = Callable[[Vault, str, str], Awaitable[None]]
 
 
-async def _revoke_oauth_grants(vault: Vault, app_id: str, subject: str) -> None:
-    """OAuth grants: revoked, tokens dropped, providers told (imported late: no cycle)."""
-    from grantvault_server.services.oauth_tokens import revoke_user_oauth_grants
-
-    await revoke_user_oauth_grants(vault, app_id, subject)
+#: The OAuth side: the user's OAuth grants revoked, tokens dropped, providers told.
+on_user_disabled: list[UserDisabledHook] = [revoke_user_oauth_grants]
 
 
-on_user_disabled: list[UserDisabledHook] = [_revoke_oauth_grants]
+def identity_state(vault: Vault) -> IdentityState:
+    """The identity caches of ``vault`` in this process (they live on the vault object)."""
+    return vault.identity
 
 
 def jwt_error(reason: str) -> VaultError:
@@ -96,7 +97,7 @@ async def verified_claims(
     cache: bool = True,
 ) -> dict[str, Any]:
     """The claims of ``token`` verified under ``config`` (raises the typed 401/503)."""
-    state = identity_state(vault)
+    state = vault.identity
     try:
         return await verify_token(
             token,
@@ -104,6 +105,7 @@ async def verified_claims(
             state.jwks_for(config.jwks_uri),
             state.tokens if cache else None,
             scope=config.scope,
+            now=vault.clock.time(),
         )
     except TokenRejected as exc:
         raise jwt_error(str(exc)) from None
@@ -113,7 +115,7 @@ async def verified_claims(
 
 def mapped_claims(config: IdpConfig, claims: dict[str, Any]) -> MappedClaims:
     try:
-        return users.map_claims(config, claims)
+        return map_claims(config, claims)
     except ClaimsRejected as exc:
         raise jwt_error(str(exc)) from None
 
