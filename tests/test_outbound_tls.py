@@ -31,8 +31,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grantvault_server import outbound
 from grantvault_server.config import ConfigError, Settings, load_settings
 from grantvault_server.identity import discovery
-from grantvault_server.identity.fetch import fetch_json
 from grantvault_server.oauth.client import ClientCredentials, OAuthClient, OAuthError
+from grantvault_server.outbound.http import fetch_json
 from grantvault_server.services.oauth_providers import custom_spec
 from grantvault_server.services.vault import Vault
 

@@ -1,14 +1,13 @@
-"""The OIDC discovery document of an issuer, fetched once at configuration time and validated.
+"""What the vault keeps from an IdP's OIDC discovery document to verify its users' tokens.
 
-Why the checks matter:
+The fetch and its checks (exact ``issuer``, every endpoint on the outbound URL rule, size and
+time limits) are the one OIDC discovery of :mod:`grantvault_server.outbound.oidc`, shared with
+custom OAuth providers. On top of it, identity needs:
 
-* ``issuer`` must equal the configured issuer *exactly* (OIDC Discovery 4.3): a document at
-  ``https://op/`` that names ``https://evil/`` is a mix-up, and tokens are later matched on
-  this exact string (``http://127.0.0.1`` and ``http://localhost`` are different issuers).
-* ``jwks_uri`` is the only place keys ever come from, so it must be https.
-* Only asymmetric signature algorithms are kept: ``none`` and the HMAC family can never
-  verify a third party's token (an HS256 "signature" made with the public key is the
-  classic key-confusion forgery).
+* a ``jwks_uri``: the only place keys ever come from;
+* only asymmetric signature algorithms: ``none`` and the HMAC family can never verify a
+  third party's token (an HS256 "signature" made with the public key is the classic
+  key-confusion forgery).
 """
 
 from __future__ import annotations
@@ -18,19 +17,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from grantvault_server.identity.fetch import IdpFetchError, IdpUrlError, check_idp_url, fetch_json
+from grantvault_server.outbound import oidc
+from grantvault_server.outbound.http import OutboundClient
+from grantvault_server.outbound.oidc import DiscoveryError
+
+__all__ = ["Discovery", "DiscoveryError", "check_algorithms", "discover"]
 
 #: Signature algorithms the vault verifies, by JWK key type.
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(EC_ALGORITHMS.values()) | {"EdDSA"}
-
-WELL_KNOWN = "/.well-known/openid-configuration"
-
-
-class DiscoveryError(Exception):
-    """The issuer's discovery failed or its document is unusable; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -64,67 +61,45 @@ def check_algorithms(names: Iterable[object]) -> tuple[str, ...]:
     return tuple(kept)
 
 
-def _optional_url(doc: dict[str, Any], field: str, allow_http_hosts: Sequence[str]) -> str | None:
-    value = doc.get(field)
-    if value is None:
-        return None
-    try:
-        return check_idp_url(value, allow_http_hosts, f"discovery field {field}")
-    except IdpUrlError as exc:
-        raise DiscoveryError(str(exc)) from None
-
-
 async def discover(
-    issuer: str, allow_http_hosts: Sequence[str], *, verify: ssl.SSLContext | None = None
+    issuer: str,
+    allow_http_hosts: Sequence[str],
+    *,
+    verify: ssl.SSLContext | None = None,
+    http: OutboundClient | None = None,
 ) -> Discovery:
-    """Fetch and validate ``{issuer}/.well-known/openid-configuration`` (TLS trust:
-    ``verify``, the vault's context, else the process's)."""
+    """Discover ``issuer`` (:func:`grantvault_server.outbound.oidc.discover`, through
+    ``http``, the vault's client) and keep what verifying its tokens needs. Without ``http`` a
+    short-lived client is made from ``allow_http_hosts`` and ``verify`` (TLS trust: the
+    vault's context, else the process's)."""
+    client = http or OutboundClient(allow_http_hosts, verify=verify, max_keepalive=0)
     try:
-        check_idp_url(issuer, allow_http_hosts, "issuer")
-    except IdpUrlError as exc:
-        raise DiscoveryError(str(exc)) from None
-    if "?" in issuer:
-        raise DiscoveryError("The issuer must not have a query string (OIDC Discovery 3).")
-    url = issuer.rstrip("/") + WELL_KNOWN
-    try:
-        fetched = await fetch_json(url, "discovery document", verify=verify)
-    except IdpFetchError as exc:
-        raise DiscoveryError(f"{exc} (fetched from {url})") from None
-    if fetched.status != 200 or not isinstance(fetched.body, dict):
-        raise DiscoveryError(
-            f"{url} answered HTTP {fetched.status} without a discovery document; check the "
-            "issuer URL (it is the `iss` claim of the tokens)."
-        )
-    doc: dict[str, Any] = fetched.body
-    named = doc.get("issuer")
-    if named != issuer:
-        shown = repr(named)[:200] if isinstance(named, str) else "nothing"
-        raise DiscoveryError(
-            f"The discovery document names the issuer {shown}, not {issuer!r}. Configure "
-            "exactly the issuer the IdP names (scheme, host, path and trailing slash); it must "
-            "also be the `iss` claim of its tokens."
-        )
-    try:
-        jwks_uri = check_idp_url(doc.get("jwks_uri"), allow_http_hosts, "jwks_uri")
-    except IdpUrlError as exc:
-        raise DiscoveryError(f"{exc} (from the discovery document)") from None
+        doc = await oidc.discover(client, issuer, required=("jwks_uri",))
+    finally:
+        if http is None:
+            await client.aclose()
     advertised = doc.get("id_token_signing_alg_values_supported")
     # OIDC Discovery: RS256 must be supported; an absent list means RS256.
     algorithms = check_algorithms(advertised if isinstance(advertised, list) else ["RS256"])
     if not algorithms:
         raise DiscoveryError(
             "The IdP advertises no asymmetric signature algorithm (RS*, PS*, ES*, EdDSA); "
-            "the vault never accepts `none` or HMAC-signed user tokens."
+            "the vault never accepts `none` or HMAC-signed user tokens.",
+            code="malformed_response",
         )
     methods = doc.get("token_endpoint_auth_methods_supported")
     return Discovery(
         issuer=issuer,
-        jwks_uri=jwks_uri,
+        jwks_uri=str(doc["jwks_uri"]),
         algorithms=algorithms,
-        authorization_endpoint=_optional_url(doc, "authorization_endpoint", allow_http_hosts),
-        token_endpoint=_optional_url(doc, "token_endpoint", allow_http_hosts),
+        authorization_endpoint=_str_or_none(doc.get("authorization_endpoint")),
+        token_endpoint=_str_or_none(doc.get("token_endpoint")),
         token_auth_methods=tuple(m for m in methods if isinstance(m, str))
         if isinstance(methods, list)
         else ("client_secret_basic",),
         iss_parameter_supported=doc.get("authorization_response_iss_parameter_supported") is True,
     )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -37,7 +37,7 @@ from grantvault_server.identity.discovery import (
     OKP_CURVES,
     RSA_ALGORITHMS,
 )
-from grantvault_server.identity.fetch import IdpFetchError, fetch_json
+from grantvault_server.outbound.http import FetchError, OutboundClient, fetch_json
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _algorithms_for(jwk: dict[str, Any]) -> frozenset[str]:
 def parse_key_set(document: object) -> dict[str | None, list[VerificationKey]]:
     """The usable signing keys of a JWKS document, by ``kid`` (unusable keys are skipped)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise IdpFetchError("The JWKS is not a JSON object with a `keys` list.")
+        raise FetchError("The JWKS is not a JSON object with a `keys` list.")
     keys: dict[str | None, list[VerificationKey]] = {}
     for jwk in document["keys"][:MAX_KEYS]:
         if not isinstance(jwk, dict):
@@ -142,8 +142,11 @@ class JwksCache:
         *,
         policy: Callable[[], JwksPolicy],
         clock: Callable[[], float] = time.monotonic,
+        http: Callable[[], OutboundClient | None] = lambda: None,
     ) -> None:
         self.uri = uri
+        #: The client to fetch through (the vault's); ``None``: a short-lived https-only one.
+        self._http = http
         self._policy = policy
         self._clock = clock
         self._set: _KeySet | None = None
@@ -204,11 +207,11 @@ class JwksCache:
                 self._last_unknown = self._last_attempt
             self.fetch_count += 1
             try:
-                fetched = await fetch_json(self.uri, "JWKS endpoint")
+                fetched = await fetch_json(self.uri, "JWKS endpoint", client=self._http())
                 if fetched.status != 200:
-                    raise IdpFetchError(f"The JWKS endpoint answered HTTP {fetched.status}.")
+                    raise FetchError(f"The JWKS endpoint answered HTTP {fetched.status}.")
                 keys = parse_key_set(fetched.body)
-            except IdpFetchError as exc:
+            except FetchError as exc:
                 self._keep_stale(str(exc))
                 return
             self._set = _KeySet(keys, self._clock())

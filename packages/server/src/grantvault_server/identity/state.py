@@ -15,6 +15,7 @@ from typing import Any
 
 from grantvault_server.identity.jwks import JwksCache, JwksPolicy
 from grantvault_server.identity.verify import VerifiedTokens
+from grantvault_server.outbound.http import OutboundClient
 
 #: How long a server trusts its cached copy of an app's IdP configuration. Changes made by
 #: this process apply at once; changes made by another process (the CLI) within this time.
@@ -65,12 +66,17 @@ class IdentityState:
     jwks: dict[str, JwksCache] = field(default_factory=dict)
     #: Sign-in sessions some poll is waiting on, woken by the callback in this process.
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: The vault's outbound client, which the key caches fetch through (set by the vault).
+    http: Callable[[], OutboundClient | None] = lambda: None
 
     def jwks_for(self, uri: str) -> JwksCache:
         cache = self.jwks.get(uri)
         if cache is None:
             cache = self.jwks[uri] = JwksCache(
-                uri, policy=lambda: self.jwks_policy, clock=lambda: self.clock()
+                uri,
+                policy=lambda: self.jwks_policy,
+                clock=lambda: self.clock(),
+                http=lambda: self.http(),
             )
         return cache
 

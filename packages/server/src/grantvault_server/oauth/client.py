@@ -4,26 +4,27 @@ Written on httpx rather than Authlib's OAuth client (decision 0007): every provi
 support is data in ``providers/oauth_providers.yaml`` (form-encoded token responses, tokens
 nested under another key, JSON token requests, comma-separated scopes, errors sent with HTTP
 200), and Authlib's client would need a compliance hook per quirk plus wrappers for what it
-does not bound. What this module guarantees on every call to a provider:
+does not bound. Every call goes through the vault's one outbound client
+(:mod:`grantvault_server.outbound`), the token requests through its one OAuth 2.0 token
+request (:mod:`grantvault_server.outbound.oauth2`: PKCE, client authentication), so a
+provider call gets what every outbound call gets:
 
 * bounded time (connect 5 s, whole request 15 s) and bounded size (1 MiB) of any answer;
 * no redirect following (a token endpoint that redirects is misconfigured or hostile);
 * https only, except hosts the operator allows for tests (``GRANTVAULT_ALLOW_HTTP_HOSTS``);
-* errors classified once: ``invalid_grant`` is permanent, 5xx/429/network are transient.
+
+and here, errors are classified once: ``invalid_grant`` is permanent, 5xx/429/network are
+transient, and a lost answer is marked ``maybe_delivered``.
 
 Secrets never appear in exceptions or logs: only OAuth error codes and HTTP statuses do.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
 import json
-import secrets
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -31,14 +32,28 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import httpx
 import jwt
 
-from grantvault_server import outbound
+from grantvault_server.outbound import oauth2, oidc
+from grantvault_server.outbound.http import Answer, OutboundClient, OutboundError
+from grantvault_server.outbound.oauth2 import pkce_pair
+from grantvault_server.outbound.urls import HttpAllowance, UrlRefused, check_url
 from grantvault_server.providers.oauth_schema import OAuthProviderSpec
 
+__all__ = [
+    "ClientCredentials",
+    "OAuthClient",
+    "OAuthError",
+    "TokenSet",
+    "authorization_url",
+    "check_endpoint",
+    "dotted",
+    "id_token_claims",
+    "pkce_pair",
+    "safe_error_code",
+]
+
 MAX_RESPONSE_BYTES = 1 << 20
-TIMEOUT = httpx.Timeout(15.0, connect=5.0)
-#: Wall-clock limit of one provider call, however the answer trickles in.
+#: Wall-clock limit of one provider call, however the answer trickles in (connect: 5 s).
 TOTAL_TIMEOUT_S = 15.0
-USER_AGENT = "grantvault-server (+oauth client)"
 #: Token types usable as a bearer token (Slack calls its user tokens "user", bot tokens "bot").
 ACCEPTED_TOKEN_TYPES = frozenset({"bearer", "user", "bot"})
 #: Longest lifetime believed from a provider: ten years.
@@ -105,6 +120,11 @@ class ClientCredentials:
     client_id: str
     client_secret: str | None
 
+    def auth(self, spec: OAuthProviderSpec) -> oauth2.ClientAuth:
+        """Authentication the way ``spec``'s provider wants it (token and revocation
+        endpoints alike)."""
+        return oauth2.ClientAuth(self.client_id, self.client_secret, spec.token_auth_method)
+
 
 @dataclass(frozen=True)
 class TokenSet:
@@ -134,26 +154,13 @@ def dotted(data: Any, path: str) -> Any:
     return current
 
 
-def pkce_pair() -> tuple[str, str]:
-    """A fresh RFC 7636 verifier (43 characters of 256 bits) and its S256 challenge."""
-    verifier = secrets.token_urlsafe(32)
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def check_endpoint(url: str, allow_http_hosts: Sequence[str]) -> None:
-    """Refuse to talk to a provider endpoint over plain http (tests may allow a host)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname in set(allow_http_hosts):
-        return
-    raise OAuthError(
-        "endpoint_not_allowed",
-        f"{parts.hostname or 'the provider endpoint'}: provider endpoints must use https "
-        "(plain http only for hosts listed in GRANTVAULT_ALLOW_HTTP_HOSTS, which the CLI reads "
-        "too)",
-    )
+def check_endpoint(url: str, allow_http_hosts: HttpAllowance | Iterable[str]) -> None:
+    """Refuse a provider endpoint the outbound URL rule refuses (plain http to a host not in
+    ``GRANTVAULT_ALLOW_HTTP_HOSTS``, user information, ...) as ``endpoint_not_allowed``."""
+    try:
+        check_url(url, allow_http_hosts, "provider endpoint")
+    except UrlRefused as exc:
+        raise OAuthError("endpoint_not_allowed", str(exc)) from None
 
 
 def authorization_url(
@@ -189,104 +196,69 @@ def authorization_url(
 
 
 class OAuthClient:
-    """One pooled HTTP client for every provider call the vault makes."""
+    """Every call the vault makes to an OAuth provider, through one outbound client.
+
+    The vault passes its own (``Vault.http``, shared with identity); without one, a client of
+    its own is made from ``allow_http_hosts``, ``transport`` and ``verify`` and closed by
+    :meth:`aclose`.
+    """
 
     def __init__(
         self,
-        allow_http_hosts: Sequence[str] = (),
+        allow_http_hosts: HttpAllowance | Iterable[str] = (),
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: ssl.SSLContext | None = None,
+        http: OutboundClient | None = None,
     ) -> None:
-        self.allow_http_hosts = tuple(allow_http_hosts)
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=TIMEOUT,
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
-            # The environment is not read (proxy variables must not reroute tokens); the
-            # trust is the process's outbound context, with GRANTVAULT_CA_BUNDLE if set.
-            trust_env=False,
-            verify=verify or outbound.tls_context(),
-        )
+        self._owned = http is None
+        self.http = http or OutboundClient(allow_http_hosts, transport=transport, verify=verify)
+
+    @property
+    def allow_http_hosts(self) -> HttpAllowance:
+        return self.http.allowance
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owned:
+            await self.http.aclose()
 
     # -- transport ---------------------------------------------------------------------
 
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        data: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        auth: tuple[str, str] | None = None,
-    ) -> tuple[int, httpx.Headers, bytes]:
-        check_endpoint(url, self.allow_http_hosts)
-        kwargs: dict[str, Any] = {"headers": dict(headers or {})}
-        if data is not None:
-            kwargs["data"] = dict(data)
-        if json_body is not None:
-            kwargs["json"] = json_body
-        if auth is not None:
-            # RFC 6749 §2.3.1: form-urlencode id and secret before Basic encoding.
-            user, password = (quote(auth[0], safe=""), quote(auth[1], safe=""))
-            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            kwargs["headers"]["Authorization"] = f"Basic {token}"
-        # Which steps of the exchange began (httpcore's trace events): a failure before the
-        # request headers were sent surely never reached the provider.
-        started: set[str] = set()
-
-        async def trace(event: str, _info: Mapping[str, Any]) -> None:
-            started.add(event)
-
-        def maybe_delivered(exc: BaseException) -> bool:
-            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
-                return False
-            # No trace at all (a custom transport): we cannot tell, so assume it arrived.
-            return not started or any("send_request_headers" in e for e in started)
-
+    @staticmethod
+    async def _call(request: Awaitable[Answer]) -> Answer:
+        """Await an outbound request, turning its failures into :class:`OAuthError`."""
         try:
-            # httpx's timeouts bound each read, not the whole answer: a provider dribbling a
-            # byte at a time must not hold a refresh lease hostage.
-            async with (
-                asyncio.timeout(TOTAL_TIMEOUT_S),
-                self._http.stream(method, url, extensions={"trace": trace}, **kwargs) as response,
-            ):
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        # A 2xx (or 5xx) status line says the request arrived and may have
-                        # been processed (a refresh token rotated): the answer is lost.
-                        raise OAuthError(
-                            "malformed_response",
-                            "answer larger than 1 MiB",
-                            transient=False,
-                            status=response.status_code,
-                            maybe_delivered=_answer_may_be_lost(response.status_code, None),
-                        )
-                return response.status_code, response.headers, bytes(body)
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            # TimeoutError is asyncio.timeout's: a provider that accepted the connection and
-            # never answered. Same classification as httpx's own timeouts: transient.
+            answer = await request
+        except UrlRefused as exc:
+            raise OAuthError("endpoint_not_allowed", str(exc)) from None
+        except OutboundError as exc:
+            if exc.kind == "too_large":
+                # A 2xx (or 5xx) status line says the request arrived and may have been
+                # processed (a refresh token rotated): the answer is lost.
+                status = exc.status or 0
+                raise OAuthError(
+                    "malformed_response",
+                    "answer larger than 1 MiB",
+                    transient=False,
+                    status=exc.status,
+                    maybe_delivered=_answer_may_be_lost(status, None),
+                ) from None
+            if exc.kind == "timeout":
+                # A provider that accepted the connection and never answered: transient.
+                raise OAuthError(
+                    "timeout",
+                    "the provider did not answer in time",
+                    transient=True,
+                    maybe_delivered=exc.maybe_delivered,
+                ) from None
             raise OAuthError(
-                "timeout",
-                "the provider did not answer in time",
-                transient=True,
-                maybe_delivered=maybe_delivered(exc),
+                "network_error", exc.reason, transient=True, maybe_delivered=exc.maybe_delivered
             ) from None
-        except httpx.HTTPError as exc:
-            raise OAuthError(
-                "network_error",
-                outbound.describe_failure(exc),
-                transient=True,
-                maybe_delivered=maybe_delivered(exc),
-            ) from None
+        return answer
+
+    def _limits(self) -> dict[str, Any]:
+        # Read at call time: tests shorten TOTAL_TIMEOUT_S.
+        return {"timeout_s": TOTAL_TIMEOUT_S, "max_bytes": MAX_RESPONSE_BYTES}
 
     @staticmethod
     def _decode(spec: OAuthProviderSpec, headers: httpx.Headers, body: bytes) -> dict[str, Any]:
@@ -347,16 +319,23 @@ class OAuthClient:
         creds: ClientCredentials,
         form: dict[str, str],
     ) -> TokenSet:
-        headers = {"Accept": "application/json", **spec.token_request_headers}
-        auth = _client_auth(spec, creds, form)
-        if spec.token_request_format == "json":
-            status, rheaders, body = await self._send(
-                "POST", token_url, headers=headers, json_body=form, auth=auth
+        answer = await self._call(
+            oauth2.token_request(
+                self.http,
+                token_url,
+                form,
+                creds.auth(spec),
+                what="provider token endpoint",
+                headers=spec.token_request_headers,
+                body_format=spec.token_request_format,
+                **self._limits(),
             )
-        else:
-            status, rheaders, body = await self._send(
-                "POST", token_url, headers=headers, data=form, auth=auth
-            )
+        )
+        return self._token_answer(spec, answer)
+
+    def _token_answer(self, spec: OAuthProviderSpec, answer: Answer) -> TokenSet:
+        """A token endpoint's answer, quirks applied; every unusable one an :class:`OAuthError`."""
+        status, rheaders, body = answer.status, answer.headers, answer.body
         try:
             payload: dict[str, Any] | None = self._decode(spec, rheaders, body)
         except OAuthError as exc:
@@ -435,10 +414,20 @@ class OAuthClient:
         redirect_uri: str,
         verifier: str | None,
     ) -> TokenSet:
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-        if verifier is not None:
-            form["code_verifier"] = verifier
-        return await self._token_request(spec, token_url, creds, form)
+        answer = await self._call(
+            oauth2.exchange_code(
+                self.http,
+                token_url,
+                creds.auth(spec),
+                code=code,
+                redirect_uri=redirect_uri,
+                verifier=verifier,
+                headers=spec.token_request_headers,
+                body_format=spec.token_request_format,
+                **self._limits(),
+            )
+        )
+        return self._token_answer(spec, answer)
 
     async def refresh(
         self,
@@ -461,10 +450,17 @@ class OAuthClient:
     ) -> None:
         """RFC 7009 revocation; any 2xx is success (unknown tokens are success too)."""
         form = {"token": token, "token_type_hint": token_type_hint}
-        auth = _client_auth(spec, creds, form)
-        status, headers, body = await self._send(
-            "POST", revocation_url, data=form, auth=auth, headers={"Accept": "application/json"}
+        answer = await self._call(
+            oauth2.token_request(
+                self.http,
+                revocation_url,
+                form,
+                creds.auth(spec),
+                what="provider revocation endpoint",
+                **self._limits(),
+            )
         )
+        status, headers, body = answer.status, answer.headers, answer.body
         if status < 300:
             return
         try:
@@ -484,7 +480,17 @@ class OAuthClient:
         """A bearer call to a provider API (account lookup, userinfo)."""
         all_headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
         all_headers.update(headers or {})
-        status, _headers, raw = await self._send(method, url, headers=all_headers, json_body=body)
+        answer = await self._call(
+            self.http.send(
+                method,
+                url,
+                what="provider API",
+                headers=all_headers,
+                json_body=body,
+                **self._limits(),
+            )
+        )
+        status, raw = answer.status, answer.body
         if status >= 400:
             raise OAuthError(
                 f"http_{status}",
@@ -498,18 +504,17 @@ class OAuthClient:
             raise OAuthError("malformed_response", "account lookup answer is not JSON") from None
 
     async def discover(self, issuer: str) -> dict[str, Any]:
-        """Fetch and check an OIDC discovery document (its ``issuer`` must match exactly)."""
-        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-        status, _headers, raw = await self._send("GET", url, headers={"Accept": "application/json"})
-        if status != 200:
-            raise OAuthError(f"http_{status}", "discovery document not available", status=status)
+        """The provider's OIDC discovery document (:func:`grantvault_server.outbound.oidc.
+        discover`: exact ``issuer``, its endpoints on the URL rule), failures as
+        :class:`OAuthError`."""
         try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise OAuthError("malformed_response", "discovery document is not JSON") from None
-        if not isinstance(doc, dict) or doc.get("issuer") != issuer:
-            raise OAuthError("issuer_mismatch", "the discovery document names a different issuer")
-        return doc
+            return await oidc.discover(
+                self.http, issuer, required=("authorization_endpoint", "token_endpoint")
+            )
+        except oidc.DiscoveryError as exc:
+            raise OAuthError(
+                exc.code, exc.reason, transient=exc.code in ("timeout", "network_error")
+            ) from None
 
 
 #: Gateway answers: the gateway may have passed the request on before giving up on the
@@ -530,19 +535,6 @@ def _answer_may_be_lost(status: int, payload: Mapping[str, Any] | None) -> bool:
     return status >= 500 and not (payload and payload.get("error"))
 
 
-def _client_auth(
-    spec: OAuthProviderSpec, creds: ClientCredentials, form: dict[str, str]
-) -> tuple[str, str] | None:
-    """Authenticate the client the way the provider wants (token and revocation endpoints
-    alike): Basic credentials to send, or ``client_id``/``client_secret`` added to ``form``."""
-    if spec.token_auth_method == "client_secret_basic" and creds.client_secret is not None:
-        return (creds.client_id, creds.client_secret)
-    form["client_id"] = creds.client_id
-    if creds.client_secret is not None:
-        form["client_secret"] = creds.client_secret
-    return None
-
-
 def _without(payload: dict[str, Any], paths: set[str]) -> dict[str, Any]:
     """A deep copy of ``payload`` without the values at ``paths`` (the secrets)."""
     copy: dict[str, Any] = json.loads(json.dumps(payload, default=str))
@@ -561,7 +553,13 @@ def _without(payload: dict[str, Any], paths: set[str]) -> dict[str, Any]:
 
 
 def id_token_claims(
-    id_token: str, *, issuer: str | None, client_id: str, nonce: str | None, leeway: int
+    id_token: str,
+    *,
+    issuer: str | None,
+    client_id: str,
+    nonce: str | None,
+    leeway: int,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """Check an ID token received straight from the token endpoint.
 
@@ -577,7 +575,7 @@ def id_token_claims(
         )
     except jwt.PyJWTError:
         raise OAuthError("invalid_id_token", "the ID token cannot be parsed") from None
-    now = time.time()
+    now = time.time() if now is None else now
     if issuer is not None and claims.get("iss") != issuer:
         raise OAuthError("invalid_id_token", "the ID token comes from another issuer")
     aud = claims.get("aud")

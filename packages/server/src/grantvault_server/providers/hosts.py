@@ -1,8 +1,10 @@
 """Destination checks: a credential is released only for a URL on its allowed hosts.
 
-One parser (``urllib.parse.urlsplit``) decides, after normalisation (lower case, IDNA, no
-trailing dot). URLs with user information, backslashes or control characters are refused
-outright, because parsers disagree about them (``https://api.example.com@evil.test/``).
+One parser (``urllib.parse.urlsplit``) decides, after normalisation (lower case, no
+trailing dot, punycode only). URLs with user information, backslashes or control characters
+are refused outright, because parsers disagree about them (``https://api.example.com@evil.test/``).
+Plain http is the outbound rule's decision (``outbound.urls.plain_http_allowed``), the same
+one every outbound call and every stored provider URL gets.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from urllib.parse import urlsplit
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
+from grantvault_server.outbound import urls
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
@@ -35,14 +38,13 @@ def normalise_host(host: str) -> str:
     name that the vault and the client map differently would release a credential for a
     host the operator never allowed.
     """
-    lowered = host.lower()
-    lowered = lowered[:-1] if lowered.endswith(".") else lowered
-    if not lowered.isascii():
+    if not host.isascii():
         raise _blocked(
             "Destination host names must be ASCII; write internationalised names in their "
             "punycode (xn--) form."
         )
-    if not _HOST.fullmatch(lowered):
+    lowered = urls.normalise_host(host)
+    if lowered is None or not _HOST.fullmatch(lowered):
         raise _blocked("The destination host is not a valid host name.")
     return lowered
 
@@ -78,7 +80,7 @@ def check_destination(
     if not parts.hostname:
         raise _blocked("The destination URL has no host.")
     host = normalise_host(parts.hostname)
-    if scheme == "http" and host not in {normalise_host(h) for h in allow_http_hosts}:
+    if scheme == "http" and not urls.plain_http_allowed(host, port, allow_http_hosts):
         raise _blocked(
             f"Plain http to {host} is not allowed; use https (operators can allow a test host "
             "with GRANTVAULT_ALLOW_HTTP_HOSTS)."

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from grantvault_server.outbound.urls import HTTP_HINT, HttpAllowance, plain_http_allowed
+
 ScopeSeparator = Literal[" ", ",", "+"]
 
 PROVIDER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
@@ -101,7 +103,7 @@ def check_url(
     *,
     allowed: Iterable[str] = (),
     allow_api_base_url: bool = False,
-    http_hosts: Iterable[str] = (),
+    http_hosts: HttpAllowance | Iterable[str] = (),
     allow_fragment: bool = False,
 ) -> str:
     """Refuse anything but an absolute https URL without user information or fragment.
@@ -128,13 +130,11 @@ def check_url(
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
         raise ValueError(f"{what}: {value!r} is not a valid URL") from None
+    # The outbound rule's plain-http decision (one host normalisation everywhere).
     if parts.scheme != "https" and not (
-        parts.scheme == "http" and ("*" in http_hosts or parts.hostname in set(http_hosts))
+        parts.scheme == "http" and plain_http_allowed(parts.hostname, parts.port, http_hosts)
     ):
-        raise ValueError(
-            f"{what}: {value!r} must be an https URL (plain http only for hosts listed in "
-            "GRANTVAULT_ALLOW_HTTP_HOSTS; the CLI reads that setting too)"
-        )
+        raise ValueError(f"{what}: {value!r} must be an https URL ({HTTP_HINT})")
     if not parts.hostname or "@" in parts.netloc:
         raise ValueError(f"{what}: {value!r} must name a host and carry no user information")
     if parts.fragment and not allow_fragment:
@@ -376,7 +376,7 @@ class OAuthProviderSpec(_Strict):
         where = f"provider {self.id!r}"
         # Plain http only for hosts the operator allows for tests (GRANTVAULT_ALLOW_HTTP_HOSTS),
         # passed as validation context; the OAuth client checks the scheme again at use.
-        http_hosts = tuple((info.context or {}).get("allow_http_hosts", ()))
+        http_hosts = HttpAllowance.of((info.context or {}).get("allow_http_hosts"))
         for name in self.params:
             if not PARAM_NAME.fullmatch(name) or name == API_BASE_URL:
                 raise ValueError(f"{where}: {name!r} cannot be a param name")

@@ -24,6 +24,7 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.crypto.barrier import aad_for
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.oauth.client import ClientCredentials, check_endpoint
+from grantvault_server.outbound.urls import ANY_HOST, HttpAllowance
 from grantvault_server.providers.oauth_catalog import get_oauth_provider
 from grantvault_server.providers.oauth_schema import (
     AccountLookup,
@@ -71,7 +72,7 @@ class ProviderConfig:
         assert url is not None
         return url
 
-    def check_schemes(self, allow_http_hosts: Sequence[str]) -> None:
+    def check_schemes(self, allow_http_hosts: HttpAllowance | Sequence[str]) -> None:
         """Refuse plain-http browser and API endpoints this server does not allow.
 
         Stored custom specs and overrides are parsed with any http host allowed (they were
@@ -155,7 +156,7 @@ def _build_config(row: Any) -> ProviderConfig:
         # Checked with the operator's http allowance when stored; the OAuth client checks
         # every endpoint's scheme again before each call.
         spec = OAuthProviderSpec.model_validate(
-            row.custom_spec, context={"allow_http_hosts": ["*"]}
+            row.custom_spec, context={"allow_http_hosts": ANY_HOST}
         )
     else:
         base = get_oauth_provider(row.provider_id)
@@ -170,7 +171,7 @@ def _build_config(row: Any) -> ProviderConfig:
             # Like custom specs: checked with the operator's http allowance when stored.
             spec = base.with_overrides(
                 EndpointOverrides.model_validate(row.overrides),
-                context={"allow_http_hosts": ["*"]},
+                context={"allow_http_hosts": ANY_HOST},
             )
     return ProviderConfig(
         id=row.id,

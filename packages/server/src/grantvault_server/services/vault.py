@@ -15,6 +15,7 @@ from grantvault_server.config import SchemaOutOfDate, Settings, resolve_master_k
 from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
 from grantvault_server.identity.state import IdentityState
 from grantvault_server.oauth.client import OAuthClient
+from grantvault_server.outbound.http import OutboundClient
 from grantvault_server.policy.engine import PolicyEngine
 from grantvault_server.providers.catalog import load_templates
 from grantvault_server.providers.schema import InjectionSpec, SecretTemplate
@@ -40,12 +41,17 @@ class Vault:
     _specs: dict[str, InjectionSpec] = field(default_factory=dict, repr=False)
     _writer: RetrievalWriter | None = field(default=None, repr=False)
     _oauth: OAuthClient | None = field(default=None, repr=False)
+    _http: OutboundClient | None = field(default=None, repr=False)
     #: In-process single flight of token refreshes: grant id -> the refresh in progress.
     refreshes: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Told the outcome of every refresh that reached a provider (wired to /metrics).
     refresh_observer: Callable[[str], None] = field(default=lambda _outcome: None, repr=False)
     #: This vault's identity caches in this process (keys, verified tokens, IdP configs).
     identity: IdentityState = field(default_factory=IdentityState, repr=False)
+
+    def __post_init__(self) -> None:
+        # The key caches fetch through this vault's one outbound client.
+        self.identity.http = lambda: self.http
 
     @property
     def retrieval_writer(self) -> RetrievalWriter:
@@ -55,10 +61,19 @@ class Vault:
         return self._writer
 
     @property
+    def http(self) -> OutboundClient:
+        """The one pooled client of every call this vault makes to a third party (providers,
+        IdPs): the URL rule, TLS from this vault's settings, no redirects, bounded time and
+        size (see ``outbound.http``). Closed with the vault."""
+        if self._http is None:
+            self._http = OutboundClient(self.settings.allow_http_hosts, verify=self.tls_context)
+        return self._http
+
+    @property
     def oauth(self) -> OAuthClient:
-        """The HTTP client for every call to an OAuth provider (bounded, no redirects)."""
+        """Every call to an OAuth provider, through :attr:`http`."""
         if self._oauth is None:
-            self._oauth = OAuthClient(self.settings.allow_http_hosts, verify=self.tls_context)
+            self._oauth = OAuthClient(http=self.http)
         return self._oauth
 
     @property
@@ -128,8 +143,8 @@ class Vault:
         )
 
     async def close(self) -> None:
-        if self._oauth is not None:
-            await self._oauth.aclose()
+        if self._http is not None:
+            await self._http.aclose()
         await self.db.dispose()
 
 

@@ -10,6 +10,7 @@ import typer
 from grantvault_server.cli._common import AppOpt, JsonOpt, emit, fail, out, run, table, with_vault
 from grantvault_server.config import Settings
 from grantvault_server.errors import InvalidInput
+from grantvault_server.outbound import oidc
 from grantvault_server.services import apps as app_service, oauth_providers as providers
 from grantvault_server.services.vault import Vault, operator_actor
 
@@ -131,7 +132,11 @@ def providers_add(
         if custom:
             allow = vault.settings.allow_http_hosts
             if issuer:
-                doc = await vault.oauth.discover(issuer)
+                # The one OIDC discovery (exact issuer, every endpoint on the URL rule),
+                # through the vault's outbound client, as the server's IdP set-up uses it.
+                doc = await oidc.discover(
+                    vault.http, issuer, required=("authorization_endpoint", "token_endpoint")
+                )
                 spec = providers.spec_from_discovery(
                     provider,
                     doc,
@@ -176,13 +181,10 @@ def providers_add(
         )
         return cfg, redirect_uri, not vault.settings.public_base_url
 
-    from grantvault_server.oauth.client import OAuthError
-
     try:
         cfg, redirect_uri, derived = run(with_vault(action))
-    except OAuthError as exc:
-        reason = f"{exc.error}: {exc.description}" if exc.description else exc.error
-        fail(f"the provider's discovery document could not be used: {reason}", 1)
+    except oidc.DiscoveryError as exc:
+        fail(f"the provider's discovery document could not be used: {exc}", 1)
         return
     if as_json:
         emit({**cfg.public(), "redirect_uri": redirect_uri})
