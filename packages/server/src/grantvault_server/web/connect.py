@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from grantvault_server.services import connect
-from grantvault_server.services.apps import _iso
 from grantvault_server.services.vault import Vault
+from grantvault_server.timefmt import iso
 from grantvault_server.web import pages
 from grantvault_server.web.security import CONNECT, csrf_ok, csrf_token, set_browser_cookie
 
@@ -230,12 +230,8 @@ async def callback(request: Request) -> Response:
     return redirect(f"/connect/s/{session.id}")
 
 
-async def _result(vault: Vault, session: Any) -> Response:
-    """The last page: hand the outcome to the opener (postMessage) or the return URL."""
-    result = session.result or {}
-    ok = session.status == "completed"
-    configs = {c.provider_id: c for c in await connect.session_configs(vault, session)}
-    now = _iso(vault.clock.now())
+def _result_grants(configs: dict[str, Any], result: dict[str, Any], now: str | None) -> list[Any]:
+    """The session's grants as the opener's message and the return URL describe them."""
     grants = []
     for g in result.get("grants", []):
         cfg = configs.get(g["provider_id"])
@@ -251,6 +247,43 @@ async def _result(vault: Vault, session: Any) -> Response:
                 "status": "active",
             }
         )
+    return grants
+
+
+def _return_link(
+    return_url: str, grants: list[Any], error: dict[str, Any] | None, now: str | None
+) -> str:
+    """The session's own ``return_url`` with the outcome: the first grant, or the error."""
+    if error is None and grants:
+        first = grants[0]
+        query = {
+            "alter_connect_success": "true",
+            "grant_id": first["grant_id"],
+            "provider": first["provider"],
+            "account_identifier": first["account_identifier"] or "",
+            "provider_name": first["provider_name"],
+            "timestamp": now or "",
+            "operation": first["operation"],
+            "scopes": ",".join(first["scopes"]),
+            "status": "active",
+        }
+    else:
+        query = {
+            "alter_connect_error": "true",
+            "error_code": (error or {}).get("error", "connect_failed"),
+            "error_description": (error or {}).get("error_description", ""),
+        }
+    sep = "&" if urlsplit(return_url).query else "?"
+    return return_url + sep + urlencode(query)
+
+
+async def _result(vault: Vault, session: Any) -> Response:
+    """The last page: hand the outcome to the opener (postMessage) or the return URL."""
+    result = session.result or {}
+    ok = session.status == "completed"
+    configs = {c.provider_id: c for c in await connect.session_configs(vault, session)}
+    now = iso(vault.clock.now())
+    grants = _result_grants(configs, result, now)
     error = result.get("error") or {}
     if ok:
         message: dict[str, Any] = {"type": "alter_connect_success", "grants": grants}
@@ -263,27 +296,7 @@ async def _result(vault: Vault, session: Any) -> Response:
         message = {"type": "alter_connect_error", "error": code, "error_description": text}
     return_link = None
     if session.return_url:
-        if ok and grants:
-            first = grants[0]
-            query = {
-                "alter_connect_success": "true",
-                "grant_id": first["grant_id"],
-                "provider": first["provider"],
-                "account_identifier": first["account_identifier"] or "",
-                "provider_name": first["provider_name"],
-                "timestamp": now or "",
-                "operation": first["operation"],
-                "scopes": ",".join(first["scopes"]),
-                "status": "active",
-            }
-        else:
-            query = {
-                "alter_connect_error": "true",
-                "error_code": message.get("error", "connect_failed"),
-                "error_description": text,
-            }
-        sep = "&" if urlsplit(session.return_url).query else "?"
-        return_link = session.return_url + sep + urlencode(query)
+        return_link = _return_link(session.return_url, grants, None if ok else message, now)
     payload = {
         "allowed_origin": session.allowed_origin,
         "message": message,
