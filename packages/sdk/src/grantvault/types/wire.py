@@ -1,7 +1,9 @@
 """Response shapes of the ``/sdk/*`` protocol.
 
-The vault uses these as response models; the SDK parses with them. They are lenient
-(``extra="ignore"``) so that an older SDK keeps working against a newer vault.
+The vault uses these as response models (they are what ``/openapi.json`` documents). The SDK
+parses the grant answers (create, list, revoke) with them; the ``/sdk/token`` answer it checks
+field by field instead (``parse_token_answer``), because it injects those values into a request.
+They are lenient (``extra="ignore"``) so that an older SDK keeps working against a newer vault.
 """
 
 from __future__ import annotations

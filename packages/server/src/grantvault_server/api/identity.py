@@ -71,7 +71,7 @@ async def post_verify_token(
 
 @router.post("/webhooks/idp/{app_id}", responses=errors(400, 403, 404, 409))
 async def post_idp_webhook(app_id: str, request: Request, vault: VaultDep) -> JSONResponse:
-    """Deprovisioning events from the app's IdP (signed; see ``identity.webhooks``)."""
+    """Deprovisioning events from the app's IdP (signed; see ``services.identity.webhooks``)."""
     body = await request.body()
     result = await webhooks.receive(vault, app_id, request.headers, body)
     return JSONResponse(result)

@@ -81,7 +81,7 @@ class SyncConnection:
         return self._conn.connection.driver_connection
 
 
-#: What repositories receive: an asyncio connection (PostgreSQL) or the SQLite facade.
+#: What a transaction hands the services: an asyncio connection (PostgreSQL) or the SQLite facade.
 Conn = AsyncConnection | SyncConnection
 
 
@@ -145,7 +145,7 @@ def _sqlite_lock_wait(engine: Engine, lock_wait_ms: int) -> Iterator[Connection]
 
 
 class Database:
-    """Transaction helpers every repository call goes through."""
+    """The engine and the read/write transaction helpers every storage access goes through."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Small portable SQL helpers the repositories share."""
+"""Small portable SQL helpers the services share (the same statement on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
