@@ -1,17 +1,25 @@
-"""The TLS trust of every call the vault makes out (providers, discovery, JWKS, revocation).
+"""Every call the vault makes to a third party: one stack (issue 10).
 
-Why one context for the whole process: a GitHub Enterprise Server or Keycloak behind a
-company CA must be trusted by the token exchange, the refresh, the revocation queue, the
-account lookup, OIDC discovery and the JWKS fetch alike; a CA that works for one of them and
-not another fails halfway through a Connect flow. ``GRANTVAULT_CA_BUNDLE`` (a PEM file) is
-*added* to the public roots (certifi, the same roots httpx trusts by default), so public
+* :mod:`.urls`: the one rule for where a call may go (https, or plain http to a host in
+  ``GRANTVAULT_ALLOW_HTTP_HOSTS``) with one host normalisation;
+* :mod:`.http`: the one pooled client per vault (``Vault.http``): no redirects unless asked,
+  wall-clock and byte limits per call, one failure classification;
+* :mod:`.oidc`: the one OIDC discovery (IdP set-up and custom OAuth providers);
+* :mod:`.oauth2`: the one token request (PKCE, client authentication, code exchange);
+* this module: the TLS trust every one of those calls uses.
+
+The TLS trust: why one context for the whole process. A GitHub Enterprise Server or Keycloak
+behind a company CA must be trusted by the token exchange, the refresh, the revocation queue,
+the account lookup, OIDC discovery and the JWKS fetch alike; a CA that works for one of them
+and not another fails halfway through a Connect flow. ``GRANTVAULT_CA_BUNDLE`` (a PEM file)
+is *added* to the public roots (certifi, the same roots httpx trusts by default), so public
 providers keep working beside the internal one.
 
-Why built once: loading the roots costs milliseconds; the identity fetches open a client per
-call, and a context per call would pay that on a request's path. With a bundle set, the
-context is built at start-up by :func:`configure` (``config.load_settings`` calls it, so a
-bad file stops the start with a clear message); without one it is built on first use, so CLI
-commands that never call out do not pay for it. Either way httpx receives it as ``verify=``.
+Why built once: loading the roots costs milliseconds, and a short-lived client (a CLI tool,
+a test) must not pay that per call. With a bundle set, the context is built at start-up by
+:func:`configure` (``config.load_settings`` calls it, so a bad file stops the start with a
+clear message); without one it is built on first use, so CLI commands that never call out do
+not pay for it. Either way httpx receives it as ``verify=``.
 
 Why not ``SSL_CERT_FILE``: no outbound client reads the environment (``trust_env=False``,
 so proxy variables cannot reroute tokens or sign-in codes), and one explicit setting is
@@ -19,7 +27,7 @@ easier to reason about than a variable that applies to some clients only. Start-
 when ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` is set without ``GRANTVAULT_CA_BUNDLE``
 (:func:`warn_ignored_environment`).
 
-The vault builds its clients from its own ``Settings`` (:func:`context_for`, one context per
+The vault builds its client from its own ``Settings`` (:func:`context_for`, one context per
 bundle path, cached), so a ``Settings`` made directly (tests, embedding) is honoured too.
 """
 
