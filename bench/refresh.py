@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         vault = await Vault.start(settings, migrate_schema=True)
         asgi = create_app(vault=vault)
-        app, key = await app_service.create_app(vault, "bench", {"type": "operator"}), None
+        app, key = await app_service.register_app(vault, "bench", {"type": "operator"}), None
         _, key = await app_service.create_key(vault, app, {"type": "operator"})
         await register_peer(vault, app, peer)
         transport = httpx.ASGITransport(app=asgi)

@@ -179,7 +179,7 @@ class SignedClient:
 
 async def make_app(vault: Vault, name: str | None = None) -> tuple[app_service.App, str]:
     """An app and a fresh API key for it."""
-    app = await app_service.create_app(vault, name or f"app-{uuid.uuid4().hex[:8]}", OPERATOR)
+    app = await app_service.register_app(vault, name or f"app-{uuid.uuid4().hex[:8]}", OPERATOR)
     _, key = await app_service.create_key(vault, app, OPERATOR)
     return app, key
 

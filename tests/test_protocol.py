@@ -233,7 +233,7 @@ async def test_oversized_body_is_refused_fast(vault: Vault, client: httpx.AsyncC
 async def test_expired_nonces_are_purged_in_chunks(vault: Vault, client: httpx.AsyncClient) -> None:
     import sqlalchemy as sa
 
-    from grantvault_server.services import requests as request_service
+    from grantvault_server.services import nonces as nonce_service
     from grantvault_server.storage.tables import request_nonces
 
     app, key = await make_app(vault)
@@ -245,7 +245,7 @@ async def test_expired_nonces_are_purged_in_chunks(vault: Vault, client: httpx.A
             [{"key_id": info.id, "nonce": f"{i:032x}", "expires_at": past} for i in range(4500)],
         )
     assert (await SignedClient(client, key).post("/sdk/grants/list", LIST)).status_code == 200
-    removed = await request_service.purge_nonces(vault, datetime.now(UTC))
+    removed = await nonce_service.purge_nonces(vault, datetime.now(UTC))
     assert removed == 4500
     async with vault.db.read() as conn:
         left = (

@@ -31,8 +31,8 @@ from grantvault_server.errors import VaultError
 from grantvault_server.observability import Metrics
 from grantvault_server.ratelimit import RateLimiter, RateLimitMiddleware
 from grantvault_server.services import connect
+from grantvault_server.services.nonces import purge_nonces
 from grantvault_server.services.oauth_tokens import run_revocations
-from grantvault_server.services.requests import purge_nonces
 from grantvault_server.services.vault import Vault
 from grantvault_server.web import mount as mount_pages
 

@@ -24,7 +24,7 @@ from grantvault_server.auth.signing import verify_signature
 from grantvault_server.errors import VaultError
 from grantvault_server.services.apps import App, lookup_key
 from grantvault_server.services.last_used import needs_touch
-from grantvault_server.services.requests import claim_nonce
+from grantvault_server.services.nonces import claim_nonce
 from grantvault_server.services.vault import Vault
 
 

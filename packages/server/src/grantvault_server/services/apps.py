@@ -23,6 +23,7 @@ from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import api_keys, apps
+from grantvault_server.timefmt import iso
 
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 MAX_OVERLAP = timedelta(days=30)
@@ -65,24 +66,21 @@ class ApiKeyInfo:
             "key_prefix": self.key_prefix,
             "key_type": self.key_type,
             "status": self.status(now),
-            "created_at": _iso(self.created_at),
-            "expires_at": _iso(self.expires_at),
-            "revoked_at": _iso(self.revoked_at),
-            "grace_expires_at": _iso(self.grace_expires_at),
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "revoked_at": iso(self.revoked_at),
+            "grace_expires_at": iso(self.grace_expires_at),
             "rotated_to": self.rotated_to_id,
-            "last_used_at": _iso(self.last_used_at),
+            "last_used_at": iso(self.last_used_at),
         }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _record(app: App, event: AuditEvent, actor: dict[str, Any], **kw: Any) -> AuditRecord:
     return AuditRecord(chain=app.id, event=event, outcome=Outcome.SUCCESS, actor=actor, **kw)
 
 
-async def create_app(vault: Vault, name: str, actor: dict[str, Any]) -> App:
+async def register_app(vault: Vault, name: str, actor: dict[str, Any]) -> App:
+    """Create an app (a tenant: its keys, grants and audit chain) named ``name``."""
     if not APP_NAME.fullmatch(name):
         raise InvalidInput(
             "App names are 1-64 characters of lowercase letters, digits and '-' "
@@ -188,7 +186,7 @@ async def create_key(
                     details={
                         "key_id": info.id,
                         "key_prefix": info.key_prefix,
-                        "expires_at": _iso(expires_at),
+                        "expires_at": iso(expires_at),
                     },
                 )
             ],
@@ -296,7 +294,7 @@ async def set_key_expiry(
                     app,
                     AuditEvent.KEY_EXPIRY_SET,
                     actor,
-                    details={"key_id": key_id, "expires_at": _iso(expires_at)},
+                    details={"key_id": key_id, "expires_at": iso(expires_at)},
                 )
             ],
         )

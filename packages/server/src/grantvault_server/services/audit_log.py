@@ -14,12 +14,13 @@ from grantvault_server.audit.events import SYSTEM_CHAIN, AuditEvent, Outcome
 from grantvault_server.audit.redact import REDACTED, redact_headers, redact_url
 from grantvault_server.errors import InvalidInput
 from grantvault_server.observability import redact
-from grantvault_server.services.apps import App, _iso, find_app
+from grantvault_server.services.apps import App, find_app
 from grantvault_server.services.grants import load_grant, principal_label
 from grantvault_server.services.tokens import credential_strings
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import apps, audit_events, audit_heads
+from grantvault_server.timefmt import iso
 
 CSV_FIELDS = [
     "seq", "occurred_at", "app", "event", "outcome", "reason", "actor", "principal",
@@ -82,7 +83,7 @@ async def query(
     return [
         {
             "seq": r["seq"],
-            "occurred_at": _iso(r["occurred_at"]),
+            "occurred_at": iso(r["occurred_at"]),
             "app": r["app_name"] or r["chain"],
             "app_id": r["chain"],
             "event": r["event"],

@@ -45,7 +45,7 @@ from grantvault_server.oauth.client import (
 )
 from grantvault_server.providers.oauth_schema import host_allowed
 from grantvault_server.services import hosted_sessions as hosted, oauth_providers as providers
-from grantvault_server.services.apps import App, _iso
+from grantvault_server.services.apps import App
 from grantvault_server.services.grants import principal_label
 from grantvault_server.services.oauth_tokens import store_new_tokens
 from grantvault_server.services.vault import Vault
@@ -58,6 +58,7 @@ from grantvault_server.storage.tables import (
     grants,
     oauth_flows,
 )
+from grantvault_server.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ async def create_session(
         "session_token": new.token,
         "connect_url": f"{base}/connect/start?session={new.token}",
         "expires_in": int(SESSION_TTL.total_seconds()),
-        "expires_at": _iso(new.expires_at),
+        "expires_at": iso(new.expires_at),
         "scope_constraint_warnings": [],
         "single_provider": len(chosen) == 1,
         "direct": req.direct or req.repair_grant_id is not None,
@@ -547,9 +548,7 @@ async def decline(vault: Vault, session: Any, provider_id: str, error_code: str)
     now = vault.clock.now()
     result = dict(session.result or {})
     declined = list(result.get("declined_providers", []))
-    declined.append(
-        {"provider_id": provider_id, "error_code": error_code, "declined_at": _iso(now)}
-    )
+    declined.append({"provider_id": provider_id, "error_code": error_code, "declined_at": iso(now)})
     result["declined_providers"] = declined
     remaining = [
         p for p in session.allowed_providers if p not in {d["provider_id"] for d in declined}
@@ -1017,7 +1016,7 @@ def _grant_values(
         scopes=list(tokens.scopes) if tokens.scopes is not None else list(flow.scopes),
         base_url=api_base_url(cfg, tokens),
         expires_at=expires_at,
-        policy={"expires_at": _iso(expires_at), "created_by": "end_user", "created_at": _iso(now)},
+        policy={"expires_at": iso(expires_at), "created_by": "end_user", "created_at": iso(now)},
         now=now,
     )
 

@@ -18,7 +18,7 @@ from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.identity.claims import Identity
-from grantvault_server.services.apps import App, _iso
+from grantvault_server.services.apps import App
 from grantvault_server.services.oauth_tokens import detach_tokens_for_revocation, run_revocations
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
 from grantvault_server.services.vault import Vault
@@ -31,6 +31,7 @@ from grantvault_server.storage.tables import (
     oauth_providers,
     oauth_tokens,
 )
+from grantvault_server.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,17 @@ def grant_item(row: Any, now: datetime) -> dict[str, Any]:
             "api_base_url": row.api_base_url,
             "status": grant_status(row, now),
             "scope_mismatch": scope_mismatch_open(row),
-            "scope_mismatch_at": _iso(row.scope_mismatch_at),
+            "scope_mismatch_at": iso(row.scope_mismatch_at),
             "needs_reconnect": bool(row.needs_reconnect),
             "label": row.label,
             "grant_policy": row.policy,
-            "expires_at": _iso(row.expires_at),
-            "grant_expires_at": _iso(row.expires_at),
-            "created_at": _iso(row.created_at),
-            "last_used_at": _iso(row.last_used_at),
+            "expires_at": iso(row.expires_at),
+            "grant_expires_at": iso(row.expires_at),
+            "created_at": iso(row.created_at),
+            "last_used_at": iso(row.last_used_at),
             "principal_type": row.principal_type,
             "principal_id": row.principal_id,
-            "revoked_at": _iso(row.revoked_at),
+            "revoked_at": iso(row.revoked_at),
         }
     return {
         "grant_kind": "managed_secret",
@@ -102,17 +103,17 @@ def grant_item(row: Any, now: datetime) -> dict[str, Any]:
         "label": row.label,
         "status": grant_status(row, now),
         "grant_policy": row.policy,
-        "expires_at": _iso(row.expires_at),
-        "grant_expires_at": _iso(row.expires_at),
-        "created_at": _iso(row.created_at),
-        "last_used_at": _iso(row.last_used_at),
+        "expires_at": iso(row.expires_at),
+        "grant_expires_at": iso(row.expires_at),
+        "created_at": iso(row.created_at),
+        "last_used_at": iso(row.last_used_at),
         "principal_type": row.principal_type,
         "principal_id": row.principal_id,
         "credential_id": row.credential_id,
         "credential_kind": "developer",
-        "revoked_at": _iso(row.revoked_at),
+        "revoked_at": iso(row.revoked_at),
         "scope_mismatch": scope_mismatch_open(row),
-        "scope_mismatch_at": _iso(row.scope_mismatch_at),
+        "scope_mismatch_at": iso(row.scope_mismatch_at),
     }
 
 
@@ -208,11 +209,11 @@ async def create_grant(
                 },
             )
         record = {
-            "expires_at": _iso(expires_at),
+            "expires_at": iso(expires_at),
             "max_ttl_seconds": policy.max_ttl_seconds,
             # Never the operator's OS account: this record is visible to the app.
             "created_by": actor.get("key_prefix") or "operator",
-            "created_at": _iso(now),
+            "created_at": iso(now),
         }
         await conn.execute(
             sa.insert(grants).values(
@@ -242,7 +243,7 @@ async def create_grant(
                     principal=principal_label(principal_type, principal_id),
                     grant_id=grant_id,
                     provider_id=secret.slug,
-                    details={"expires_at": _iso(expires_at), "label": label},
+                    details={"expires_at": iso(expires_at), "label": label},
                 )
             ],
         )
@@ -250,9 +251,9 @@ async def create_grant(
         "grant_id": grant_id,
         "principal_type": principal_type,
         "label": label,
-        "created_at": _iso(now),
+        "created_at": iso(now),
         "credential_id": credential_id,
-        "expires_at": _iso(expires_at),
+        "expires_at": iso(expires_at),
         "managed_secret_id": secret.id,
     }
 
@@ -372,7 +373,7 @@ async def revoke_grant(
                 "success": True,
                 "message": "Grant was already revoked.",
                 "grant_id": grant_id,
-                "revoked_at": _iso(row.revoked_at),
+                "revoked_at": iso(row.revoked_at),
             }
         now = utcnow()
         queued = await revoke_in(
@@ -384,7 +385,7 @@ async def revoke_grant(
         "success": True,
         "message": "Grant revoked.",
         "grant_id": grant_id,
-        "revoked_at": _iso(now),
+        "revoked_at": iso(now),
     }
 
 

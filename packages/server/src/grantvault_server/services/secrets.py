@@ -24,11 +24,12 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.crypto.barrier import aad_for
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.providers.schema import SLUG, InjectionSpec, check_host_rule
-from grantvault_server.services.apps import App, _iso
+from grantvault_server.services.apps import App
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import credentials, managed_secrets
+from grantvault_server.timefmt import iso
 
 MAX_VALUE_LENGTH = 8192
 
@@ -56,8 +57,8 @@ class ManagedSecret:
             "allowed_hosts": list(self.allowed_hosts),
             "credential_ids": credential_ids or [],
             "has_credential": bool(credential_ids),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
         }
 
 

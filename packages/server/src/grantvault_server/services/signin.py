@@ -46,7 +46,7 @@ from grantvault_server.outbound import oauth2
 from grantvault_server.outbound.http import MAX_DOCUMENT_BYTES, OutboundError
 from grantvault_server.outbound.urls import UrlRefused
 from grantvault_server.services import hosted_sessions as hosted
-from grantvault_server.services.apps import App, _iso
+from grantvault_server.services.apps import App
 from grantvault_server.services.grants import principal_label
 from grantvault_server.services.identity.idp import (
     CALLBACK_PATH,
@@ -59,6 +59,7 @@ from grantvault_server.services.identity.service import mapped_claims, verified_
 from grantvault_server.services.identity.users import sync_user
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import auth_sessions, identity_providers
+from grantvault_server.timefmt import iso
 
 SESSION_TTL = timedelta(minutes=10)
 MAX_WAIT_MS = 30_000
@@ -135,7 +136,7 @@ async def create_session(vault: Vault, app: App) -> dict[str, Any]:
         "auth_url": f"{vault.settings.effective_public_base_url}/sdk/auth/start?"
         + urlencode({"session": handle}),
         "expires_in": int(SESSION_TTL.total_seconds()),
-        "expires_at": _iso(new.expires_at),
+        "expires_at": iso(new.expires_at),
     }
 
 

@@ -26,18 +26,19 @@ from grantvault_server.identity.claims import Identity
 from grantvault_server.policy.engine import PolicyRequest
 from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services import oauth_providers as oauth_configs, oauth_tokens
-from grantvault_server.services.apps import App, _iso
+from grantvault_server.services.apps import App
 from grantvault_server.services.grants import grant_status, principal_label, scope_mismatch_open
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
 from grantvault_server.services.identity.service import resolve_user
 from grantvault_server.services.last_used import TOUCH_GRANT, needs_touch
-from grantvault_server.services.requests import claim_nonce_in
+from grantvault_server.services.nonces import claim_nonce_in
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import credentials, grants, managed_secrets, oauth_providers
+from grantvault_server.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ async def retrieve(
                 "injection_format": "Bearer {token}",
             }
             if token.expires_at is not None:
-                fields["expires_at"] = _iso(token.expires_at)
+                fields["expires_at"] = iso(token.expires_at)
                 fields["expires_in"] = max(0, int((token.expires_at - utcnow()).total_seconds()))
             if token.retry_info is not None:
                 fields["retry_info"] = token.retry_info
@@ -392,7 +393,7 @@ async def retrieve(
     return {
         **fields,
         "token_type": "Bearer",
-        "grant_expires_at": _iso(row.expires_at),
+        "grant_expires_at": iso(row.expires_at),
         "scopes": list(row.scopes or []),
         "grant_id": row.id,
         "provider_id": row.slug,

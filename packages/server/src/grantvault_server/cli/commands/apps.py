@@ -9,6 +9,7 @@ import typer
 from grantvault_server.cli._common import JsonOpt, emit, out, run, table, with_vault
 from grantvault_server.services import apps as app_service
 from grantvault_server.services.vault import operator_actor
+from grantvault_server.timefmt import iso
 
 apps_cli = typer.Typer(help="Apps: the tenant boundary.", no_args_is_help=True)
 
@@ -19,7 +20,7 @@ def apps_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an app."""
-    app = run(with_vault(lambda v: app_service.create_app(v, name, operator_actor())))
+    app = run(with_vault(lambda v: app_service.register_app(v, name, operator_actor())))
     data = {"app_id": app.id, "name": app.name}
     if as_json:
         emit(data)
@@ -37,8 +38,7 @@ def apps_list(as_json: JsonOpt = False) -> None:
         emit(
             {
                 "apps": [
-                    {"app_id": a.id, "name": a.name, "created_at": app_service._iso(a.created_at)}
-                    for a in items
+                    {"app_id": a.id, "name": a.name, "created_at": iso(a.created_at)} for a in items
                 ]
             }
         )

@@ -20,6 +20,7 @@ from grantvault_server.cli._common import (
 )
 from grantvault_server.services import apps as app_service
 from grantvault_server.services.vault import Vault, operator_actor
+from grantvault_server.timefmt import iso
 
 keys_cli = typer.Typer(help="API keys of an app (alter_rk_...).", no_args_is_help=True)
 
@@ -47,7 +48,7 @@ def keys_create(
                 "key_id": info.id,
                 "api_key": plaintext,
                 "key_prefix": info.key_prefix,
-                "expires_at": app_service._iso(info.expires_at),
+                "expires_at": iso(info.expires_at),
             }
         )
     else:
