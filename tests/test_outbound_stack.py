@@ -10,12 +10,13 @@ import base64
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from grantvault_server.config import Settings
-from grantvault_server.errors import VaultError
+from grantvault_server.errors import InvalidInput, VaultError
 from grantvault_server.identity import discovery as identity_discovery
 from grantvault_server.oauth.client import (
     ClientCredentials,
@@ -28,6 +29,7 @@ from grantvault_server.outbound.http import FetchError, OutboundClient, Outbound
 from grantvault_server.providers import hosts
 from grantvault_server.providers.oauth_catalog import get_oauth_provider
 from grantvault_server.providers.oauth_schema import check_url as schema_check_url
+from grantvault_server.services.connect import check_origin, check_return_url
 from grantvault_server.services.oauth_providers import custom_spec
 from grantvault_server.services.vault import Vault
 
@@ -202,7 +204,8 @@ RULE_CASES = [
 
 
 def _decisions(url: str, allow: list[str]) -> dict[str, bool]:
-    """The plain-http decision of every check that makes one."""
+    """The plain-http decision of every check that makes one (outbound calls, stored provider
+    URLs, credential destinations, Connect's browser destinations)."""
     decisions: dict[str, bool] = {}
     try:
         urls.check_url(url, allow, "endpoint")
@@ -221,6 +224,16 @@ def _decisions(url: str, allow: list[str]) -> dict[str, bool]:
     except ValueError as exc:
         assert "GRANTVAULT_ALLOW_HTTP_HOSTS" in str(exc)
         decisions["provider schema"] = False
+    for name, check, value in (
+        ("connect return_url", check_return_url, url),
+        ("connect allowed_origin", check_origin, "{0.scheme}://{0.netloc}".format(urlsplit(url))),
+    ):
+        try:
+            check(value, allow)
+            decisions[name] = True
+        except InvalidInput as exc:
+            assert "https" in exc.message
+            decisions[name] = False
     parts = httpx.URL(url)
     host = urls.normalise_host(parts.host)
     if host and ":" not in host:  # credential destinations are host names (no IP literals)

@@ -138,7 +138,11 @@ def scheme_allowed(parts: SplitResult, allow_http_hosts: HttpAllowance | Iterabl
         return False
     if scheme == "https":
         return True
-    return scheme == "http" and plain_http_allowed(parts.hostname, parts.port, allow_http_hosts)
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: not a URL anything may be sent to
+        return False
+    return scheme == "http" and plain_http_allowed(parts.hostname, port, allow_http_hosts)
 
 
 def check_url(url: object, allow_http_hosts: HttpAllowance | Iterable[str], what: str) -> str:

@@ -43,6 +43,7 @@ from grantvault_server.oauth.client import (
     pkce_pair,
     safe_error_code,
 )
+from grantvault_server.outbound.urls import scheme_allowed
 from grantvault_server.providers.oauth_schema import host_allowed
 from grantvault_server.services import hosted_sessions as hosted, oauth_providers as providers
 from grantvault_server.services.apps import App
@@ -97,7 +98,7 @@ def check_return_url(url: str, allow_http_hosts: list[str]) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise InvalidInput("return_url must be an absolute https URL.")
-    if parts.scheme == "http" and parts.hostname not in allow_http_hosts:
+    if parts.scheme == "http" and not scheme_allowed(parts, allow_http_hosts):
         raise InvalidInput("return_url must use https.")
     if parts.username is not None or parts.password is not None:
         raise InvalidInput("return_url must not contain user information.")
@@ -121,7 +122,7 @@ def check_origin(origin: str, allow_http_hosts: list[str]) -> str:
             "allowed_origin must be an exact origin such as https://app.example.com "
             "(no path, no wildcard)."
         )
-    if parts.scheme == "http" and parts.hostname not in allow_http_hosts:
+    if parts.scheme == "http" and not scheme_allowed(parts, allow_http_hosts):
         raise InvalidInput("allowed_origin must use https.")
     return origin
 
