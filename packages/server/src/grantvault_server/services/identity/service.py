@@ -19,7 +19,7 @@ from typing import Any
 from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
 from grantvault_server.identity.claims import ClaimsRejected, Identity, MappedClaims, map_claims
-from grantvault_server.identity.state import IdentityState, IdpConfig
+from grantvault_server.identity.state import IdpConfig
 from grantvault_server.identity.verify import (
     IdpUnreachable,
     TokenRejected,
@@ -38,7 +38,6 @@ __all__ = [
     "delete_user",
     "disable_user",
     "enable_user",
-    "identity_state",
     "on_user_disabled",
     "resolve_user",
     "verified_claims",
@@ -54,11 +53,6 @@ UserDisabledHook = Callable[[Vault, str, str], Awaitable[None]]
 
 #: The OAuth side: the user's OAuth grants revoked, tokens dropped, providers told.
 on_user_disabled: list[UserDisabledHook] = [revoke_user_oauth_grants]
-
-
-def identity_state(vault: Vault) -> IdentityState:
-    """The identity caches of ``vault`` in this process (they live on the vault object)."""
-    return vault.identity
 
 
 def jwt_error(reason: str) -> VaultError:
