@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from pydantic import ValidationError
 
+from grantvault._injection import parse_token_answer
+from grantvault.exceptions import BackendError
 from grantvault.protocol.injection import FORBIDDEN_HEADERS
 from grantvault.types.wire import TokenResponse
 from grantvault_server.providers.catalog import load_templates
@@ -86,3 +89,40 @@ def test_unknown_keys_and_bad_shapes_are_rejected() -> None:
     ):
         with pytest.raises(ValidationError):
             InjectionSpec.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    ("target", "key"),
+    [
+        ("header", "X-Api-Key"),
+        ("header", "X-Forwarded-Port"),
+        ("header", "Cookie"),
+        ("header", "X_Underscore"),
+        ("header", "H" * 61),
+        ("query_param", "api_key"),
+        ("query_param", "p" * 100),
+        ("query_param", "p" * 101),
+        ("query_param", "1bad"),
+    ],
+)
+def test_the_vault_stores_exactly_the_injections_the_client_accepts(target: str, key: str) -> None:
+    """One injection rule (grantvault.protocol.injection) for the vault and the SDK."""
+    extra = {"target": target, "key": key, "source": "token"}
+    try:
+        InjectionSpec.model_validate({"auth": "bearer", "extra": [extra]})
+        stored = True
+    except ValidationError:
+        stored = False
+    answer = {
+        "access_token": "t",
+        "grant_id": str(uuid.uuid4()),
+        "additional_injections": [{"target": target, "key": key, "value_source": "token"}],
+    }
+    if target == "header":
+        answer |= {"injection_header": key, "injection_format": "{token}"}
+    try:
+        parse_token_answer(answer)
+        accepted = True
+    except BackendError:
+        accepted = False
+    assert stored == accepted

@@ -40,6 +40,7 @@ from grantvault._context import current_audit_context
 from grantvault._errors import error_from_response
 from grantvault._injection import (
     Injection,
+    ProviderRequest,
     audit_body,
     audit_response_headers,
     build_provider_request,
@@ -198,7 +199,12 @@ class Core:
     # --- vault calls ------------------------------------------------------------------------
 
     def _headers(
-        self, method: str, path: str, body: bytes, context: str | None, caller: str | None
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        context: str | None,
+        caller: str | None,
     ) -> dict[str, str]:
         actor: dict[str, str] = {}
         if caller is not None:
@@ -279,7 +285,9 @@ class Core:
                 if not resent and unanswered(exc):
                     resent = True
                     self.logger.debug(
-                        "resending %s %s: the connection closed before any answer", method, path
+                        "resending %s %s: the connection closed before any answer",
+                        method,
+                        path,
                     )
                     continue
                 delay = self.retry.delay_for_error(attempt, idempotent=idempotent)
@@ -312,7 +320,8 @@ class Core:
             return response.json()
         except ValueError:
             raise BackendError(
-                f"The vault's {what} answer is not JSON.", {"status_code": response.status_code}
+                f"The vault's {what} answer is not JSON.",
+                {"status_code": response.status_code},
             ) from None
 
     def _user_token(self, explicit: str | None) -> Op[str | None]:
@@ -350,21 +359,8 @@ class Core:
         if self.closed:
             raise AlterSDKError(_CLOSED)
         method_name = _method(method)
-        if (grant_id is None) == (provider is None):
-            raise AlterValueError("Pass exactly one of grant_id and provider.")
-        if grant_id is not None:
-            grant_id = v.canonical_uuid(grant_id, "grant_id")
-        else:
-            v.optional_text(provider, "provider", max_length=64)
-        for name, value in (("account", account), ("label", label), ("app_user_id", app_user_id)):
-            v.optional_text(value, name, max_length=255)
-            if value is not None and provider is None:
-                raise AlterValueError(f"{name} is only valid with provider=, not grant_id=.")
-        if json is not None and body is not None:
-            raise AlterValueError("Pass json or body, not both.")
-        if body is not None and not isinstance(body, bytes | bytearray):
-            raise AlterValueError("body must be bytes")
-        content = v.json_body(json) if json is not None else (bytes(body) if body else None)
+        grant_id = _request_grant(grant_id, provider, account, label, app_user_id)
+        content = _request_content(json, body)
         v.optional_text(reason, "reason", max_length=512)
         v.optional_text(user_token, "user_token", max_length=16_384)
         if caller is not None:
@@ -378,28 +374,21 @@ class Core:
 
         self.last_retry_info = None
         token = yield from self._user_token(user_token)
-        payload: dict[str, Any]
-        if provider is not None:
-            payload = {"provider_id": provider, "reason": reason}
-            payload["request"] = {"method": method_name, "url": final_url}
-            if token is not None:
-                payload["user_token"] = token
-            if app_user_id is not None:
-                payload["app_user_id"] = app_user_id
-            if account is not None:
-                payload["account"] = account
-            if label is not None:
-                payload["label"] = label
-        else:
-            payload = {
-                "grant_id": grant_id,
-                "reason": reason,
-                "request": {"method": method_name, "url": final_url},
-            }
-            if token is not None:
-                payload["user_token"] = token
+        optional = {
+            "user_token": token,
+            "app_user_id": app_user_id,
+            "account": account,
+            "label": label,
+        }
+        request = {"method": method_name, "url": final_url}
+        payload = _token_payload(grant_id, provider, reason, request, optional)
         answer = yield from self.vault_call(
-            "POST", "/sdk/token", payload, idempotent=False, context=context, caller=caller
+            "POST",
+            "/sdk/token",
+            payload,
+            idempotent=False,
+            context=context,
+            caller=caller,
         )
         injection = parse_token_answer(self._json(answer, "token"))
         self.last_retry_info = injection.retry_info
@@ -423,13 +412,30 @@ class Core:
             "reason": reason,
             "context": dict(context) if context else None,
         }
+        response = yield from self._send_to_provider(prepared, audit, context)
+        if response.status_code >= 400:
+            yield from self._provider_error(response, injection, method_name, final_url)
+        response.retry_info = injection.retry_info  # type: ignore[attr-defined]
+        return response
+
+    def _send_to_provider(
+        self,
+        prepared: ProviderRequest,
+        audit: dict[str, Any],
+        context: Mapping[str, str] | None,
+    ) -> Op[httpx.Response]:
+        """Send the injected request; the audit row (sent in the background) notes the outcome."""
         started = self.clock.now()
         send_url = prepared.url
         if prepared.params:
             send_url = str(httpx.URL(send_url).copy_merge_params(prepared.params))
         try:
             response: httpx.Response = yield Send(
-                "provider", method_name, send_url, prepared.headers, prepared.content
+                "provider",
+                prepared.method,
+                send_url,
+                prepared.headers,
+                prepared.content,
             )
         except httpx.HTTPError as exc:
             latency = int((self.clock.now() - started) * 1000)
@@ -441,7 +447,7 @@ class Core:
                     context,
                 )
             )  # fmt: skip
-            raise _transport_error(exc, "the provider", None, grant_id=injection.grant_id) from exc
+            raise _transport_error(exc, "the provider", None, grant_id=audit["grant_id"]) from exc
         latency = int((self.clock.now() - started) * 1000)
         yield Spawn(
             self._audit_op(
@@ -455,9 +461,6 @@ class Core:
                 context,
             )
         )
-        if response.status_code >= 400:
-            yield from self._provider_error(response, injection, method_name, final_url)
-        response.retry_info = injection.retry_info  # type: ignore[attr-defined]
         return response
 
     def _provider_error(
@@ -524,7 +527,11 @@ class Core:
         """POST the provider-call row; failures are logged, never raised."""
         try:
             yield from self.vault_call(
-                "POST", "/sdk/oauth/audit/api-call", row, idempotent=False, context=context
+                "POST",
+                "/sdk/oauth/audit/api-call",
+                row,
+                idempotent=False,
+                context=context,
             )
         except AlterSDKError as exc:
             self.logger.warning(
@@ -547,14 +554,21 @@ class Core:
         path = f"/sdk/grants/{quote(grant_id, safe='')}/report-scope-mismatch"
         try:
             response = yield from self.vault_call(
-                "POST", path, payload, idempotent=False, timeout=SCOPE_REPORT_TIMEOUT, raw=True
+                "POST",
+                path,
+                payload,
+                idempotent=False,
+                timeout=SCOPE_REPORT_TIMEOUT,
+                raw=True,
             )
         except AlterSDKError as exc:
             self.logger.warning("scope-mismatch report for %s failed: %s", grant_id, exc)
             return
         if response.status_code >= 300:
             self.logger.warning(
-                "scope-mismatch report for %s answered HTTP %s", grant_id, response.status_code
+                "scope-mismatch report for %s answered HTTP %s",
+                grant_id,
+                response.status_code,
             )
 
     # --- grants -----------------------------------------------------------------------------
@@ -666,52 +680,34 @@ class Core:
         allow_user_policy_rules: bool,
     ) -> Op[ConnectSession]:
         """``POST /sdk/oauth/connect/session``: a URL the user opens to connect providers."""
-        distinct = 0
-        if allowed_providers is not None:
-            if not isinstance(allowed_providers, list | tuple) or not all(
-                isinstance(p, str) for p in allowed_providers
-            ):
-                raise AlterValueError("allowed_providers must be a list of provider ids")
-            if not allowed_providers:
-                raise AlterValueError("allowed_providers cannot be empty; omit it for all")
-            if any(not p.strip() for p in allowed_providers):
-                raise AlterValueError("allowed_providers entries must be non-empty")
-            distinct = len({p.strip().lower() for p in allowed_providers})
+        distinct = _provider_count(allowed_providers)
         payload: dict[str, Any] = {
             "allowed_providers": list(allowed_providers) if allowed_providers else None,
             "return_url": v.optional_text(return_url, "return_url", max_length=2048),
             "allowed_origin": v.optional_text(allowed_origin, "allowed_origin", max_length=2048),
             "metadata": _connect_metadata(metadata),
         }
-        if v.flag(direct, "direct"):
-            if distinct != 1:
-                raise AlterValueError("direct=True needs exactly one provider")
-            payload["direct"] = True
-        if v.flag(switch_account, "switch_account"):
-            payload["switch_account"] = True
-        if not v.flag(allow_user_policy_rules, "allow_user_policy_rules"):
-            payload["allow_user_policy_rules"] = False
+        payload.update(
+            _connect_flags(
+                direct=direct,
+                switch_account=switch_account,
+                allow_user_policy_rules=allow_user_policy_rules,
+                distinct=distinct,
+            )
+        )
         policy = v.grant_policy(grant_policy)
         if policy:
             payload["grant_policy"] = policy
         if required_scopes is not None:
-            if not isinstance(required_scopes, Mapping) or not all(
-                isinstance(k, str) and isinstance(s, list) and all(isinstance(x, str) for x in s)
-                for k, s in required_scopes.items()
-            ):
-                raise AlterValueError("required_scopes must map provider ids to lists of scopes")
-            payload["required_scopes"] = dict(required_scopes)
+            payload["required_scopes"] = _required_scopes(required_scopes)
         if requested_grant is not None:
             payload["requested_grant"] = _requested_grant(requested_grant)
         if repair_grant_id is not None:
-            if distinct != 1:
-                raise AlterValueError("repair_grant_id needs exactly one provider")
-            if requested_grant is not None or agent is not None or switch_account:
-                raise AlterValueError(
-                    "repair_grant_id cannot be combined with requested_grant, agent or "
-                    "switch_account"
-                )
-            payload["repair_grant_id"] = v.canonical_uuid(repair_grant_id, "repair_grant_id")
+            payload["repair_grant_id"] = _repair_grant_id(
+                repair_grant_id,
+                distinct=distinct,
+                combined=requested_grant is not None or agent is not None or switch_account,
+            )
         if agent is not None:
             payload["agent"] = v.optional_text(agent, "agent", max_length=255)
         if delegable is not None:
@@ -761,7 +757,10 @@ class Core:
         )
         self._show_url(session.connect_url, "authorize", open_browser)
         results = yield from self.poll_connect_session(
-            session.session_token, timeout=timeout, poll_interval=poll_interval, on_event=None
+            session.session_token,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            on_event=None,
         )
         return results
 
@@ -820,46 +819,10 @@ class Core:
                 yield Sleep(min(wait, remaining))
                 continue
             data = self._json(response, "Connect poll")
-            status = data.get("status") if isinstance(data, dict) else None
-            if not isinstance(status, str) or not status:
-                raise BackendError("The Connect poll answer has no status.", {"field": "status"})
-            if status == "completed":
-                return _connect_results(data)
-            if status == "error":
-                raise _connect_poll_error(data.get("error"))
-            if status == "expired":
-                if saw_pending:
-                    raise ConnectTimeoutError(
-                        "The Connect session expired before the user finished.",
-                        timeout_details("session_expired"),
-                    )
-                raise ConnectFlowError("The Connect session expired or was not found.")
-            if status != "pending":
-                raise ConnectFlowError(
-                    f"Unexpected Connect poll status {status!r}.", {"status": status}
-                )
-            for entry in data.get("declined_providers") or []:
-                if not isinstance(entry, dict):
-                    continue
-                provider_id, code = entry.get("provider_id"), entry.get("error_code")
-                if not (isinstance(provider_id, str) and provider_id and isinstance(code, str)):
-                    continue
-                if provider_id in declined:
-                    continue
-                declined.add(provider_id)
-                if on_event is not None:
-                    at = entry.get("declined_at")
-                    try:
-                        on_event(
-                            {
-                                "type": "provider_declined",
-                                "provider_id": provider_id,
-                                "error_code": code,
-                                "declined_at": at if isinstance(at, str) else None,
-                            }
-                        )
-                    except Exception:
-                        self.logger.warning("on_event callback raised", exc_info=True)
+            results = _connect_poll_outcome(data, saw_pending, timeout_details)
+            if results is not None:
+                return results
+            self._note_declined(data.get("declined_providers"), declined, on_event)
             saw_pending = True
             remaining = deadline - self.clock.now()
             if remaining <= 0:
@@ -868,6 +831,37 @@ class Core:
                     timeout_details("poll_deadline_elapsed"),
                 )
             yield Sleep(min(poll_interval, remaining))
+
+    def _note_declined(
+        self,
+        entries: Any,
+        declined: set[str],
+        on_event: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        """Report each provider the user declined once (to ``on_event``); skip malformed ones."""
+        for entry in entries or []:
+            if not isinstance(entry, dict):
+                continue
+            provider_id, code = entry.get("provider_id"), entry.get("error_code")
+            if not (isinstance(provider_id, str) and provider_id and isinstance(code, str)):
+                continue
+            if provider_id in declined:
+                continue
+            declined.add(provider_id)
+            if on_event is None:
+                continue
+            at = entry.get("declined_at")
+            try:
+                on_event(
+                    {
+                        "type": "provider_declined",
+                        "provider_id": provider_id,
+                        "error_code": code,
+                        "declined_at": at if isinstance(at, str) else None,
+                    }
+                )
+            except Exception:
+                self.logger.warning("on_event callback raised", exc_info=True)
 
     # --- sign-in (identity) -----------------------------------------------------------------
 
@@ -918,34 +912,9 @@ class Core:
                     )
                 if response.status_code == 200:
                     data = self._json(response, "sign-in poll")
-            if isinstance(data, dict):
-                status = data.get("status")
-                if status == "completed":
-                    user_token = data.get("user_token")
-                    if not isinstance(user_token, str) or not user_token:
-                        raise AlterSDKError("Sign-in completed but no user token was returned.")
-                    return AuthResult(user_token=user_token, user_info=data.get("user_info") or {})
-                if status == "error":
-                    message = data.get("error_message")
-                    message = message if isinstance(message, str) and message else "unknown error"
-                    code = data.get("error_code")
-                    if isinstance(code, str) and code in _IDENTITY_SYNC_STATUS:
-                        details: dict[str, Any] = {"error_code": code}
-                        retry = coerce_seconds(
-                            data.get("retry_after_seconds"), cap=MAX_RATE_LIMIT_RETRY_AFTER
-                        )
-                        if retry is not None:
-                            details["retry_after_seconds"] = retry
-                        raise BackendError(
-                            f"Sign-in failed: {message}", details, _IDENTITY_SYNC_STATUS[code]
-                        )
-                    raise AlterSDKError(f"Sign-in failed: {message}")
-                if status == "expired":
-                    raise AlterSDKError("The sign-in session expired.")
-                if status != "pending":
-                    raise AlterSDKError(f"Unexpected sign-in poll status {status!r}.")
-            elif data is not None:
-                raise BackendError("The sign-in poll answer is not an object.")
+            result = _auth_poll_result(data)
+            if result is not None:
+                return result
             remaining = deadline - self.clock.now()
             if remaining <= 0:
                 raise ConnectTimeoutError(
@@ -974,7 +943,11 @@ class Core:
             return None
         try:
             response = yield from self.vault_call(
-                "POST", "/sdk/auth/verify-token", {"token": token}, idempotent=True, raw=True
+                "POST",
+                "/sdk/auth/verify-token",
+                {"token": token},
+                idempotent=True,
+                raw=True,
             )
         except AlterSDKError as exc:
             self.logger.warning("verify_user_token: rejecting the token (%s)", exc)
@@ -982,7 +955,8 @@ class Core:
         if response.status_code != 200:
             if response.status_code != 401:
                 self.logger.warning(
-                    "verify_user_token: HTTP %s, rejecting the token", response.status_code
+                    "verify_user_token: HTTP %s, rejecting the token",
+                    response.status_code,
                 )
             return None
         try:
@@ -1031,6 +1005,112 @@ def _poll_inputs(session_token: object, timeout: object, poll_interval: object) 
         raise AlterValueError("session_token must be a non-empty string")
     v.positive_number(timeout, "timeout")
     v.positive_number(poll_interval, "poll_interval")
+
+
+def _request_grant(
+    grant_id: str | None,
+    provider: str | None,
+    account: str | None,
+    label: str | None,
+    app_user_id: str | None,
+) -> str | None:
+    """Check how ``request()`` names the grant; return the canonical ``grant_id`` if given."""
+    if (grant_id is None) == (provider is None):
+        raise AlterValueError("Pass exactly one of grant_id and provider.")
+    if grant_id is not None:
+        grant_id = v.canonical_uuid(grant_id, "grant_id")
+    else:
+        v.optional_text(provider, "provider", max_length=64)
+    for name, value in (
+        ("account", account),
+        ("label", label),
+        ("app_user_id", app_user_id),
+    ):
+        v.optional_text(value, name, max_length=255)
+        if value is not None and provider is None:
+            raise AlterValueError(f"{name} is only valid with provider=, not grant_id=.")
+    return grant_id
+
+
+def _request_content(json: Any, body: bytes | None) -> bytes | None:
+    """The provider request's body bytes: ``json`` encoded, or ``body`` as given."""
+    if json is not None and body is not None:
+        raise AlterValueError("Pass json or body, not both.")
+    if body is not None and not isinstance(body, bytes | bytearray):
+        raise AlterValueError("body must be bytes")
+    return v.json_body(json) if json is not None else (bytes(body) if body else None)
+
+
+def _token_payload(
+    grant_id: str | None,
+    provider: str | None,
+    reason: str | None,
+    request: dict[str, str],
+    optional: dict[str, str | None],
+) -> dict[str, Any]:
+    """The ``/sdk/token`` body: by grant id (with the user token only) or by provider."""
+    if provider is None:
+        payload: dict[str, Any] = {
+            "grant_id": grant_id,
+            "reason": reason,
+            "request": request,
+        }
+        if optional.get("user_token") is not None:
+            payload["user_token"] = optional["user_token"]
+        return payload
+    payload = {"provider_id": provider, "reason": reason, "request": request}
+    payload.update({k: value for k, value in optional.items() if value is not None})
+    return payload
+
+
+def _provider_count(allowed_providers: object) -> int:
+    """Check ``allowed_providers``; return how many distinct providers it names (0 for all)."""
+    if allowed_providers is None:
+        return 0
+    if not isinstance(allowed_providers, list | tuple) or not all(
+        isinstance(p, str) for p in allowed_providers
+    ):
+        raise AlterValueError("allowed_providers must be a list of provider ids")
+    if not allowed_providers:
+        raise AlterValueError("allowed_providers cannot be empty; omit it for all")
+    if any(not p.strip() for p in allowed_providers):
+        raise AlterValueError("allowed_providers entries must be non-empty")
+    return len({p.strip().lower() for p in allowed_providers})
+
+
+def _connect_flags(
+    *, direct: bool, switch_account: bool, allow_user_policy_rules: bool, distinct: int
+) -> dict[str, bool]:
+    """The Connect session's flags, sent only when they differ from the vault's defaults."""
+    flags: dict[str, bool] = {}
+    if v.flag(direct, "direct"):
+        if distinct != 1:
+            raise AlterValueError("direct=True needs exactly one provider")
+        flags["direct"] = True
+    if v.flag(switch_account, "switch_account"):
+        flags["switch_account"] = True
+    if not v.flag(allow_user_policy_rules, "allow_user_policy_rules"):
+        flags["allow_user_policy_rules"] = False
+    return flags
+
+
+def _required_scopes(value: object) -> dict[str, list[str]]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(s, list) and all(isinstance(x, str) for x in s)
+        for k, s in value.items()
+    ):
+        raise AlterValueError("required_scopes must map provider ids to lists of scopes")
+    return dict(value)
+
+
+def _repair_grant_id(value: str, *, distinct: int, combined: bool) -> str:
+    if distinct != 1:
+        raise AlterValueError("repair_grant_id needs exactly one provider")
+    if combined:
+        raise AlterValueError(
+            "repair_grant_id cannot be combined with requested_grant, agent or switch_account"
+        )
+    return v.canonical_uuid(value, "repair_grant_id")
 
 
 def _connect_metadata(metadata: object) -> dict[str, str] | None:
@@ -1143,6 +1223,63 @@ def _connect_results(data: dict[str, Any]) -> list[ConnectResult]:
             },
         )
     return results
+
+
+def _connect_poll_outcome(
+    data: Any, saw_pending: bool, timeout_details: Callable[..., dict[str, Any]]
+) -> list[ConnectResult] | None:
+    """The results of a completed Connect poll, ``None`` while pending; raise for the rest."""
+    status = data.get("status") if isinstance(data, dict) else None
+    if not isinstance(status, str) or not status:
+        raise BackendError("The Connect poll answer has no status.", {"field": "status"})
+    if status == "completed":
+        return _connect_results(data)
+    if status == "error":
+        raise _connect_poll_error(data.get("error"))
+    if status == "expired":
+        if saw_pending:
+            raise ConnectTimeoutError(
+                "The Connect session expired before the user finished.",
+                timeout_details("session_expired"),
+            )
+        raise ConnectFlowError("The Connect session expired or was not found.")
+    if status != "pending":
+        raise ConnectFlowError(f"Unexpected Connect poll status {status!r}.", {"status": status})
+    return None
+
+
+def _auth_poll_result(data: Any) -> AuthResult | None:
+    """The sign-in result of a poll answer, ``None`` while pending (or no answer); raise else."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise BackendError("The sign-in poll answer is not an object.")
+    status = data.get("status")
+    if status == "completed":
+        user_token = data.get("user_token")
+        if not isinstance(user_token, str) or not user_token:
+            raise AlterSDKError("Sign-in completed but no user token was returned.")
+        return AuthResult(user_token=user_token, user_info=data.get("user_info") or {})
+    if status == "error":
+        raise _auth_poll_error(data)
+    if status == "expired":
+        raise AlterSDKError("The sign-in session expired.")
+    if status != "pending":
+        raise AlterSDKError(f"Unexpected sign-in poll status {status!r}.")
+    return None
+
+
+def _auth_poll_error(data: dict[str, Any]) -> AlterSDKError:
+    message = data.get("error_message")
+    message = message if isinstance(message, str) and message else "unknown error"
+    code = data.get("error_code")
+    if not (isinstance(code, str) and code in _IDENTITY_SYNC_STATUS):
+        return AlterSDKError(f"Sign-in failed: {message}")
+    details: dict[str, Any] = {"error_code": code}
+    retry = coerce_seconds(data.get("retry_after_seconds"), cap=MAX_RATE_LIMIT_RETRY_AFTER)
+    if retry is not None:
+        details["retry_after_seconds"] = retry
+    return BackendError(f"Sign-in failed: {message}", details, _IDENTITY_SYNC_STATUS[code])
 
 
 def _https_origin(value: object) -> str | None:
