@@ -27,6 +27,7 @@ from grantvault_server.app import create_app
 from grantvault_server.config import Settings
 from grantvault_server.services import apps as app_service
 from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import FakeClock
 
 from .peer import Peer, start_peer
 
@@ -34,6 +35,13 @@ PG_ADMIN_URL = os.environ.get(
     "GRANTVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ["sqlite", "postgresql"]
+
+# pytest-xdist workers start with COLUMNS=80 in their environment, and a rich console (the
+# CLI's) fixes its width from COLUMNS when it is built; a serial run has none. Keep the two
+# alike: the CLI is imported by tests only, after this.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+
 OPERATOR = {"type": "operator", "via": "test", "user": "pytest"}
 
 
@@ -65,8 +73,10 @@ def _run_in_thread(coro: Coroutine[Any, Any, None]) -> None:
 
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
-    """A migrated template database, created once per session."""
-    name = f"gv_tpl_{uuid.uuid4().hex[:10]}"
+    """A migrated template database, created once per session (per xdist worker: each worker
+    is its own session, and every test clones its own database from it)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"gv_tpl_{worker}_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
         admin = await _pg_admin()
@@ -147,6 +157,15 @@ async def vault(settings: Settings) -> AsyncIterator[Vault]:
         yield v
     finally:
         await v.close()
+
+
+@pytest.fixture
+def clock(vault: Vault) -> FakeClock:
+    """The vault's clock, replaced by one the test moves (``clock.advance(6)``) instead of
+    sleeping. Only the vault's view of time moves: a real peer keeps its own clock."""
+    fake = FakeClock()
+    vault.clock = fake
+    return fake
 
 
 @pytest.fixture

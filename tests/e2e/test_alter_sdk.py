@@ -31,6 +31,12 @@ from tests.e2e.conftest import Echo, Server
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def server(module_server: Server) -> Server:
+    """One server per backend for this module: every test makes its own app."""
+    return module_server
+
+
 @pytest.fixture
 def app_key(server: Server) -> tuple[str, str]:
     name = f"demo-{uuid.uuid4().hex[:6]}"

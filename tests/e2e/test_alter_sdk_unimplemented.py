@@ -27,6 +27,12 @@ from tests.e2e.conftest import Server, free_port
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def server(module_server: Server) -> Server:
+    """One server per backend for this module: every test makes its own app."""
+    return module_server
+
+
 @pytest.fixture
 def app_grant(server: Server) -> tuple[str, str, str]:
     """An app, its API key, and a grant on a secret whose allowed host is a local port."""

@@ -18,23 +18,23 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import pytest
-from typer.testing import CliRunner
 
 from grantvault import App, SyncApp
-from tests.conftest import PG_ADMIN_URL, _asyncpg_url, _run_in_thread, new_master_key
-from tests.e2e.conftest import free_port, wait_ready
-
-_CLI_LOCK = threading.Lock()
-_CLI_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gv-cli")
+from tests.conftest import _asyncpg_url, new_master_key
+from tests.e2e.conftest import (
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    run_cli,
+    wait_ready,
+)
 
 
 @dataclass
@@ -48,17 +48,11 @@ class Vault:
 
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         """Run ``grantvault <args>`` in-process; return stdout (fail the test on error)."""
-        from grantvault_server.cli.main import cli
-
-        def invoke() -> Any:
-            return CliRunner().invoke(cli, list(args), input=stdin, env=self.env)
-
-        with _CLI_LOCK:
-            result = _CLI_POOL.submit(invoke).result(timeout=120)
-        if check and result.exit_code != 0:
+        result = run_cli(list(args), self.env, stdin)
+        if check and result.returncode != 0:
             raise AssertionError(
-                f"grantvault {' '.join(args)} exited {result.exit_code}: "
-                f"{result.stderr or result.output} {result.exception!r}"
+                f"grantvault {' '.join(args)} exited {result.returncode}: "
+                f"{result.stderr or result.stdout}"
             )
         return str(result.stdout)
 
@@ -93,31 +87,6 @@ class Vault:
         return self.grant(secret["managed_secret_id"])
 
 
-def _create_pg_database(template: str) -> str:
-    name = f"gv_sdk_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        admin = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        finally:
-            await admin.close()
-
-    _run_in_thread(create())
-    return name
-
-
-def _drop_pg_database(name: str) -> None:
-    async def drop() -> None:
-        admin = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    _run_in_thread(drop())
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def vault_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -138,7 +107,7 @@ def vault_server(
     database: str | None = None
     if backend == "postgresql":
         template = request.getfixturevalue("pg_template")
-        database = _create_pg_database(template)
+        database = create_pg_database(template, "gv_sdk")
         env["GRANTVAULT_DATABASE_URL"] = _asyncpg_url(database)
         env["GRANTVAULT_MASTER_KEY"] = new_master_key()
     log = tmp / "server.log"
@@ -160,7 +129,7 @@ def vault_server(
         except subprocess.TimeoutExpired:
             proc.kill()
         if database is not None:
-            _drop_pg_database(database)
+            drop_pg_database(database)
 
 
 @dataclass

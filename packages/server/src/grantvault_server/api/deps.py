@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -105,7 +104,7 @@ async def _verify(request: Request, vault: Vault) -> Caller:
         now=time.time(),
         skew_seconds=vault.settings.clock_skew_seconds,
     )
-    now = datetime.now(UTC)
+    now = vault.clock.now()
     check_key_state(key, now)
     # Only now, with the key proven: an unsigned request must not spend a victim key's budget.
     request.app.state.limiter.charge_key(request.scope, key.id, key.app_id)

@@ -136,9 +136,24 @@ def _check_time_types(payload: dict[str, Any]) -> None:
             raise TokenRejected(f"the token's {name} claim is not a finite number")
 
 
-def _check_lifetime(claims: dict[str, Any], max_lifetime_s: float) -> None:
+def _check_times(claims: dict[str, Any], now: float) -> None:
+    """``exp``, ``nbf`` and ``iat`` against ``now`` (the caller's clock), with the leeway.
+
+    The same rules and order as PyJWT's own checks (which read the system clock, so they
+    are turned off): expired when ``exp <= now - leeway``; not valid yet when ``nbf`` or
+    ``iat`` is after ``now + leeway``.
+    """
+    for name in ("iat", "nbf"):
+        value = claims.get(name)
+        if value is not None and (int(value) if name == "iat" else value) > now + LEEWAY_S:
+            raise TokenRejected(_reason(jwt.ImmatureSignatureError()))
+    if int(claims["exp"]) <= now - LEEWAY_S:
+        raise TokenRejected(_reason(jwt.ExpiredSignatureError()))
+
+
+def _check_lifetime(claims: dict[str, Any], max_lifetime_s: float, now: float) -> None:
     exp = float(claims["exp"])
-    if exp - time.time() > max_lifetime_s + LEEWAY_S:
+    if exp - now > max_lifetime_s + LEEWAY_S:
         raise TokenRejected(
             f"the token's exp is further away than the maximum token lifetime "
             f"({max_lifetime_s:g} s, GRANTVAULT_USER_TOKEN_MAX_LIFETIME_SECONDS)"
@@ -171,9 +186,11 @@ def _reason(exc: jwt.PyJWTError) -> str:
 
 
 def verify_with_key(
-    token: str, key: VerificationKey, alg: str, policy: VerifyPolicy
+    token: str, key: VerificationKey, alg: str, policy: VerifyPolicy, now: float | None = None
 ) -> dict[str, Any]:
-    """Step 4: signature and registered claims (PyJWT)."""
+    """Step 4: signature and registered claims (PyJWT), times against ``now`` (epoch
+    seconds; the system clock when not given)."""
+    now = time.time() if now is None else now
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -182,12 +199,20 @@ def verify_with_key(
             audience=list(policy.audiences),
             issuer=policy.issuer,
             leeway=LEEWAY_S,
-            options={"require": ["exp", "iss", "aud"], "verify_signature": True},
+            options={
+                "require": ["exp", "iss", "aud"],
+                "verify_signature": True,
+                # Checked against ``now`` by _check_times below, not PyJWT's system clock.
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except jwt.PyJWTError as exc:
         raise TokenRejected(_reason(exc)) from None
     _check_time_types(claims)  # the claims PyJWT returns are the payload parse_header saw
-    _check_lifetime(claims, policy.max_lifetime_s)
+    _check_times(claims, now)
+    _check_lifetime(claims, policy.max_lifetime_s, now)
     return claims
 
 
@@ -212,10 +237,10 @@ class VerifiedTokens:
         self._limit = limit
         self._entries: dict[tuple[str, str], _Verified] = {}
 
-    def get(self, scope: str, token: str) -> _Verified | None:
-        """The unexpired entry for ``token`` (its key is checked by the caller)."""
+    def get(self, scope: str, token: str, now: float | None = None) -> _Verified | None:
+        """The unexpired entry for ``token`` at ``now`` (its key is checked by the caller)."""
         entry = self._entries.get((scope, token))
-        if entry is not None and time.time() >= entry.valid_until:
+        if entry is not None and (time.time() if now is None else now) >= entry.valid_until:
             del self._entries[(scope, token)]
             return None
         return entry
@@ -255,14 +280,16 @@ async def verify_token(
     cache: VerifiedTokens | None = None,
     *,
     scope: str = "",
+    now: float | None = None,
 ) -> dict[str, Any]:
-    """Verify ``token`` under ``policy``; return its claims or raise :class:`TokenRejected`.
+    """Verify ``token`` under ``policy`` at ``now`` (epoch seconds, default the system
+    clock); return its claims or raise :class:`TokenRejected`.
 
     Raises :class:`IdpUnreachable` when no key set could ever be fetched (a 503, not the
     user's fault).
     """
     if cache is not None and isinstance(token, str):
-        hit = cache.get(scope, token)
+        hit = cache.get(scope, token, now)
         if hit is not None:
             # No I/O for a known kid in a fresh key set; an expired set is refreshed first,
             # so a key the issuer removed stops this token too.
@@ -287,7 +314,7 @@ async def verify_token(
         raise TokenRejected("the token was signed with a key the IdP does not publish") from None
     except JwksUnavailable:
         raise IdpUnreachable from None
-    claims = verify_with_key(token, key, alg, policy)
+    claims = verify_with_key(token, key, alg, policy, now)
     if cache is not None:
         cache.put(scope, token, claims, key, alg, kid)
     return claims

@@ -86,7 +86,7 @@ async def register_app(vault: Vault, name: str, actor: dict[str, Any]) -> App:
             "App names are 1-64 characters of lowercase letters, digits and '-' "
             "(no leading or trailing '-')."
         )
-    app = App(id=str(uuid.uuid4()), name=name, created_at=utcnow())
+    app = App(id=str(uuid.uuid4()), name=name, created_at=vault.clock.now())
     try:
         async with vault.db.write() as conn:
             await conn.execute(
@@ -172,7 +172,7 @@ async def create_key(
     """Mint a key. The plaintext is returned once and never stored."""
     if name is not None and not (1 <= len(name) <= 128):
         raise InvalidInput("Key names are 1-128 characters.")
-    if expires_at is not None and expires_at <= utcnow():
+    if expires_at is not None and expires_at <= vault.clock.now():
         raise InvalidInput("The key's expiry must be in the future.")
     async with vault.db.write() as conn:
         info, plaintext = await _insert_key(conn, app, name, expires_at)
@@ -222,7 +222,7 @@ async def revoke_key(vault: Vault, app: App, key_id: str, actor: dict[str, Any])
         key = await _lock_key(conn, app, key_id)
         if key.revoked_at is not None:
             return key
-        now = utcnow()
+        now = vault.clock.now()
         await conn.execute(
             sa.update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=now)
         )
@@ -248,7 +248,7 @@ async def rotate_key(
         raise InvalidInput("The overlap window must be between 0 and 30 days.")
     async with vault.db.write() as conn:
         old = await _lock_key(conn, app, key_id)
-        now = utcnow()
+        now = vault.clock.now()
         if old.status(now) not in {"active"}:
             raise VaultError(
                 ErrorCode.INVALID_REQUEST,

@@ -22,7 +22,6 @@ from grantvault_server.services.apps import App
 from grantvault_server.services.oauth_tokens import detach_tokens_for_revocation, run_revocations
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import (
     credentials,
@@ -173,7 +172,7 @@ async def create_grant(
     if label is not None and not (1 <= len(label) <= 255):
         raise InvalidInput("Labels are 1-255 characters.")
     policy = policy or GrantPolicy()
-    now = utcnow()
+    now = vault.clock.now()
     if policy.expires_at is not None:
         if policy.expires_at.tzinfo is None:
             raise InvalidInput("grant_policy.expires_at needs a UTC offset (e.g. ...Z).")
@@ -286,7 +285,7 @@ async def list_grants(
         raise InvalidInput("limit must be 1-1000 and offset at least 0.")
     if status is not None and status not in GRANT_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(GRANT_STATUSES)}.")
-    now = utcnow()
+    now = vault.clock.now()
     stmt = _grant_select().where(grants.c.app_id == app.id)
     if provider:
         stmt = stmt.where(
@@ -375,7 +374,7 @@ async def revoke_grant(
                 "grant_id": grant_id,
                 "revoked_at": iso(row.revoked_at),
             }
-        now = utcnow()
+        now = vault.clock.now()
         queued = await revoke_in(
             conn, vault, app.id, [Revocable.of(row)], actor=actor, reason=reason, now=now
         )
@@ -488,7 +487,7 @@ async def revoke_in(
 async def revoke_user_oauth_grants(vault: Vault, app_id: str, subject: str) -> None:
     """A user was disabled or deleted: revoke their OAuth grants, drop the tokens and tell the
     providers (one of the ``services.identity.service.on_user_disabled`` hooks)."""
-    now = utcnow()
+    now = vault.clock.now()
     async with vault.db.write() as conn:
         rows = (
             await conn.execute(
@@ -557,7 +556,7 @@ async def report_scope_mismatch(
         else None
     )
     endpoint = _endpoint_summary(report.api_endpoint)
-    now = utcnow()
+    now = vault.clock.now()
     async with vault.db.write() as conn:
         row = await load_grant(conn, app, grant_id)
         record = {

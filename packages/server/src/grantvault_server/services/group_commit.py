@@ -98,10 +98,16 @@ class RetrievalWriter:
     """Collects retrieval writes and commits them in batches (one per loop turn under load)."""
 
     def __init__(
-        self, db: Database, audit: AuditChain, observe: Callable[[int], None] | None = None
+        self,
+        db: Database,
+        audit: AuditChain,
+        observe: Callable[[int], None] | None = None,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.audit = audit
+        #: The vault's clock: grant and key expiry are re-checked at this time.
+        self.now = now
         self.observe = observe
         self._pending: list[tuple[RetrievalWrite, asyncio.Future[None]]] = []
         self._flushing = False
@@ -151,7 +157,7 @@ class RetrievalWriter:
             outcomes: list[Outcome_] = [None if ok else Replayed() for ok in fresh]
             live = [i for i, o in enumerate(outcomes) if o is None]
             if live:
-                await self._recheck(conn, writes, outcomes, live)
+                await self._recheck(conn, writes, outcomes, live, self.now())
                 records = [
                     writes[i].record
                     if outcomes[i] is None
@@ -183,7 +189,11 @@ class RetrievalWriter:
 
     @staticmethod
     async def _recheck(
-        conn: Conn, writes: list[RetrievalWrite], outcomes: list[Outcome_], live: list[int]
+        conn: Conn,
+        writes: list[RetrievalWrite],
+        outcomes: list[Outcome_],
+        live: list[int],
+        now: datetime,
     ) -> None:
         """Re-read grant and key state inside the transaction, locking in a fixed order.
 
@@ -193,7 +203,6 @@ class RetrievalWriter:
         before (and the token is refused here) or after this retrieval; never a deadlock.
         """
         dialect = conn.dialect.name
-        now = utcnow()
         grant_ids = sorted({writes[i].grant_id for i in live})
         grant_rows = {
             r.id: r for r in await conn.execute(_grant_check(dialect), {"ids": grant_ids})

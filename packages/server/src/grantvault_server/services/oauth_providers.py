@@ -33,7 +33,6 @@ from grantvault_server.providers.oauth_schema import (
 )
 from grantvault_server.services.apps import App
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import grants, oauth_providers
 
@@ -385,7 +384,7 @@ async def add_provider(
             effective.render("{" + name + "}", bound)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-    now = utcnow()
+    now = vault.clock.now()
     async with vault.db.write() as conn:
         existing = (
             await conn.execute(

@@ -50,7 +50,6 @@ from grantvault_server.oauth import client as oauth_client
 from grantvault_server.oauth.client import OAuthError, TokenSet
 from grantvault_server.services import oauth_providers as providers
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn, storage_unavailable
 from grantvault_server.storage.tables import grants, oauth_revocations, oauth_tokens
 
@@ -208,7 +207,7 @@ async def access_token(vault: Vault, cfg: providers.ProviderConfig, grant_id: st
         row = await _read(conn, grant_id)
         if row is None or row.needs_reconnect or row.access_ct is None:
             raise credential_revoked(grant_id, cfg.provider_id)
-        now = utcnow()
+        now = vault.clock.now()
         pending = vault.refreshes.get(grant_id)
         if fresh_enough(row, now) or (pending is not None and _still_valid(row, now)):
             # A refresh already under way here does not hold up a still-valid token.
@@ -230,7 +229,7 @@ async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -
     deadline = asyncio.get_running_loop().time() + WAIT_FOR_REFRESH_S
     delay = 0.02
     while True:
-        now = utcnow()
+        now = vault.clock.now()
         # Taken before the lease's own clock starts: this process's view of the lease ends
         # no later than the row's.
         leased_at = asyncio.get_running_loop().time()
@@ -407,7 +406,7 @@ async def _refresh_leased(
                 break
             if attempt < ATTEMPTS:
                 await asyncio.sleep(wait)
-    now = utcnow()
+    now = vault.clock.now()
     if tokens is not None:
         return await _commit_refreshed(
             vault, cfg, row, fence, tokens, refresh_token, attempts, now, lease_deadline
@@ -633,7 +632,7 @@ async def _queue_orphans(
     vault: Vault, conn: Conn, row: Any, cfg: providers.ProviderConfig, tokens: TokenSet
 ) -> None:
     """Queue tokens that no grant holds any more for revocation at the provider."""
-    now = utcnow()
+    now = vault.clock.now()
     for offset, (value, hint) in enumerate(
         ((tokens.refresh_token, "refresh_token"), (tokens.access_token, "access_token"))
     ):
@@ -665,7 +664,7 @@ async def _queue_revocation(
             token_ct=vault.barrier.encrypt(token, revocation_aad(app_id, rid)),
             token_type_hint=hint,
             attempts=0,
-            next_attempt_at=utcnow(),
+            next_attempt_at=vault.clock.now(),
             created_at=created_at,
         )
     )
@@ -695,13 +694,13 @@ async def _mark_dead(
                 lease_owner=None,
                 lease_until=None,
                 last_refresh_error=reason[:255],
-                updated_at=utcnow(),
+                updated_at=vault.clock.now(),
             )
         )
         if marked.rowcount != 1:
             # Already marked by an earlier try whose commit reported a failure, or the lease
             # was lost: audit nothing twice, and answer from what the row holds now.
-            return await _current_answer(vault, cfg, conn, row.grant_id, utcnow(), None)
+            return await _current_answer(vault, cfg, conn, row.grant_id, vault.clock.now(), None)
         await vault.audit.append(
             conn,
             [
@@ -774,7 +773,7 @@ async def _release_unsent(
 ) -> AccessToken:
     """Give the lease back when no provider call was started (too little lease left): no
     cool-down, nothing to remember; the still-valid token if there is one, else a 503."""
-    now = utcnow()
+    now = vault.clock.now()
 
     async def release(conn: Conn, _try: int) -> AccessToken | None:
         await conn.execute(
@@ -817,7 +816,7 @@ async def detach_tokens_for_revocation(
     if row is None:
         return []
     queued: list[str] = []
-    now = utcnow()
+    now = vault.clock.now()
     for column, hint in (("refresh_ct", "refresh_token"), ("access_ct", "access_token")):
         blob = row._mapping[column]
         if blob is None:
@@ -842,7 +841,7 @@ async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: i
     is retried later with backoff, up to ``REVOCATION_ATTEMPTS``; then the token is dropped
     and the give-up is audited (the grant itself was revoked in the vault long before).
     """
-    now = utcnow()
+    now = vault.clock.now()
     stmt = (
         sa.select(oauth_revocations)
         .where(oauth_revocations.c.next_attempt_at <= now)
@@ -916,7 +915,7 @@ async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: i
                     .values(
                         attempts=attempts,
                         last_error=error[:255],
-                        next_attempt_at=utcnow() + backoff,
+                        next_attempt_at=vault.clock.now() + backoff,
                     )
                 )
     return done

@@ -26,7 +26,6 @@ from grantvault_server.errors import InvalidInput, NotFound, VaultError
 from grantvault_server.providers.schema import SLUG, InjectionSpec, check_host_rule
 from grantvault_server.services.apps import App
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.tables import credentials, managed_secrets
 from grantvault_server.timefmt import iso
@@ -135,7 +134,7 @@ async def create_secret(
             check_host_rule(host)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-    now = utcnow()
+    now = vault.clock.now()
     secret_id = str(uuid.uuid4())
     try:
         async with vault.db.write() as conn:
@@ -285,7 +284,7 @@ async def set_credential(
     Replacing keeps the credential id, so every grant that uses it stays valid.
     """
     clean = validate_values(secret.injection, values)
-    now = utcnow()
+    now = vault.clock.now()
     async with vault.db.write() as conn:
         existing = await credential_ids(conn, secret.id)
         if credential_id is not None and credential_id not in existing:

@@ -34,7 +34,6 @@ from grantvault_server.services.last_used import TOUCH_GRANT, needs_touch
 from grantvault_server.services.nonces import claim_nonce_in
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault
-from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import credentials, grants, managed_secrets, oauth_providers
@@ -160,7 +159,9 @@ def usable_by(row: Any, identity: Identity | None) -> bool:
     return False
 
 
-async def _resolve(conn: Conn, app: App, req: TokenRequest, identity: Identity | None) -> Any:
+async def _resolve(
+    conn: Conn, app: App, req: TokenRequest, identity: Identity | None, now: datetime
+) -> Any:
     if req.grant_id is not None:
         row = await _BY_GRANT_ID.first(conn, {"app_id": app.id, "grant_id": req.grant_id})
         if row is None:
@@ -194,7 +195,7 @@ async def _resolve(conn: Conn, app: App, req: TokenRequest, identity: Identity |
             )
         )
         raw = list((await conn.execute(exact, params)).all())
-    found = [r for r in raw if grant_status(r, utcnow()) == "active"]
+    found = [r for r in raw if grant_status(r, now) == "active"]
     if identity is None:
         found = [r for r in found if r.principal_type == "system"]
     rows = [r for r in found if usable_by(r, identity)]
@@ -264,8 +265,8 @@ async def retrieve(
         if req.user_token is not None:
             identity = await resolve_user(vault, app.id, req.user_token)
         async with vault.db.read() as conn:
-            row = await _resolve(conn, app, req, identity)
-            now = utcnow()
+            now = vault.clock.now()
+            row = await _resolve(conn, app, req, identity, now)
             status = grant_status(row, now)
             if status == "revoked":
                 raise VaultError(
@@ -349,7 +350,9 @@ async def retrieve(
             }
             if token.expires_at is not None:
                 fields["expires_at"] = iso(token.expires_at)
-                fields["expires_in"] = max(0, int((token.expires_at - utcnow()).total_seconds()))
+                fields["expires_in"] = max(
+                    0, int((token.expires_at - vault.clock.now()).total_seconds())
+                )
             if token.retry_info is not None:
                 fields["retry_info"] = token.retry_info
         else:
@@ -444,7 +447,7 @@ async def _audit_denial(
     try:
         async with vault.db.write() as conn:
             if nonce is not None and not await claim_nonce_in(
-                conn, vault, nonce.key_id, nonce.nonce, utcnow()
+                conn, vault, nonce.key_id, nonce.nonce, vault.clock.now()
             ):
                 raise replayed_error()
             await vault.audit.append(

@@ -20,6 +20,7 @@ from grantvault_server.policy.engine import PolicyEngine
 from grantvault_server.providers.catalog import load_templates
 from grantvault_server.providers.schema import InjectionSpec, SecretTemplate
 from grantvault_server.services.group_commit import RetrievalWriter
+from grantvault_server.services.vault_time import SYSTEM_CLOCK, Clock
 from grantvault_server.storage import migrate
 from grantvault_server.storage.db import Database
 
@@ -46,10 +47,15 @@ class Vault:
     refreshes: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Told the outcome of every refresh that reached a provider (wired to /metrics).
     refresh_observer: Callable[[str], None] = field(default=lambda _outcome: None, repr=False)
+    #: The time every expiry, lease, cool-down and token check reads (tests advance a fake).
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False)
     #: This vault's identity caches in this process (keys, verified tokens, IdP configs).
     identity: IdentityState = field(default_factory=IdentityState, repr=False)
 
     def __post_init__(self) -> None:
+        # The identity key caches age on this vault's clock (read at each use: a test may
+        # set ``vault.clock`` after start).
+        self.identity.clock = lambda: self.clock.monotonic()
         # The key caches fetch through this vault's one outbound client.
         self.identity.http = lambda: self.http
 
@@ -57,7 +63,7 @@ class Vault:
     def retrieval_writer(self) -> RetrievalWriter:
         """The group-commit writer of the retrieval hot path (one per vault)."""
         if self._writer is None:
-            self._writer = RetrievalWriter(self.db, self.audit)
+            self._writer = RetrievalWriter(self.db, self.audit, now=lambda: self.clock.now())
         return self._writer
 
     @property
