@@ -1,17 +1,58 @@
 """The policy decision point.
 
-Every credential retrieval (and, later, every proxied call) asks :func:`evaluate` before any
-secret is decrypted. Today the rule set is empty and the answer is "allow"; the policy engine
-will fill this seam with rules (time windows, IP ranges, groups, methods and paths, rates).
-What does not change: a decision carries its reason into the audit trail, and any error while
-deciding is a denial (fail closed).
+Every credential retrieval (and, later, every proxied call) asks the engine before any secret
+is decrypted. Two entry points share one :class:`Decision`:
+
+* :meth:`PolicyEngine.evaluate` (the seam ``services.tokens`` calls with a
+  :class:`PolicyRequest`): in-process rules, first opinion decides, default allow.
+* :func:`evaluate` (issue 11): operator-written policy documents, compiled by
+  ``policy.compile``, judged against :class:`Facts`. Every policy that applies must have all its
+  rules hold; the first failing rule decides, with the policy's name and version, the rule
+  name and a reason a developer can act on.
+
+**Fail closed.** A rule that needs a fact the call does not have (``groups_any`` or
+``applies_to.groups`` without a verified user token, ``ip_allow`` without a caller address,
+``per: user`` without an end user, a naive time) or that raises denies with
+``code="policy_evaluation_failed"``. A broken rule must never release a credential.
+
+**Counters are charged by the caller, not here.** ``quota`` and ``rate_limit`` need shared
+counts, and a count that is read here and written later is a race across replicas. So for a
+call every other rule allows, :func:`evaluate` returns ``allowed=True`` with
+``Decision.charges``: one :class:`Charge` per counter rule of every applicable policy, each
+with its ``key`` (app, policy name, rule, per, subject id, window start), ``limit`` and
+``window_end``. The storage layer must then, atomically and for all charges together,
+increment each counter and refuse the call if any count would exceed its limit (nothing is
+charged when one refuses); ``quota`` refusals answer ``429 quota_exceeded`` with
+``Retry-After = window_end - now``, ``rate_limit`` ones ``429 rate_limit_exceeded``. Windows
+are calendar windows in UTC (minute, hour, day, month from the 1st); a rate limit is a fixed
+UTC minute. A denied call is charged nothing. If charging fails the call is refused (fail
+closed).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from grantvault_server.policy.compile import Charge, CompiledPolicy
+from grantvault_server.policy.facts import Facts, MissingFact
+
+__all__ = [
+    "POLICY_EVALUATION_FAILED",
+    "POLICY_VIOLATION",
+    "Charge",
+    "CompiledPolicy",
+    "Decision",
+    "Facts",
+    "PolicyEngine",
+    "PolicyRequest",
+    "Rule",
+    "evaluate",
+]
+
+POLICY_VIOLATION = "policy_violation"
+POLICY_EVALUATION_FAILED = "policy_evaluation_failed"
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +73,20 @@ class PolicyRequest:
 
 @dataclass(frozen=True)
 class Decision:
+    """The answer, carried into the error and the audit trail.
+
+    ``code`` is ``policy_violation`` or ``policy_evaluation_failed`` for a denial by a policy
+    document; ``policy``/``policy_version`` name it and ``matched_rule`` the rule that decided.
+    ``charges`` is set only on an allow (see the module docstring).
+    """
+
     allowed: bool
     reason: str
     matched_rule: str | None = None
+    policy: str | None = None
+    policy_version: int | None = None
+    code: str | None = None
+    charges: tuple[Charge, ...] = ()
 
 
 Rule = Callable[[PolicyRequest], Decision | None]
@@ -57,3 +109,70 @@ class PolicyEngine:
             # Fail closed: a broken rule must never release a credential.
             log.exception("policy evaluation failed", extra={"grant_id": request.grant_id})
             return Decision(allowed=False, reason="policy_evaluation_error")
+
+
+def _failed(policy: CompiledPolicy, rule: str, reason: str) -> Decision:
+    return Decision(
+        allowed=False,
+        reason=reason,
+        matched_rule=rule,
+        policy=policy.name,
+        policy_version=policy.version,
+        code=POLICY_EVALUATION_FAILED,
+    )
+
+
+def _judge(policy: CompiledPolicy, facts: Facts, charges: list[Charge]) -> Decision | bool:
+    """One policy: a denial, else whether it applied (its charges appended when it did)."""
+    step = "applies_to"
+    try:
+        if not policy.applies(facts):
+            return False
+        for rule in policy.rules:
+            step = rule.name
+            reason = rule.check(facts)
+            if reason is not None:
+                return Decision(
+                    allowed=False,
+                    reason=reason,
+                    matched_rule=rule.name,
+                    policy=policy.name,
+                    policy_version=policy.version,
+                    code=POLICY_VIOLATION,
+                )
+        for counter in policy.counters:
+            step = counter.rule
+            charges.append(counter.charge(policy, facts))
+    except MissingFact as missing:
+        return _failed(
+            policy,
+            step,
+            f"{policy.name} cannot evaluate {step}: the {missing.fact} is unknown for this call",
+        )
+    except Exception:
+        log.exception(
+            "policy evaluation failed",
+            extra={"policy": policy.name, "rule": step, "grant_id": facts.grant_id},
+        )
+        return _failed(
+            policy, step, f"{policy.name} could not evaluate {step}; the call is refused"
+        )
+    return True
+
+
+def evaluate(policies: Sequence[CompiledPolicy], facts: Facts) -> Decision:
+    """Judge one call against an app's compiled policies, in the order given.
+
+    Pure: no storage, no clock (``facts.at`` is the time). Returns the first denial, else an
+    allow carrying the counter charges the storage layer must apply before the call proceeds.
+    """
+    charges: list[Charge] = []
+    applied: list[str] = []
+    for policy in policies:
+        outcome = _judge(policy, facts, charges)
+        if isinstance(outcome, Decision):
+            return outcome
+        if outcome:
+            applied.append(policy.name)
+    reason = f"allowed by {', '.join(applied)}" if applied else "no_policy_applies"
+    return Decision(allowed=True, reason=reason, charges=tuple(charges))
