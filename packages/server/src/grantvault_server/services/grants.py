@@ -150,6 +150,53 @@ def _grant_select() -> sa.Select[Any]:
     )
 
 
+def _check_principal(principal_type: str, principal_id: str | None) -> str | None:
+    """The principal id a grant stores (none for ``system``)."""
+    if principal_type not in PRINCIPAL_TYPES:
+        raise InvalidInput(f"principal must be one of {', '.join(PRINCIPAL_TYPES)}.")
+    if principal_type == "system":
+        return None
+    if not principal_id or len(principal_id) > 255:
+        raise InvalidInput(f"A {principal_type} grant needs its external id (1-255 characters).")
+    return principal_id
+
+
+def _check_policy(policy: GrantPolicy, now: datetime) -> None:
+    if policy.expires_at is not None:
+        if policy.expires_at.tzinfo is None:
+            raise InvalidInput("grant_policy.expires_at needs a UTC offset (e.g. ...Z).")
+        if policy.expires_at <= now:
+            raise InvalidInput("grant_policy.expires_at must be in the future.")
+        if policy.expires_at > now + timedelta(days=3650):
+            raise InvalidInput("grant_policy.expires_at is more than ten years away.")
+    for name in ("max_ttl_seconds", "default_ttl_seconds"):
+        value = getattr(policy, name)
+        if value is not None and not 0 < value <= 315_360_000:
+            raise InvalidInput(f"grant_policy.{name} must be 1 to 315360000 seconds (ten years).")
+
+
+async def _check_credential(conn: Conn, secret: ManagedSecret, credential_id: str | None) -> None:
+    """The named credential is the secret's; none named is fine only if it holds one."""
+    existing = await credential_ids(conn, secret.id)
+    if credential_id is not None and credential_id not in existing:
+        raise NotFound("credential", credential_id)
+    if credential_id is None and len(existing) > 1:
+        labels = {
+            r.id: r.label
+            for r in await conn.execute(
+                sa.select(credentials.c.id, credentials.c.label).where(
+                    credentials.c.managed_secret_id == secret.id
+                )
+            )
+        }
+        raise VaultError(
+            ErrorCode.CREDENTIAL_ID_REQUIRED,
+            "This secret holds several credentials; choose one with credential_id "
+            "(CLI: --credential).",
+            details={"credentials": [{"id": c, "label": labels.get(c) or ""} for c in existing]},
+        )
+
+
 async def create_grant(
     vault: Vault,
     app: App,
@@ -163,50 +210,16 @@ async def create_grant(
     policy: GrantPolicy | None = None,
     credential_id: str | None = None,
 ) -> dict[str, Any]:
-    if principal_type not in PRINCIPAL_TYPES:
-        raise InvalidInput(f"principal must be one of {', '.join(PRINCIPAL_TYPES)}.")
-    if principal_type == "system":
-        principal_id = None
-    elif not principal_id or len(principal_id) > 255:
-        raise InvalidInput(f"A {principal_type} grant needs its external id (1-255 characters).")
+    principal_id = _check_principal(principal_type, principal_id)
     if label is not None and not (1 <= len(label) <= 255):
         raise InvalidInput("Labels are 1-255 characters.")
     policy = policy or GrantPolicy()
     now = vault.clock.now()
-    if policy.expires_at is not None:
-        if policy.expires_at.tzinfo is None:
-            raise InvalidInput("grant_policy.expires_at needs a UTC offset (e.g. ...Z).")
-        if policy.expires_at <= now:
-            raise InvalidInput("grant_policy.expires_at must be in the future.")
-        if policy.expires_at > now + timedelta(days=3650):
-            raise InvalidInput("grant_policy.expires_at is more than ten years away.")
-    for name in ("max_ttl_seconds", "default_ttl_seconds"):
-        value = getattr(policy, name)
-        if value is not None and not 0 < value <= 315_360_000:
-            raise InvalidInput(f"grant_policy.{name} must be 1 to 315360000 seconds (ten years).")
+    _check_policy(policy, now)
     expires_at = policy.effective_expiry(now)
     grant_id = str(uuid.uuid4())
     async with vault.db.write() as conn:
-        existing = await credential_ids(conn, secret.id)
-        if credential_id is not None and credential_id not in existing:
-            raise NotFound("credential", credential_id)
-        if credential_id is None and len(existing) > 1:
-            labels = {
-                r.id: r.label
-                for r in await conn.execute(
-                    sa.select(credentials.c.id, credentials.c.label).where(
-                        credentials.c.managed_secret_id == secret.id
-                    )
-                )
-            }
-            raise VaultError(
-                ErrorCode.CREDENTIAL_ID_REQUIRED,
-                "This secret holds several credentials; choose one with credential_id "
-                "(CLI: --credential).",
-                details={
-                    "credentials": [{"id": c, "label": labels.get(c) or ""} for c in existing]
-                },
-            )
+        await _check_credential(conn, secret, credential_id)
         record = {
             "expires_at": iso(expires_at),
             "max_ttl_seconds": policy.max_ttl_seconds,
