@@ -373,13 +373,32 @@ class OAuthProviderSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> OAuthProviderSpec:
+        """Cross-field rules, checked in a fixed order so that the first problem reported
+        is always the same one: URLs and their placeholders, what needs an issuer, scopes,
+        the parameters the client owns, then where tokens may be sent."""
         where = f"provider {self.id!r}"
         # Plain http only for hosts the operator allows for tests (GRANTVAULT_ALLOW_HTTP_HOSTS),
         # passed as validation context; the OAuth client checks the scheme again at use.
         http_hosts = HttpAllowance.of((info.context or {}).get("allow_http_hosts"))
+        self._check_param_names(where)
+        self._check_urls(where, http_hosts)
+        self._check_dependent_settings(where)
+        self._check_scopes(where)
+        self._check_client_owned_params(where)
+        _check_headers(self.token_request_headers, f"{where} token_request_headers")
+        self._check_api_destination(where)
+        return self
+
+    def _check_param_names(self, where: str) -> None:
+        """``api_base_url`` is the placeholder of the account lookup, never a param."""
         for name in self.params:
             if not PARAM_NAME.fullmatch(name) or name == API_BASE_URL:
                 raise ValueError(f"{where}: {name!r} cannot be a param name")
+
+    def _check_urls(self, where: str, http_hosts: HttpAllowance) -> None:
+        """Every URL is https (or an allowed plain-http host) and uses only declared
+        placeholders, and every declared param is used: a param no URL uses would be asked
+        of the operator for nothing."""
         declared = set(self.params)
         check_url(self.docs_url, f"{where} docs_url", http_hosts=http_hosts, allow_fragment=True)
         if placeholders(self.docs_url):
@@ -390,22 +409,32 @@ class OAuthProviderSpec(_Strict):
             if url is not None:
                 check_url(url, f"{where} {attr}", allowed=declared, http_hosts=http_hosts)
                 used.update(placeholders(url))
-        if self.account.url is not None:
-            check_url(
-                self.account.url,
-                f"{where} account.url",
-                allowed=declared,
-                allow_api_base_url=True,
-                http_hosts=http_hosts,
-            )
-            used.update(placeholders(self.account.url))
-            if API_BASE_URL in placeholders(self.account.url) and not (
-                self.api_base_url or self.api_base_url_from
-            ):
-                raise ValueError(f"{where}: account.url uses {{api_base_url}} but none is set")
+        used.update(self._check_account_url(where, declared, http_hosts))
         unused = declared - used
         if unused:
             raise ValueError(f"{where}: params {sorted(unused)} are declared but never used")
+
+    def _check_account_url(
+        self, where: str, declared: set[str], http_hosts: HttpAllowance
+    ) -> list[str]:
+        """Check the account lookup's URL, the one URL that may start with ``{api_base_url}``
+        (which then needs a value to take); return the placeholders it uses."""
+        if self.account.url is None:
+            return []
+        check_url(
+            self.account.url,
+            f"{where} account.url",
+            allowed=declared,
+            allow_api_base_url=True,
+            http_hosts=http_hosts,
+        )
+        names = placeholders(self.account.url)
+        if API_BASE_URL in names and not (self.api_base_url or self.api_base_url_from):
+            raise ValueError(f"{where}: account.url uses {{api_base_url}} but none is set")
+        return names
+
+    def _check_dependent_settings(self, where: str) -> None:
+        """Settings that mean nothing without the endpoint or issuer they depend on."""
         if self.revocation_method == "rfc7009" and self.revocation_url is None:
             raise ValueError(
                 f"{where}: revocation_method 'rfc7009' needs a revocation_url "
@@ -417,7 +446,11 @@ class OAuthProviderSpec(_Strict):
             raise ValueError(f"{where}: iss_parameter needs the issuer to compare against")
         if self.account.source == "id_token" and self.issuer is None:
             raise ValueError(f"{where}: an account read from the ID token needs an issuer")
-        self._check_scopes(where)
+
+    def _check_client_owned_params(self, where: str) -> None:
+        """Extra authorize and refresh parameters may not set what the OAuth client owns
+        (state, PKCE, the redirect URI, credentials): a catalog entry could otherwise
+        weaken the flow."""
         for params, reserved, what in (
             (self.authorize_params, _RESERVED_AUTHORIZE | {self.scope_param}, "authorize_params"),
             (self.refresh_params, _RESERVED_REFRESH, "refresh_params"),
@@ -427,7 +460,10 @@ class OAuthProviderSpec(_Strict):
                 raise ValueError(
                     f"{where}: {what} cannot set {sorted(clash)}; the client owns them"
                 )
-        _check_headers(self.token_request_headers, f"{where} token_request_headers")
+
+    def _check_api_destination(self, where: str) -> None:
+        """Tokens need somewhere they may be sent: the ``api_hosts`` rules, or an API origin
+        read from the token response; a catalog ``api_base_url`` must lie on those hosts."""
         if self.api_base_url_from is not None:
             _check_dotted(self.api_base_url_from, f"{where} api_base_url_from")
         elif not self.api_hosts:
@@ -436,7 +472,6 @@ class OAuthProviderSpec(_Strict):
             probe = self._probe_host(self.api_base_url)
             if probe is not None and not host_allowed(probe[0], self.api_hosts, probe[1]):
                 raise ValueError(f"{where}: api_base_url {_not_on_api_hosts(*probe)}")
-        return self
 
     def _check_scopes(self, where: str) -> None:
         names = [*self.available_scopes, *self.default_scopes, *self.required_scopes]

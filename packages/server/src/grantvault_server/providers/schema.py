@@ -109,6 +109,19 @@ class InjectionSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> InjectionSpec:
+        """Cross-field rules, in a fixed order so the first problem reported is always the
+        same one: where the credential goes, then which fields carry it, then the extras."""
+        self._check_placement()
+        self._check_fields()
+        names = [f.name for f in self.fields]
+        for inj in self.extra:
+            if inj.source != "token" and inj.source not in names:
+                raise ValueError(f"extra injection source {inj.source!r} is not a credential field")
+        return self
+
+    def _check_placement(self) -> None:
+        """The header, format and query parameter must follow the wire protocol's injection
+        rule and fit the auth type (a client would refuse a token answer that breaks it)."""
         check_header_name(self.header)
         if self.auth == "sigv4":
             if self.extra:
@@ -129,6 +142,10 @@ class InjectionSpec(_Strict):
                 raise ValueError("query auth needs a valid query_param name") from None
         elif self.query_param is not None:
             raise ValueError("query_param is only used with auth 'query'")
+
+    def _check_fields(self) -> None:
+        """The credential fields: unique names, the ones the auth type cannot work without
+        present and never optional without a default, and no more than the protocol carries."""
         names = [f.name for f in self.fields]
         if len(set(names)) != len(names):
             raise ValueError("credential field names must be unique")
@@ -151,10 +168,6 @@ class InjectionSpec(_Strict):
                 f"at most {MAX_EXTRA_INJECTIONS} credential fields and "
                 f"{MAX_EXTRA_INJECTIONS} extra injections"
             )
-        for inj in self.extra:
-            if inj.source != "token" and inj.source not in names:
-                raise ValueError(f"extra injection source {inj.source!r} is not a credential field")
-        return self
 
 
 class SecretTemplate(_Strict):

@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -348,60 +349,27 @@ async def add_provider(
     spec: OAuthProviderSpec | None = None,
     replace: bool = False,
 ) -> ProviderConfig:
-    """Register (or, with ``replace``, re-register) a provider for an app."""
+    """Register (or, with ``replace``, re-register) a provider for an app.
+
+    Everything the operator gave is checked before the write transaction opens (ids, then
+    the spec and its overrides, then scopes, then parameters: the first problem is the one
+    reported); inside it, the row is written and audited together."""
     provider_id = provider_id.lower()
-    if not re.fullmatch(_PROVIDER_ID, provider_id):
-        raise InvalidInput("Provider ids are 1-50 characters of a-z, 0-9 and '-'.")
-    if not client_id or len(client_id) > 512:
-        raise InvalidInput("client_id is required (at most 512 characters).")
-    if client_secret is not None and not (1 <= len(client_secret) <= 4096):
-        raise InvalidInput("client_secret must be 1-4096 characters.")
-    base = spec or get_oauth_provider(provider_id)
-    if base is None:
-        raise InvalidInput(
-            f"{provider_id!r} is not in the provider catalog; list it with "
-            "`grantvault providers catalog`, or add a custom provider with its URLs or issuer."
-        )
-    if overrides and spec is None:
-        try:
-            # Overrides follow the plain-http rule of custom providers (a GHES test server).
-            effective = base.with_overrides(
-                EndpointOverrides.model_validate(overrides),
-                context={"allow_http_hosts": list(vault.settings.allow_http_hosts)},
-            )
-        except (ValidationError, ValueError) as exc:
-            raise InvalidInput(f"Endpoint overrides are not valid: {_first_error(exc)}") from None
-    else:
-        effective = base
-    chosen = list(scopes) if scopes is not None else list(effective.default_scopes)
-    if allowed_scopes is not None:
-        missing = [s for s in chosen if s not in allowed_scopes]
-        if missing:
-            raise InvalidInput(f"Default scopes not in the allowed scopes: {', '.join(missing)}")
-    bound = dict(params or {})
-    for name in effective.params:
-        try:
-            effective.render("{" + name + "}", bound)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+    _check_registration(provider_id, client_id, client_secret)
+    effective = _effective_spec(provider_id, spec, overrides, vault.settings.allow_http_hosts)
+    chosen = _default_scopes(effective, scopes, allowed_scopes)
+    bound = _bind_params(effective, params)
     now = vault.clock.now()
     async with vault.db.write() as conn:
-        existing = (
-            await conn.execute(
-                sa.select(oauth_providers.c.id).where(
-                    oauth_providers.c.app_id == app.id,
-                    oauth_providers.c.provider_id == provider_id,
-                )
-            )
-        ).first()
-        if existing is not None and not replace:
+        existing_id = await _registration_id(conn, app.id, provider_id)
+        if existing_id is not None and not replace:
             raise VaultError(
                 ErrorCode.INVALID_REQUEST,
                 f"{provider_id!r} is already configured for this app; use "
                 "`grantvault providers update` (or remove it first).",
                 status=409,
             )
-        row_id = existing.id if existing is not None else str(uuid.uuid4())
+        row_id = existing_id if existing_id is not None else str(uuid.uuid4())
         values: dict[str, Any] = {
             "custom_spec": spec.model_dump(mode="json") if spec is not None else None,
             "overrides": overrides or None,
@@ -416,37 +384,155 @@ async def add_provider(
             "allowed_scopes": list(allowed_scopes) if allowed_scopes is not None else None,
             "updated_at": now,
         }
-        if existing is None:
-            await conn.execute(
-                sa.insert(oauth_providers).values(
-                    id=row_id, app_id=app.id, provider_id=provider_id, created_at=now, **values
-                )
-            )
-        else:
-            await conn.execute(
-                sa.update(oauth_providers).where(oauth_providers.c.id == row_id).values(**values)
-            )
-        await vault.audit.append(
+        await _write_registration(
             conn,
-            [
-                AuditRecord(
-                    chain=app.id,
-                    event=AuditEvent.OAUTH_PROVIDER_CONFIGURED,
-                    outcome=Outcome.SUCCESS,
-                    actor=actor,
-                    provider_id=provider_id,
-                    details={
-                        "client_id": client_id,
-                        "custom": spec is not None,
-                        "default_scopes": chosen,
-                        "replaced": existing is not None,
-                    },
-                )
-            ],
+            app.id,
+            provider_id,
+            row_id,
+            values,
+            created_at=now if existing_id is None else None,
+        )
+        await _audit_configured(
+            vault,
+            conn,
+            app,
+            actor,
+            provider_id,
+            {
+                "client_id": client_id,
+                "custom": spec is not None,
+                "default_scopes": chosen,
+                "replaced": existing_id is not None,
+            },
         )
         cfg = await get_config(conn, app.id, provider_id)
     assert cfg is not None
     return cfg
+
+
+def _check_registration(provider_id: str, client_id: str, client_secret: str | None) -> None:
+    """Refuse malformed identifiers before anything is looked up or stored: the provider id
+    names the registration in URLs and audit records, and the client credentials are sent
+    to the provider as they are stored."""
+    if not re.fullmatch(_PROVIDER_ID, provider_id):
+        raise InvalidInput("Provider ids are 1-50 characters of a-z, 0-9 and '-'.")
+    if not client_id or len(client_id) > 512:
+        raise InvalidInput("client_id is required (at most 512 characters).")
+    if client_secret is not None and not (1 <= len(client_secret) <= 4096):
+        raise InvalidInput("client_secret must be 1-4096 characters.")
+
+
+def _effective_spec(
+    provider_id: str,
+    spec: OAuthProviderSpec | None,
+    overrides: dict[str, Any] | None,
+    allow_http_hosts: Sequence[str],
+) -> OAuthProviderSpec:
+    """The spec the registration will act on, decided now so that scopes and parameters
+    are checked against it: a custom spec as given, else the catalog entry with the
+    operator's endpoint overrides applied (a custom spec already names every endpoint, so
+    overrides do not apply to it)."""
+    base = spec or get_oauth_provider(provider_id)
+    if base is None:
+        raise InvalidInput(
+            f"{provider_id!r} is not in the provider catalog; list it with "
+            "`grantvault providers catalog`, or add a custom provider with its URLs or issuer."
+        )
+    if not overrides or spec is not None:
+        return base
+    try:
+        # Overrides follow the plain-http rule of custom providers (a GHES test server).
+        return base.with_overrides(
+            EndpointOverrides.model_validate(overrides),
+            context={"allow_http_hosts": list(allow_http_hosts)},
+        )
+    except (ValidationError, ValueError) as exc:
+        raise InvalidInput(f"Endpoint overrides are not valid: {_first_error(exc)}") from None
+
+
+def _default_scopes(
+    spec: OAuthProviderSpec, scopes: Sequence[str] | None, allowed_scopes: Sequence[str] | None
+) -> list[str]:
+    """The scopes a session gets when it names none: the operator's, else the spec's. They
+    must lie inside the allowed scopes, or every session using the defaults would be refused."""
+    chosen = list(scopes) if scopes is not None else list(spec.default_scopes)
+    if allowed_scopes is not None:
+        missing = [s for s in chosen if s not in allowed_scopes]
+        if missing:
+            raise InvalidInput(f"Default scopes not in the allowed scopes: {', '.join(missing)}")
+    return chosen
+
+
+def _bind_params(spec: OAuthProviderSpec, params: dict[str, str] | None) -> dict[str, str]:
+    """The deployment parameters, each rendered once now so that a missing or unsafe value
+    (a tenant with a '/') is refused at registration rather than in someone's consent flow."""
+    bound = dict(params or {})
+    for name in spec.params:
+        try:
+            spec.render("{" + name + "}", bound)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+    return bound
+
+
+async def _registration_id(conn: Conn, app_id: str, provider_id: str) -> str | None:
+    """The id of the app's registration for ``provider_id``, if there is one."""
+    row = (
+        await conn.execute(
+            sa.select(oauth_providers.c.id).where(
+                oauth_providers.c.app_id == app_id,
+                oauth_providers.c.provider_id == provider_id,
+            )
+        )
+    ).first()
+    return None if row is None else str(row.id)
+
+
+async def _write_registration(
+    conn: Conn,
+    app_id: str,
+    provider_id: str,
+    row_id: str,
+    values: dict[str, Any],
+    *,
+    created_at: datetime | None,
+) -> None:
+    """Insert a new registration (``created_at`` given) or update the replaced one in place:
+    its id stays, so the grants made through it keep pointing at it."""
+    if created_at is not None:
+        await conn.execute(
+            sa.insert(oauth_providers).values(
+                id=row_id, app_id=app_id, provider_id=provider_id, created_at=created_at, **values
+            )
+        )
+    else:
+        await conn.execute(
+            sa.update(oauth_providers).where(oauth_providers.c.id == row_id).values(**values)
+        )
+
+
+async def _audit_configured(
+    vault: Vault,
+    conn: Conn,
+    app: App,
+    actor: dict[str, Any],
+    provider_id: str,
+    details: dict[str, Any],
+) -> None:
+    """Record the registration in the app's chain, in the transaction that wrote it."""
+    await vault.audit.append(
+        conn,
+        [
+            AuditRecord(
+                chain=app.id,
+                event=AuditEvent.OAUTH_PROVIDER_CONFIGURED,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                provider_id=provider_id,
+                details=details,
+            )
+        ],
+    )
 
 
 async def remove_provider(vault: Vault, app: App, provider_id: str, actor: dict[str, Any]) -> None:

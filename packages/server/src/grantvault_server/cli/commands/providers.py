@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +12,7 @@ from grantvault_server.cli._common import AppOpt, JsonOpt, emit, fail, out, run,
 from grantvault_server.config import Settings
 from grantvault_server.errors import InvalidInput
 from grantvault_server.outbound import oidc
+from grantvault_server.providers.oauth_schema import OAuthProviderSpec
 from grantvault_server.services import apps as app_service, oauth_providers as providers
 from grantvault_server.services.vault import Vault, operator_actor
 
@@ -65,6 +67,35 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     return result
 
 
+# The options of `providers add` that describe endpoints: overrides of a catalog entry, or a
+# whole custom provider (see _CustomProvider). Declared here so the command's signature
+# reads as the list of what it takes.
+_OverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Endpoint override NAME=URL (authorize_url, token_url, revocation_url, "
+        "userinfo_url, api_base_url, issuer), e.g. for GitHub Enterprise Server."
+    ),
+]
+_ApiHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Custom/override: API host the tokens may be sent to (repeat)."),
+]
+_IssuerOpt = Annotated[
+    str | None, typer.Option(help="Custom OIDC provider: issuer URL (discovery is used).")
+]
+_AuthorizeUrlOpt = Annotated[str | None, typer.Option(help="Custom OAuth 2.0: authorize URL.")]
+_TokenUrlOpt = Annotated[str | None, typer.Option(help="Custom OAuth 2.0: token URL.")]
+_RevocationUrlOpt = Annotated[str | None, typer.Option(help="Custom: RFC 7009 URL.")]
+_UserinfoUrlOpt = Annotated[
+    str | None, typer.Option(help="Custom: URL answering who the account is.")
+]
+_AccountFieldOpt = Annotated[
+    str | None, typer.Option(help="Custom: claim/field naming the account (default sub).")
+]
+_DisplayNameOpt = Annotated[str | None, typer.Option(help="Custom: name shown to users.")]
+
+
 @providers_cli.command("add")
 def providers_add(
     app: AppOpt,
@@ -84,87 +115,40 @@ def providers_add(
         list[str] | None,
         typer.Option(help="Deployment parameter NAME=VALUE, e.g. tenant=contoso.onmicrosoft.com."),
     ] = None,
-    override: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Endpoint override NAME=URL (authorize_url, token_url, revocation_url, "
-            "userinfo_url, api_base_url, issuer), e.g. for GitHub Enterprise Server."
-        ),
-    ] = None,
-    api_host: Annotated[
-        list[str] | None,
-        typer.Option(help="Custom/override: API host the tokens may be sent to (repeat)."),
-    ] = None,
-    issuer: Annotated[
-        str | None, typer.Option(help="Custom OIDC provider: issuer URL (discovery is used).")
-    ] = None,
-    authorize_url: Annotated[
-        str | None, typer.Option(help="Custom OAuth 2.0: authorize URL.")
-    ] = None,
-    token_url: Annotated[str | None, typer.Option(help="Custom OAuth 2.0: token URL.")] = None,
-    revocation_url: Annotated[str | None, typer.Option(help="Custom: RFC 7009 URL.")] = None,
-    userinfo_url: Annotated[
-        str | None, typer.Option(help="Custom: URL answering who the account is.")
-    ] = None,
-    account_field: Annotated[
-        str | None, typer.Option(help="Custom: claim/field naming the account (default sub).")
-    ] = None,
-    display_name: Annotated[str | None, typer.Option(help="Custom: name shown to users.")] = None,
+    override: _OverrideOpt = None,
+    api_host: _ApiHostOpt = None,
+    issuer: _IssuerOpt = None,
+    authorize_url: _AuthorizeUrlOpt = None,
+    token_url: _TokenUrlOpt = None,
+    revocation_url: _RevocationUrlOpt = None,
+    userinfo_url: _UserinfoUrlOpt = None,
+    account_field: _AccountFieldOpt = None,
+    display_name: _DisplayNameOpt = None,
     replace: Annotated[bool, typer.Option(help="Replace an existing registration.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register an OAuth client for an app (catalog provider, custom OAuth 2.0, or OIDC)."""
-    secret: str | None = None
-    if client_secret_stdin:
-        secret = sys.stdin.read().strip()
-        if not secret:
-            fail("--client-secret-stdin was given but stdin was empty", 2)
+    secret = _read_client_secret() if client_secret_stdin else None
     overrides = _pairs(override, "--override")
     if api_host:
         overrides["api_hosts"] = api_host  # type: ignore[assignment]
-    custom = bool(issuer or authorize_url or token_url)
+    custom = _CustomProvider(
+        provider,
+        issuer=issuer,
+        authorize_url=authorize_url,
+        token_url=token_url,
+        revocation_url=revocation_url,
+        userinfo_url=userinfo_url,
+        account_field=account_field,
+        display_name=display_name,
+        api_hosts=api_host or [],
+    )
 
     async def action(vault: Vault) -> tuple[providers.ProviderConfig, str, bool]:
         redirect_uri = _redirect_uri(vault.settings)
         found = await app_service.get_app(vault, app)
-        spec = None
         scope_list = _split(scopes)
-        if custom:
-            allow = vault.settings.allow_http_hosts
-            if issuer:
-                # The one OIDC discovery (exact issuer, every endpoint on the URL rule),
-                # through the vault's outbound client, as the server's IdP set-up uses it.
-                doc = await oidc.discover(
-                    vault.http, issuer, required=("authorization_endpoint", "token_endpoint")
-                )
-                spec = providers.spec_from_discovery(
-                    provider,
-                    doc,
-                    display_name=display_name,
-                    api_hosts=api_host or [],
-                    api_base_url=None,
-                    scopes=scope_list or ["openid"],
-                    account_field=account_field,
-                    allow_http_hosts=allow,
-                )
-            else:
-                if not (authorize_url and token_url):
-                    fail("a custom OAuth 2.0 provider needs --authorize-url and --token-url", 2)
-                spec = providers.custom_spec(
-                    provider,
-                    display_name=display_name,
-                    authorize_url=authorize_url or "",
-                    token_url=token_url or "",
-                    revocation_url=revocation_url,
-                    userinfo_url=userinfo_url,
-                    issuer=None,
-                    iss_parameter=False,
-                    api_hosts=api_host or [],
-                    api_base_url=None,
-                    scopes=scope_list or [],
-                    account_field=account_field,
-                    allow_http_hosts=allow,
-                )
+        spec = await _custom_spec(vault, custom, scope_list) if custom.requested else None
         cfg = await providers.add_provider(
             vault,
             found,
@@ -174,7 +158,7 @@ def providers_add(
             client_secret=secret,
             scopes=scope_list,
             allowed_scopes=_split(allowed_scopes),
-            overrides=None if custom else (overrides or None),
+            overrides=None if custom.requested else (overrides or None),
             params=_pairs(param, "--param"),
             spec=spec,
             replace=replace,
@@ -186,18 +170,96 @@ def providers_add(
     except oidc.DiscoveryError as exc:
         fail(f"the provider's discovery document could not be used: {exc}", 1)
         return
+    _report_registered(cfg, redirect_uri, derived=derived, as_json=as_json)
+
+
+def _read_client_secret() -> str:
+    """The client secret from stdin (arguments end up in shell history); empty is refused."""
+    secret = sys.stdin.read().strip()
+    if not secret:
+        fail("--client-secret-stdin was given but stdin was empty", 2)
+    return secret
+
+
+@dataclass(frozen=True)
+class _CustomProvider:
+    """The options of ``providers add`` that describe a provider the catalog does not know."""
+
+    provider: str
+    issuer: str | None
+    authorize_url: str | None
+    token_url: str | None
+    revocation_url: str | None
+    userinfo_url: str | None
+    account_field: str | None
+    display_name: str | None
+    api_hosts: list[str]
+
+    @property
+    def requested(self) -> bool:
+        """An issuer, authorize URL or token URL makes the registration a custom one."""
+        return bool(self.issuer or self.authorize_url or self.token_url)
+
+
+async def _custom_spec(
+    vault: Vault, custom: _CustomProvider, scope_list: list[str] | None
+) -> OAuthProviderSpec:
+    """The spec of a custom provider: from the issuer's discovery document when an issuer
+    is given, else from the URLs on the command line. Runs inside the vault's action, after
+    the app is found, so a missing app is reported before a missing URL."""
+    allow = vault.settings.allow_http_hosts
+    if custom.issuer:
+        # The one OIDC discovery (exact issuer, every endpoint on the URL rule),
+        # through the vault's outbound client, as the server's IdP set-up uses it.
+        doc = await oidc.discover(
+            vault.http, custom.issuer, required=("authorization_endpoint", "token_endpoint")
+        )
+        return providers.spec_from_discovery(
+            custom.provider,
+            doc,
+            display_name=custom.display_name,
+            api_hosts=custom.api_hosts,
+            api_base_url=None,
+            scopes=scope_list or ["openid"],
+            account_field=custom.account_field,
+            allow_http_hosts=allow,
+        )
+    if not (custom.authorize_url and custom.token_url):
+        fail("a custom OAuth 2.0 provider needs --authorize-url and --token-url", 2)
+    return providers.custom_spec(
+        custom.provider,
+        display_name=custom.display_name,
+        authorize_url=custom.authorize_url or "",
+        token_url=custom.token_url or "",
+        revocation_url=custom.revocation_url,
+        userinfo_url=custom.userinfo_url,
+        issuer=None,
+        iss_parameter=False,
+        api_hosts=custom.api_hosts,
+        api_base_url=None,
+        scopes=scope_list or [],
+        account_field=custom.account_field,
+        allow_http_hosts=allow,
+    )
+
+
+def _report_registered(
+    cfg: providers.ProviderConfig, redirect_uri: str, *, derived: bool, as_json: bool
+) -> None:
+    """Tell the operator the redirect URI to register at the provider, and when it was
+    derived from the listen address rather than configured."""
     if as_json:
         emit({**cfg.public(), "redirect_uri": redirect_uri})
-    else:
+        return
+    out.print(
+        f"Registered [bold]{cfg.provider_id}[/] ({cfg.spec.display_name}) for this app. "
+        f"Register this redirect URI at the provider: [bold]{redirect_uri}[/]"
+    )
+    if derived:
         out.print(
-            f"Registered [bold]{cfg.provider_id}[/] ({cfg.spec.display_name}) for this app. "
-            f"Register this redirect URI at the provider: [bold]{redirect_uri}[/]"
+            "(derived from GRANTVAULT_HOST and GRANTVAULT_PORT; set "
+            "GRANTVAULT_PUBLIC_BASE_URL to the URL users' browsers reach the vault at)"
         )
-        if derived:
-            out.print(
-                "(derived from GRANTVAULT_HOST and GRANTVAULT_PORT; set "
-                "GRANTVAULT_PUBLIC_BASE_URL to the URL users' browsers reach the vault at)"
-            )
 
 
 #: Listen addresses that mean "every interface": no browser can be sent there.

@@ -91,36 +91,19 @@ def secrets_create(
     if template is None:
         if auth is None:
             fail("pass --template, or --auth (and --slug, --allowed-host) for a custom secret", 2)
-        injection = {"auth": auth}
-        for key, value in (
-            ("header", header),
-            ("format", format_),
-            ("query_param", query_param),
-            ("aws_region", aws_region),
-            ("aws_service", aws_service),
-        ):
-            if value is not None:
-                injection[key] = value
-        if field:
-            # NAME is required, NAME? optional (for instance a key only some calls need).
-            injection["fields"] = [
-                {"name": f.rstrip("?"), "required": not f.endswith("?")} for f in field
-            ]
-        if inject:
-            extras = []
-            for spec in inject:
-                m = re.fullmatch(r"(header|query):([^=]+)=(.+)", spec)
-                if not m:
-                    fail(f"--inject {spec!r}: use header:NAME=SOURCE or query:NAME=SOURCE", 2)
-                    return
-                extras.append(
-                    {
-                        "target": "header" if m.group(1) == "header" else "query_param",
-                        "key": m.group(2),
-                        "source": m.group(3),
-                    }
-                )
-            injection["extra"] = extras
+            return
+        injection = _custom_injection(
+            auth,
+            {
+                "header": header,
+                "format": format_,
+                "query_param": query_param,
+                "aws_region": aws_region,
+                "aws_service": aws_service,
+            },
+            field or [],
+            inject or [],
+        )
 
     async def action(vault: Vault) -> secret_service.ManagedSecret:
         target = await app_service.get_app(vault, app)
@@ -143,6 +126,36 @@ def secrets_create(
             f"Created secret [bold]{secret.slug}[/] ({secret.id}). Next: "
             f"printf '%s' \"$VALUE\" | grantvault secrets set-credential {secret.id} --stdin"
         )
+
+
+def _custom_injection(
+    auth: str, settings: dict[str, str | None], fields: list[str], inject: list[str]
+) -> dict[str, Any]:
+    """The injection spec of a custom secret, from its command-line options: only what was
+    given is set, so the schema's defaults (and its error messages) apply to the rest."""
+    injection: dict[str, Any] = {"auth": auth}
+    injection.update({key: value for key, value in settings.items() if value is not None})
+    if fields:
+        # NAME is required, NAME? optional (for instance a key only some calls need).
+        injection["fields"] = [
+            {"name": f.rstrip("?"), "required": not f.endswith("?")} for f in fields
+        ]
+    if inject:
+        injection["extra"] = [_extra_injection(spec) for spec in inject]
+    return injection
+
+
+def _extra_injection(spec: str) -> dict[str, str]:
+    """One ``--inject`` value (header:NAME=SOURCE or query:NAME=SOURCE) as a schema entry."""
+    m = re.fullmatch(r"(header|query):([^=]+)=(.+)", spec)
+    if not m:
+        fail(f"--inject {spec!r}: use header:NAME=SOURCE or query:NAME=SOURCE", 2)
+        raise AssertionError("unreachable")
+    return {
+        "target": "header" if m.group(1) == "header" else "query_param",
+        "key": m.group(2),
+        "source": m.group(3),
+    }
 
 
 @secrets_cli.command("list")
