@@ -23,7 +23,7 @@ from grantvault_server.audit.redact import redact_url
 from grantvault_server.crypto.barrier import BarrierError, CorruptCiphertext
 from grantvault_server.errors import NotFound, VaultError
 from grantvault_server.identity.claims import Identity
-from grantvault_server.policy.engine import PolicyRequest
+from grantvault_server.policy.engine import Decision, PolicyRequest
 from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services import oauth_providers as oauth_configs, oauth_tokens
 from grantvault_server.services.apps import App
@@ -34,6 +34,7 @@ from grantvault_server.services.last_used import TOUCH_GRANT, needs_touch
 from grantvault_server.services.nonces import claim_nonce_in
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import Clock
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
 from grantvault_server.storage.tables import credentials, grants, managed_secrets, oauth_providers
@@ -162,75 +163,110 @@ def usable_by(row: Any, identity: Identity | None) -> bool:
 async def _resolve(
     conn: Conn, app: App, req: TokenRequest, identity: Identity | None, now: datetime
 ) -> Any:
+    """The one grant the request names: by ``grant_id``, else by provider (identity mode).
+
+    Only the reads happen here, one awaited statement per lookup (two when the candidates
+    overflow); which row the caller may use is decided by the pure helpers below.
+    """
     if req.grant_id is not None:
         row = await _BY_GRANT_ID.first(conn, {"app_id": app.id, "grant_id": req.grant_id})
-        if row is None:
-            raise NotFound("grant", req.grant_id, ErrorCode.GRANT_NOT_FOUND)
-        if identity is not None and not usable_by(row, identity):
-            if row.principal_type == "system":
-                raise system_grant_mismatch(row.id)
-            # Another user's grant answers exactly like an unknown one.
-            raise NotFound("grant", req.grant_id, ErrorCode.GRANT_NOT_FOUND)
-        return row
+        return _visible(row, req.grant_id, identity)
     # Identity mode: the end user's grants (and their groups') for this provider, or without
     # a user token the app's own (system) grant. One prepared statement serves every shape
     # (label/account optional); which principals may use a row is decided by usable_by.
-    params = {
+    params = _provider_params(app, req, identity)
+    raw = await _BY_PROVIDER.many(conn, params, _CANDIDATES)
+    if len(raw) == _CANDIDATES:
+        # Many grants on this provider (group or system ones the caller may not use): ask
+        # the database for exactly the usable ones instead of sifting a truncated list.
+        raw = list((await conn.execute(_exact_candidates(identity), params)).all())
+    return _choose(raw, req, identity, now)
+
+
+def _visible(row: Any, grant_id: str, identity: Identity | None) -> Any:
+    """The grant named by id, if this caller may know it exists; else the denial."""
+    if row is None:
+        raise NotFound("grant", grant_id, ErrorCode.GRANT_NOT_FOUND)
+    if identity is not None and not usable_by(row, identity):
+        if row.principal_type == "system":
+            raise system_grant_mismatch(row.id)
+        # Another user's grant answers exactly like an unknown one.
+        raise NotFound("grant", grant_id, ErrorCode.GRANT_NOT_FOUND)
+    return row
+
+
+def _provider_params(app: App, req: TokenRequest, identity: Identity | None) -> dict[str, Any]:
+    """Bind values for ``_BY_PROVIDER``; a NULL label or account means "any"."""
+    return {
         "app_id": app.id,
         "provider": req.provider_id,
         "subject": identity.subject if identity is not None else None,
         "label": req.label,
         "account": req.account,
     }
-    raw = await _BY_PROVIDER.many(conn, params, _CANDIDATES)
-    if len(raw) == _CANDIDATES:
-        # Many grants on this provider (group or system ones the caller may not use): ask
-        # the database for exactly the usable ones instead of sifting a truncated list.
-        exact = _BY_PROVIDER.statement.where(
-            grants.c.principal_type == "system"
-            if identity is None
-            else sa.or_(
-                grants.c.principal_type.in_(["user", "system"]),
-                grants.c.principal_id.in_(sorted(identity.groups) or [""]),
-            )
+
+
+def _exact_candidates(identity: Identity | None) -> sa.Select[Any]:
+    """``_BY_PROVIDER`` narrowed in SQL to the principals the caller may use: built per
+    call (the group list varies) and only when the prepared read's candidates overflowed."""
+    return _BY_PROVIDER.statement.where(
+        grants.c.principal_type == "system"
+        if identity is None
+        else sa.or_(
+            grants.c.principal_type.in_(["user", "system"]),
+            grants.c.principal_id.in_(sorted(identity.groups) or [""]),
         )
-        raw = list((await conn.execute(exact, params)).all())
+    )
+
+
+def _choose(raw: list[Any], req: TokenRequest, identity: Identity | None, now: datetime) -> Any:
+    """Exactly one active grant the caller may use, else the denial that says what to pass
+    or create. Without a user token only the app's own (system) grants count."""
     found = [r for r in raw if grant_status(r, now) == "active"]
     if identity is None:
         found = [r for r in found if r.principal_type == "system"]
     rows = [r for r in found if usable_by(r, identity)]
     if not rows:
-        if identity is not None and any(r.principal_type == "system" for r in found):
-            raise system_grant_mismatch()
-        who = "this user" if identity is not None else "this app (system)"
-        raise VaultError(
-            ErrorCode.GRANT_NOT_FOUND,
-            f"No active grant of {who} for {req.provider_id!r}; connect the account "
-            "(create_connect_session) or create a grant.",
-            provider_id=req.provider_id,
-        )
+        raise _no_usable_grant(req, identity, found)
     if len(rows) > 1:
-        raise VaultError(
-            ErrorCode.AMBIGUOUS_GRANT,
-            f"Several grants match {req.provider_id!r}; pass account=, label= or grant_id.",
-            provider_id=req.provider_id,
-            account_identifiers=sorted(
-                {r.account_identifier for r in rows if r.account_identifier}
-            ),
-            account_was_provided=req.account is not None,
-            grant_ids=[r.id for r in rows[:50]],
-            candidates=[
-                {
-                    "grant_id": r.id,
-                    "label": r.label,
-                    "account_identifier": r.account_identifier,
-                    "account_display_name": None,
-                }
-                for r in rows[:50]
-            ],
-            candidates_truncated=len(rows) > 50,
-        )
+        raise _ambiguous_grant(req, rows)
     return rows[0]
+
+
+def _no_usable_grant(req: TokenRequest, identity: Identity | None, found: list[Any]) -> VaultError:
+    """Nothing usable: a user token sent where only the app's own grant exists is named as
+    such, so the caller drops the token instead of connecting an account for nothing."""
+    if identity is not None and any(r.principal_type == "system" for r in found):
+        return system_grant_mismatch()
+    who = "this user" if identity is not None else "this app (system)"
+    return VaultError(
+        ErrorCode.GRANT_NOT_FOUND,
+        f"No active grant of {who} for {req.provider_id!r}; connect the account "
+        "(create_connect_session) or create a grant.",
+        provider_id=req.provider_id,
+    )
+
+
+def _ambiguous_grant(req: TokenRequest, rows: list[Any]) -> VaultError:
+    """Several usable grants: name (up to 50 of) them so the caller can pick one."""
+    return VaultError(
+        ErrorCode.AMBIGUOUS_GRANT,
+        f"Several grants match {req.provider_id!r}; pass account=, label= or grant_id.",
+        provider_id=req.provider_id,
+        account_identifiers=sorted({r.account_identifier for r in rows if r.account_identifier}),
+        account_was_provided=req.account is not None,
+        grant_ids=[r.id for r in rows[:50]],
+        candidates=[
+            {
+                "grant_id": r.id,
+                "label": r.label,
+                "account_identifier": r.account_identifier,
+                "account_display_name": None,
+            }
+            for r in rows[:50]
+        ],
+        candidates_truncated=len(rows) > 50,
+    )
 
 
 @dataclass(frozen=True)
@@ -250,16 +286,14 @@ async def retrieve(
     *,
     nonce: PendingNonce | None = None,
 ) -> dict[str, Any]:
-    """Return the token response for ``req`` or raise the typed denial (after auditing it)."""
+    """Return the token response for ``req`` or raise the typed denial (after auditing it).
+
+    The hot path: every read, the decryption, an OAuth refresh and the audit write are
+    awaited here and only here (an awaited helper would add a coroutine per request); the
+    checks, the decisions and the answer are the plain functions that follow.
+    """
     row: Any = None
-    audit: dict[str, Any] = {
-        "chain": app.id,
-        "event": AuditEvent.CREDENTIAL_RETRIEVED,
-        "actor": actor,
-        "reason": req.reason,
-        "method": req.method,
-        "url": redact_url(req.url),
-    }
+    audit = _audit_fields(app, actor, req)
     try:
         identity = None
         if req.user_token is not None:
@@ -267,108 +301,30 @@ async def retrieve(
         async with vault.db.read() as conn:
             now = vault.clock.now()
             row = await _resolve(conn, app, req, identity, now)
-            status = grant_status(row, now)
-            if status == "revoked":
-                raise VaultError(
-                    ErrorCode.GRANT_REVOKED,
-                    "This grant was revoked; create a new grant.",
-                    grant_id=row.id,
-                )
-            if status == "expired":
-                raise VaultError(
-                    ErrorCode.GRANT_EXPIRED,
-                    "This grant has expired; create a new grant.",
-                    grant_id=row.id,
-                    provider_id=row.slug,
-                )
+            _check_status(row, now)
             cfg = None
             if row.kind == "oauth":
                 cfg = await oauth_configs.get_config_by_id(conn, app.id, row.oauth_provider_id)
-                allowed_hosts = oauth_configs.api_hosts(cfg, row.api_base_url)
-            else:
-                allowed_hosts = row.allowed_hosts
-            host = check_destination(
-                req.url, allowed_hosts, allow_http_hosts=vault.settings.allow_http_hosts
-            )
-            decision = vault.policy.evaluate(
-                PolicyRequest(
-                    app_id=app.id,
-                    grant_id=row.id,
-                    provider_id=row.slug,
-                    principal_type=row.principal_type,
-                    principal_id=row.principal_id,
-                    action="credential.retrieve",
-                    method=req.method,
-                    url=req.url,
-                    host=host,
-                    caller=actor.get("caller"),
-                )
-            )
-            if not decision.allowed:
-                raise VaultError(
-                    ErrorCode.POLICY_DENIED,
-                    "A policy denies this use of the grant.",
-                    policy_error=decision.reason,
-                )
-            if cfg is not None:
-                plaintext = b""
-            elif row.cred_id is None:
-                raise VaultError(
-                    ErrorCode.CREDENTIAL_NOT_SET,
-                    f"The secret {row.slug!r} has no credential yet; set one with "
-                    "`grantvault secrets set-credential`.",
-                )
-            try:
-                if cfg is None:
+            decision = _authorize(vault, app, actor, req, row, cfg)
+            if cfg is None:
+                _check_credential_set(row)
+                try:
                     plaintext = await vault.barrier.decrypt_fresh(
                         conn, row.secret_ct, credential_aad(app.id, row.cred_id)
                     )
-            except CorruptCiphertext:
-                log.error(
-                    "stored credential failed authentication", extra={"credential_id": row.cred_id}
-                )
-                raise VaultError(
-                    ErrorCode.CREDENTIAL_CORRUPT,
-                    "The stored credential failed its integrity check and was not used; "
-                    "set it again and tell your operator.",
-                ) from None
-            except BarrierError:
-                log.error("barrier sealed: the keyring no longer opens with this master key")
-                raise VaultError(
-                    ErrorCode.SEALED,
-                    "This server's master key was retired by a key rotation; restart it with "
-                    "the current master key.",
-                ) from None
+                except BarrierError as exc:
+                    raise _unreadable(exc, row.cred_id) from None
         if cfg is not None:
             # Outside the read transaction: a refresh talks to the provider.
             token = await oauth_tokens.access_token(vault, cfg, row.id)
-            generation = token.generation
-            fields: dict[str, Any] = {
-                "access_token": token.value,
-                "injection_header": "Authorization",
-                "injection_format": "Bearer {token}",
-            }
-            if token.expires_at is not None:
-                fields["expires_at"] = iso(token.expires_at)
-                fields["expires_in"] = max(
-                    0, int((token.expires_at - vault.clock.now()).total_seconds())
-                )
-            if token.retry_info is not None:
-                fields["retry_info"] = token.retry_info
+            generation, fields = token.generation, _oauth_fields(token, vault.clock)
         else:
             generation = row.generation
             fields = token_fields(vault.injection_spec(row.injection), json.loads(plaintext))
     except VaultError as denial:
         await _audit_denial(vault, audit, row, denial, nonce)
         raise
-    record = AuditRecord(
-        outcome=Outcome.SUCCESS,
-        principal=principal_label(row.principal_type, row.principal_id),
-        grant_id=row.id,
-        provider_id=row.slug,
-        details={"policy": decision.reason, "token_generation": generation},
-        **audit,
-    )
+    record = _success_record(audit, row, decision, generation)
     stale = needs_touch(row.last_used_at, now)
     if nonce is None:
         async with vault.db.write() as conn:
@@ -378,21 +334,171 @@ async def retrieve(
     else:
         try:
             await vault.retrieval_writer.commit(
-                RetrievalWrite(
-                    grant_id=row.id,
-                    key_id=nonce.key_id,
-                    nonce=nonce.nonce,
-                    nonce_expires_at=nonce_expiry(now, vault.settings.clock_skew_seconds),
-                    record=record,
-                    touch_grant=row.id if stale else None,
-                    touch_key=needs_touch(nonce.key_last_used_at, now),
-                    used_at=now,
-                )
+                _retrieval_write(vault, row, nonce, record, stale, now)
             )
         except Replayed:
             raise replayed_error() from None
         # A VaultError here means the grant or key was revoked between the checks above and
         # the commit: refused, and audited as denied in that same transaction.
+    return _token_answer(fields, row, generation)
+
+
+def _audit_fields(app: App, actor: dict[str, Any], req: TokenRequest) -> dict[str, Any]:
+    """What every retrieval's audit row says, allowed or denied (the URL redacted)."""
+    return {
+        "chain": app.id,
+        "event": AuditEvent.CREDENTIAL_RETRIEVED,
+        "actor": actor,
+        "reason": req.reason,
+        "method": req.method,
+        "url": redact_url(req.url),
+    }
+
+
+def _check_status(row: Any, now: datetime) -> None:
+    """A revoked or expired grant is refused before anything else is looked at."""
+    status = grant_status(row, now)
+    if status == "revoked":
+        raise VaultError(
+            ErrorCode.GRANT_REVOKED,
+            "This grant was revoked; create a new grant.",
+            grant_id=row.id,
+        )
+    if status == "expired":
+        raise VaultError(
+            ErrorCode.GRANT_EXPIRED,
+            "This grant has expired; create a new grant.",
+            grant_id=row.id,
+            provider_id=row.slug,
+        )
+
+
+def _authorize(
+    vault: Vault,
+    app: App,
+    actor: dict[str, Any],
+    req: TokenRequest,
+    row: Any,
+    cfg: oauth_configs.ProviderConfig | None,
+) -> Decision:
+    """The destination must be one of the grant's hosts, then the policy engine decides.
+
+    An OAuth grant's hosts come from its provider (or the API origin named at connect
+    time); a managed secret's are its own. Refusals raise; the allowing decision is kept
+    for the audit row.
+    """
+    if cfg is not None:
+        allowed_hosts = oauth_configs.api_hosts(cfg, row.api_base_url)
+    else:
+        allowed_hosts = row.allowed_hosts
+    host = check_destination(
+        req.url, allowed_hosts, allow_http_hosts=vault.settings.allow_http_hosts
+    )
+    decision = vault.policy.evaluate(
+        PolicyRequest(
+            app_id=app.id,
+            grant_id=row.id,
+            provider_id=row.slug,
+            principal_type=row.principal_type,
+            principal_id=row.principal_id,
+            action="credential.retrieve",
+            method=req.method,
+            url=req.url,
+            host=host,
+            caller=actor.get("caller"),
+        )
+    )
+    if not decision.allowed:
+        raise VaultError(
+            ErrorCode.POLICY_DENIED,
+            "A policy denies this use of the grant.",
+            policy_error=decision.reason,
+        )
+    return decision
+
+
+def _check_credential_set(row: Any) -> None:
+    """A managed secret without a credential yet has nothing to decrypt."""
+    if row.cred_id is None:
+        raise VaultError(
+            ErrorCode.CREDENTIAL_NOT_SET,
+            f"The secret {row.slug!r} has no credential yet; set one with "
+            "`grantvault secrets set-credential`.",
+        )
+
+
+def _unreadable(exc: BarrierError, credential_id: str) -> VaultError:
+    """The denial for a credential the barrier would not open, logged for the operator: a
+    tampered ciphertext, or a master key that a rotation retired."""
+    if isinstance(exc, CorruptCiphertext):
+        log.error("stored credential failed authentication", extra={"credential_id": credential_id})
+        return VaultError(
+            ErrorCode.CREDENTIAL_CORRUPT,
+            "The stored credential failed its integrity check and was not used; "
+            "set it again and tell your operator.",
+        )
+    log.error("barrier sealed: the keyring no longer opens with this master key")
+    return VaultError(
+        ErrorCode.SEALED,
+        "This server's master key was retired by a key rotation; restart it with "
+        "the current master key.",
+    )
+
+
+def _oauth_fields(token: oauth_tokens.AccessToken, clock: Clock) -> dict[str, Any]:
+    """The token response's credential part for an OAuth grant: always a Bearer header, and
+    the access token's own expiry (seconds counted on the vault's clock) when known."""
+    fields: dict[str, Any] = {
+        "access_token": token.value,
+        "injection_header": "Authorization",
+        "injection_format": "Bearer {token}",
+    }
+    if token.expires_at is not None:
+        fields["expires_at"] = iso(token.expires_at)
+        fields["expires_in"] = max(0, int((token.expires_at - clock.now()).total_seconds()))
+    if token.retry_info is not None:
+        fields["retry_info"] = token.retry_info
+    return fields
+
+
+def _success_record(
+    audit: dict[str, Any], row: Any, decision: Decision, generation: str
+) -> AuditRecord:
+    """The audit row of an allowed retrieval; no token leaves unless it is written."""
+    return AuditRecord(
+        outcome=Outcome.SUCCESS,
+        principal=principal_label(row.principal_type, row.principal_id),
+        grant_id=row.id,
+        provider_id=row.slug,
+        details={"policy": decision.reason, "token_generation": generation},
+        **audit,
+    )
+
+
+def _retrieval_write(
+    vault: Vault,
+    row: Any,
+    nonce: PendingNonce,
+    record: AuditRecord,
+    stale: bool,
+    now: datetime,
+) -> RetrievalWrite:
+    """The group-committed write of a signed retrieval: the nonce claim, the audit row and
+    the last-used touches land in one transaction (see ``services.group_commit``)."""
+    return RetrievalWrite(
+        grant_id=row.id,
+        key_id=nonce.key_id,
+        nonce=nonce.nonce,
+        nonce_expires_at=nonce_expiry(now, vault.settings.clock_skew_seconds),
+        record=record,
+        touch_grant=row.id if stale else None,
+        touch_key=needs_touch(nonce.key_last_used_at, now),
+        used_at=now,
+    )
+
+
+def _token_answer(fields: dict[str, Any], row: Any, generation: str) -> dict[str, Any]:
+    """The ``/sdk/token`` response body: the credential fields plus the grant's facts."""
     return {
         **fields,
         "token_type": "Bearer",
