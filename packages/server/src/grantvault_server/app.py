@@ -7,8 +7,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,36 +156,15 @@ def create_app(
     ``close_vault`` hands it over, to be closed when the application shuts down."""
     settings = settings or (vault.settings if vault else load_settings())
     metrics = Metrics()
-
-    def _count_refresh(outcome: str) -> None:
-        metrics.oauth_refreshes.labels(outcome).inc()
-
+    count_refresh = _refresh_counter(metrics)
     if vault is not None:  # shared vault (tests, CLI): wire it now, lifespan may not run
-        vault.refresh_observer = _count_refresh
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = vault is None or close_vault
-        active = vault or await Vault.start(settings)
-        active.retrieval_writer.observe = metrics.commit_batch.observe
-        active.refresh_observer = _count_refresh
-        app.state.vault = active
-        task = asyncio.create_task(_housekeeping(active))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if owned:
-                await active.close()
-
+        vault.refresh_observer = count_refresh
     app = FastAPI(
         title="Grantvault",
         version=__version__,
         description="Credential vault for apps and AI agents: the signed `/sdk/*` protocol "
         "(compatible with the public alter-sdk client) and operations endpoints.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, metrics, count_refresh, vault, close_vault),
         # Off unless asked for: when no OpenTelemetry provider is configured, the per-request
         # check alone cost ~3% of a retrieval. Prometheus metrics are always on.
         telemetry=None if settings.otel else {"tracing": False, "metrics": False, "logs": False},
@@ -197,9 +176,58 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.metrics = metrics
+    _install_openapi(app)
+    if vault is not None:
+        app.state.vault = vault
+    _install_routes(app)
+    _install_middleware(app, settings, metrics)
+    return app
+
+
+def _refresh_counter(metrics: Metrics) -> Callable[[str], None]:
+    """The vault's OAuth refresh observer: one counter per outcome."""
+
+    def count_refresh(outcome: str) -> None:
+        metrics.oauth_refreshes.labels(outcome).inc()
+
+    return count_refresh
+
+
+def _lifespan(
+    settings: Settings,
+    metrics: Metrics,
+    count_refresh: Callable[[str], None],
+    vault: Vault | None,
+    close_vault: bool,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the vault (or adopt the shared one), wire its observers and run housekeeping
+    while the application serves; on shutdown close the vault only if this app owns it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = vault is None or close_vault
+        active = vault or await Vault.start(settings)
+        active.retrieval_writer.observe = metrics.commit_batch.observe
+        active.refresh_observer = count_refresh
+        app.state.vault = active
+        task = asyncio.create_task(_housekeeping(active))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if owned:
+                await active.close()
+
+    return lifespan
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Routes that validate their own body (see api.sdk) contribute their schemas to the
+    generated document, built once when first asked for."""
 
     def openapi() -> dict[str, Any]:
-        # Routes that validate their own body (see api.sdk) contribute their schemas here.
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -209,8 +237,11 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    if vault is not None:
-        app.state.vault = vault
+
+
+def _install_routes(app: FastAPI) -> None:
+    """Error handlers, then the routers in matching order: the served JSON routes, the
+    501 placeholders, the HTML pages, the operations endpoints."""
     errors.install(app)
     app.include_router(sdk.router)
     app.include_router(identity_api.router)
@@ -218,7 +249,10 @@ def create_app(
     app.include_router(unimplemented.router)
     mount_pages(app)
     app.include_router(ops.router)
-    # Innermost first: admission gate, then rate limits, then request id/body size/metrics.
+
+
+def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Innermost first: admission gate, then rate limits, then request id/body size/metrics."""
     gate = AdmissionGate(settings.effective_max_in_flight, settings.queue_timeout_seconds)
     metrics.in_flight.set_function(lambda: gate.in_flight)
     metrics.queued.set_function(lambda: gate.queued)
@@ -233,4 +267,3 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
     )
-    return app

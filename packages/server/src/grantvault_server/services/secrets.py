@@ -87,6 +87,16 @@ def _invalid_spec(exc: ValidationError) -> InvalidInput:
     )
 
 
+@dataclass(frozen=True)
+class _Definition:
+    """A secret as the caller defined it (template or custom), before it is checked and stored."""
+
+    slug: str
+    name: str
+    injection: InjectionSpec
+    allowed_hosts: list[str]
+
+
 async def create_secret(
     vault: Vault,
     app: App,
@@ -100,81 +110,133 @@ async def create_secret(
 ) -> ManagedSecret:
     """Create a managed secret from a template (optionally with extra hosts) or from scratch."""
     if template is not None:
-        tpl = vault.templates.get(template)
-        if tpl is None:
-            raise InvalidInput(
-                f"Unknown template {template!r}; see `grantvault secrets templates`.",
-                templates=sorted(vault.templates),
-            )
-        if injection is not None:
-            raise InvalidInput("A template defines the injection; do not pass one as well.")
-        spec = tpl.injection
-        hosts = list(tpl.allowed_hosts) + [
-            h for h in (allowed_hosts or []) if h not in tpl.allowed_hosts
-        ]
-        slug = slug or tpl.slug
-        name = name or tpl.name
+        definition = _from_template(vault, template, slug, name, injection, allowed_hosts)
     else:
-        if not injection:
-            raise InvalidInput("A custom secret needs an injection (auth type, header, format).")
-        if not slug or not allowed_hosts:
-            raise InvalidInput("A custom secret needs a slug and at least one allowed host.")
-        try:
-            spec = InjectionSpec.model_validate(injection)
-        except ValidationError as exc:
-            raise _invalid_spec(exc) from None
-        hosts = list(allowed_hosts)
-        name = name or slug
-    if not SLUG.fullmatch(slug):
-        raise InvalidInput("Slugs are 1-50 characters of a-z, 0-9 and '-'.")
-    if not (1 <= len(name) <= 128):
-        raise InvalidInput("Names are 1-128 characters.")
-    for host in hosts:
-        try:
-            check_host_rule(host)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+        definition = _custom(slug, name, injection, allowed_hosts)
+    _check_definition(definition)
     now = vault.clock.now()
     secret_id = str(uuid.uuid4())
     try:
         async with vault.db.write() as conn:
-            await conn.execute(
-                sa.insert(managed_secrets).values(
-                    id=secret_id,
-                    app_id=app.id,
-                    slug=slug,
-                    name=name,
-                    template=template,
-                    injection=spec.model_dump(mode="json"),
-                    allowed_hosts=hosts,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            await vault.audit.append(
-                conn,
-                [
-                    AuditRecord(
-                        chain=app.id,
-                        event=AuditEvent.SECRET_CREATED,
-                        outcome=Outcome.SUCCESS,
-                        actor=actor,
-                        provider_id=slug,
-                        details={
-                            "managed_secret_id": secret_id,
-                            "template": template,
-                            "allowed_hosts": hosts,
-                        },
-                    )
-                ],
-            )
+            await _insert_secret(conn, app, secret_id, template, definition, now)
+            await _audit_secret_created(vault, conn, app, actor, secret_id, template, definition)
     except IntegrityError:
         raise VaultError(
             ErrorCode.INVALID_REQUEST,
-            f"This app already has a secret with slug {slug!r}; pick another with --slug.",
+            f"This app already has a secret with slug {definition.slug!r}; pick another with "
+            "--slug.",
             status=409,
         ) from None
     return await get_secret(vault, app, secret_id)
+
+
+def _from_template(
+    vault: Vault,
+    template: str,
+    slug: str | None,
+    name: str | None,
+    injection: dict[str, Any] | None,
+    allowed_hosts: list[str] | None,
+) -> _Definition:
+    """A template fixes the injection; the caller may rename it and add hosts (after the
+    template's own, without duplicates), never replace them."""
+    tpl = vault.templates.get(template)
+    if tpl is None:
+        raise InvalidInput(
+            f"Unknown template {template!r}; see `grantvault secrets templates`.",
+            templates=sorted(vault.templates),
+        )
+    if injection is not None:
+        raise InvalidInput("A template defines the injection; do not pass one as well.")
+    hosts = list(tpl.allowed_hosts) + [
+        h for h in (allowed_hosts or []) if h not in tpl.allowed_hosts
+    ]
+    return _Definition(slug or tpl.slug, name or tpl.name, tpl.injection, hosts)
+
+
+def _custom(
+    slug: str | None,
+    name: str | None,
+    injection: dict[str, Any] | None,
+    allowed_hosts: list[str] | None,
+) -> _Definition:
+    """A secret from scratch needs everything a template would give: the injection, a slug
+    and at least one host (the name defaults to the slug)."""
+    if not injection:
+        raise InvalidInput("A custom secret needs an injection (auth type, header, format).")
+    if not slug or not allowed_hosts:
+        raise InvalidInput("A custom secret needs a slug and at least one allowed host.")
+    try:
+        spec = InjectionSpec.model_validate(injection)
+    except ValidationError as exc:
+        raise _invalid_spec(exc) from None
+    return _Definition(slug, name or slug, spec, list(allowed_hosts))
+
+
+def _check_definition(definition: _Definition) -> None:
+    """The rules every secret meets, however defined: slug and name shape, host rules."""
+    if not SLUG.fullmatch(definition.slug):
+        raise InvalidInput("Slugs are 1-50 characters of a-z, 0-9 and '-'.")
+    if not (1 <= len(definition.name) <= 128):
+        raise InvalidInput("Names are 1-128 characters.")
+    for host in definition.allowed_hosts:
+        try:
+            check_host_rule(host)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
+
+async def _insert_secret(
+    conn: Conn,
+    app: App,
+    secret_id: str,
+    template: str | None,
+    definition: _Definition,
+    now: datetime,
+) -> None:
+    """Store the definition; a duplicate slug in the app fails on the unique index."""
+    await conn.execute(
+        sa.insert(managed_secrets).values(
+            id=secret_id,
+            app_id=app.id,
+            slug=definition.slug,
+            name=definition.name,
+            template=template,
+            injection=definition.injection.model_dump(mode="json"),
+            allowed_hosts=definition.allowed_hosts,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+async def _audit_secret_created(
+    vault: Vault,
+    conn: Conn,
+    app: App,
+    actor: dict[str, Any],
+    secret_id: str,
+    template: str | None,
+    definition: _Definition,
+) -> None:
+    """Audited in the insert's transaction: no secret exists without its record."""
+    await vault.audit.append(
+        conn,
+        [
+            AuditRecord(
+                chain=app.id,
+                event=AuditEvent.SECRET_CREATED,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                provider_id=definition.slug,
+                details={
+                    "managed_secret_id": secret_id,
+                    "template": template,
+                    "allowed_hosts": definition.allowed_hosts,
+                },
+            )
+        ],
+    )
 
 
 async def load_secret(conn: Conn, app: App, ident: str) -> ManagedSecret:
