@@ -358,38 +358,17 @@ class OAuthClient:
 
     @staticmethod
     def _token_set(spec: OAuthProviderSpec, payload: dict[str, Any]) -> TokenSet:
+        """The tokens in a decoded 2xx answer, read at the provider's field paths. The checks
+        run in a fixed order (access token, token type, expiry), so the first problem is the
+        one reported."""
         f = spec.token_fields
-        access = dotted(payload, f.access_token)
-        if not isinstance(access, str) or not access or any(c in access for c in "\r\n\x00"):
-            raise OAuthError("malformed_response", "the token endpoint sent no usable access token")
+        access = _usable_access_token(dotted(payload, f.access_token))
         refresh = dotted(payload, f.refresh_token)
         refresh = refresh if isinstance(refresh, str) and refresh else None
-        token_type = dotted(payload, f.token_type)
-        if isinstance(token_type, str) and token_type.lower() not in ACCEPTED_TOKEN_TYPES:
-            # A sender-constrained token (DPoP, MAC) would fail at the API as a bearer token.
-            raise OAuthError("unsupported_token_type", "the provider issued a non-bearer token")
-        raw_expiry = dotted(payload, f.expires_in)
-        expires_in: int | None = None
-        if raw_expiry not in (None, ""):
-            if isinstance(raw_expiry, bool):
-                raise OAuthError("malformed_response", "expires_in is not a number")
-            try:
-                expires_in = int(raw_expiry)
-            except (TypeError, ValueError):
-                raise OAuthError("malformed_response", "expires_in is not a number") from None
-            if expires_in < 0:
-                raise OAuthError("malformed_response", "expires_in is negative")
-            # 0 means "no expiry" to some providers (Mailchimp); huge values are clamped,
-            # never read as "valid forever".
-            expires_in = min(expires_in, MAX_EXPIRES_IN) or None
+        _check_token_type(dotted(payload, f.token_type))
+        expires_in = _expires_in(dotted(payload, f.expires_in))
         if expires_in is None:
             expires_in = spec.expires_in_default
-        raw_scope = dotted(payload, f.scope)
-        scopes: tuple[str, ...] | None = None
-        if isinstance(raw_scope, str):
-            scopes = tuple(s for s in raw_scope.replace(",", " ").split() if s)
-        elif isinstance(raw_scope, list):
-            scopes = tuple(str(s) for s in raw_scope)
         id_token = dotted(payload, f.id_token)
         secret_paths = {f.access_token, f.refresh_token, f.id_token}
         extra = _without(payload, secret_paths)
@@ -397,7 +376,7 @@ class OAuthClient:
             access_token=access,
             refresh_token=refresh,
             expires_in=expires_in,
-            scopes=scopes,
+            scopes=_scopes(dotted(payload, f.scope)),
             id_token=id_token if isinstance(id_token, str) else None,
             extra=extra,
         )
@@ -533,6 +512,46 @@ def _answer_may_be_lost(status: int, payload: Mapping[str, Any] | None) -> bool:
     if 200 <= status < 300 or status in _GATEWAY_STATUSES:
         return True
     return status >= 500 and not (payload and payload.get("error"))
+
+
+def _usable_access_token(raw: object) -> str:
+    """The access token, refused when missing, empty or able to split a header line."""
+    if not isinstance(raw, str) or not raw or any(c in raw for c in "\r\n\x00"):
+        raise OAuthError("malformed_response", "the token endpoint sent no usable access token")
+    return raw
+
+
+def _check_token_type(raw: object) -> None:
+    """Refuse a token type we cannot use as a bearer token (an absent type is bearer)."""
+    if isinstance(raw, str) and raw.lower() not in ACCEPTED_TOKEN_TYPES:
+        # A sender-constrained token (DPoP, MAC) would fail at the API as a bearer token.
+        raise OAuthError("unsupported_token_type", "the provider issued a non-bearer token")
+
+
+def _expires_in(raw: Any) -> int | None:
+    """``expires_in`` as whole seconds; ``None`` when absent or meaning "no expiry"."""
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, bool):
+        raise OAuthError("malformed_response", "expires_in is not a number")
+    try:
+        expires_in = int(raw)
+    except (TypeError, ValueError):
+        raise OAuthError("malformed_response", "expires_in is not a number") from None
+    if expires_in < 0:
+        raise OAuthError("malformed_response", "expires_in is negative")
+    # 0 means "no expiry" to some providers (Mailchimp); huge values are clamped,
+    # never read as "valid forever".
+    return min(expires_in, MAX_EXPIRES_IN) or None
+
+
+def _scopes(raw: object) -> tuple[str, ...] | None:
+    """Granted scopes, space- or comma-separated or a list; ``None`` when not reported."""
+    if isinstance(raw, str):
+        return tuple(s for s in raw.replace(",", " ").split() if s)
+    if isinstance(raw, list):
+        return tuple(str(s) for s in raw)
+    return None
 
 
 def _without(payload: dict[str, Any], paths: set[str]) -> dict[str, Any]:

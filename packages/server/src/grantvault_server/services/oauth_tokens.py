@@ -47,7 +47,7 @@ from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.crypto.barrier import aad_for
 from grantvault_server.errors import VaultError
 from grantvault_server.oauth import client as oauth_client
-from grantvault_server.oauth.client import OAuthError, TokenSet
+from grantvault_server.oauth.client import ClientCredentials, OAuthError, TokenSet
 from grantvault_server.services import oauth_providers as providers
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Conn, storage_unavailable
@@ -233,76 +233,13 @@ async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -
         # Taken before the lease's own clock starts: this process's view of the lease ends
         # no later than the row's.
         leased_at = asyncio.get_running_loop().time()
-        async with vault.db.write() as conn:
-            row = await _read(conn, grant_id)
-            if row is None or row.needs_reconnect or row.access_ct is None:
-                raise credential_revoked(grant_id, cfg.provider_id)
-            if fresh_enough(row, now):
-                # Someone (maybe another replica) refreshed while we waited: use theirs.
-                return AccessToken(
-                    await _decrypt_access(vault, conn, row), row.access_expires_at, row.generation
-                )
-            if row.cooldown_until is not None and row.cooldown_until > now:
-                if _still_valid(row, now):
-                    return AccessToken(
-                        await _decrypt_access(vault, conn, row),
-                        row.access_expires_at,
-                        row.generation,
-                    )
-                raise _unavailable(cfg, row.cooldown_until - now)
-            previous = str(row.last_refresh_error or "")
-            # A lease that ran out still owned (a clean release clears the owner): its
-            # refresher crashed or was cancelled, maybe after the provider rotated the token.
-            abandoned = row.lease_owner is not None
-            if abandoned and not previous.startswith(ANSWER_LOST):
-                previous = LEASE_EXPIRED_MARKER
-            taken = await conn.execute(
-                sa.update(oauth_tokens)
-                .where(
-                    oauth_tokens.c.grant_id == grant_id,
-                    oauth_tokens.c.generation == row.generation,
-                    sa.or_(oauth_tokens.c.lease_until.is_(None), oauth_tokens.c.lease_until < now),
-                    # Exactly the holder we read, so what is recorded below is about it.
-                    oauth_tokens.c.lease_owner.is_(None)
-                    if row.lease_owner is None
-                    else oauth_tokens.c.lease_owner == row.lease_owner,
-                )
-                .values(lease_owner=owner, lease_until=now + LEASE, last_refresh_error=previous)
-            )
-            leased = taken.rowcount == 1
-            refresh_ct = row.refresh_ct
-            if leased and abandoned:
-                await vault.audit.append(
-                    conn,
-                    [
-                        AuditRecord(
-                            chain=row.app_id,
-                            event=AuditEvent.TOKEN_REFRESH_FAILED,
-                            outcome=Outcome.FAILURE,
-                            actor={"type": "vault", "via": "refresh"},
-                            grant_id=grant_id,
-                            provider_id=cfg.provider_id,
-                            reason="lease_expired",
-                            details={"answer_lost": True},
-                        )
-                    ],
-                )
-            if (
-                not leased
-                and row.lease_owner is not None
-                and row.lease_until is not None
-                and row.lease_until >= now
-                and _still_valid(row, now)
-            ):
-                # Someone else (another replica) is refreshing: the still-valid token is
-                # served meanwhile rather than waiting for their answer.
-                return AccessToken(
-                    await _decrypt_access(vault, conn, row), row.access_expires_at, row.generation
-                )
-        if leased:
+        found = await _try_lease(vault, cfg, grant_id, owner, now)
+        if isinstance(found, AccessToken):
+            return found
+        if found is not None:
             lease_deadline = leased_at + LEASE.total_seconds() - LEASE_MARGIN_S
             return await _refresh_leased(
-                vault, cfg, row, owner, refresh_ct, lease_deadline, previous
+                vault, cfg, found.row, owner, lease_deadline, found.previous
             )
         if asyncio.get_running_loop().time() > deadline:
             raise VaultError(
@@ -312,6 +249,129 @@ async def _refresh(vault: Vault, cfg: providers.ProviderConfig, grant_id: str) -
             )
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+@dataclass(frozen=True)
+class _Leased:
+    """A lease this process took: the row it was taken on (its generation is the fence) and
+    the ``last_refresh_error`` the lease left on it."""
+
+    row: Any
+    previous: str
+
+
+async def _try_lease(
+    vault: Vault, cfg: providers.ProviderConfig, grant_id: str, owner: str, now: datetime
+) -> AccessToken | _Leased | None:
+    """One look at the row, in one write transaction: serve the token it holds, take the
+    lease, or (``None``) find the lease held elsewhere with no valid token to serve meanwhile,
+    so the caller waits and looks again."""
+    async with vault.db.write() as conn:
+        row = await _read(conn, grant_id)
+        _require_usable(row, grant_id, cfg)
+        if _serve_without_refresh(cfg, row, now):
+            return await _served(vault, conn, row)
+        previous, abandoned = _lease_marker(row)
+        leased = await _take_lease(conn, row, owner, now, previous)
+        if leased and abandoned:
+            await _audit_lease_expired(vault, conn, cfg, row)
+        if not leased and _refreshing_elsewhere(row, now):
+            # Someone else (another replica) is refreshing: the still-valid token is
+            # served meanwhile rather than waiting for their answer.
+            return await _served(vault, conn, row)
+    return _Leased(row, previous) if leased else None
+
+
+def _require_usable(row: Any, grant_id: str, cfg: providers.ProviderConfig) -> None:
+    """Refuse a grant whose tokens are gone or marked dead: only a new connect helps."""
+    if row is None or row.needs_reconnect or row.access_ct is None:
+        raise credential_revoked(grant_id, cfg.provider_id)
+
+
+def _serve_without_refresh(cfg: providers.ProviderConfig, row: Any, now: datetime) -> bool:
+    """Whether the stored token answers without a refresh: it is fresh (someone, maybe another
+    replica, refreshed while we waited), or the grant cools down after failed refreshes and
+    the token is still valid. Cooling down with no valid token is ``provider_unavailable``
+    until the cool-down ends: the provider is not called again sooner."""
+    if fresh_enough(row, now):
+        return True
+    if row.cooldown_until is not None and row.cooldown_until > now:
+        if _still_valid(row, now):
+            return True
+        raise _unavailable(cfg, row.cooldown_until - now)
+    return False
+
+
+def _lease_marker(row: Any) -> tuple[str, bool]:
+    """The ``last_refresh_error`` a new lease writes, and whether the lease was abandoned.
+
+    A lease that ran out still owned (a clean release clears the owner) was abandoned: its
+    refresher crashed or was cancelled, maybe after the provider rotated the token, so the
+    taker marks the answer lost (decision 0008), keeping an earlier answer-lost marker."""
+    previous = str(row.last_refresh_error or "")
+    abandoned = row.lease_owner is not None
+    if abandoned and not previous.startswith(ANSWER_LOST):
+        previous = LEASE_EXPIRED_MARKER
+    return previous, abandoned
+
+
+async def _take_lease(conn: Conn, row: Any, owner: str, now: datetime, marker: str) -> bool:
+    """The fenced lease ``UPDATE``: only on the generation we read, only once the lease has run
+    out, and only from exactly the holder we read (so what the taker records is about it)."""
+    taken = await conn.execute(
+        sa.update(oauth_tokens)
+        .where(
+            oauth_tokens.c.grant_id == row.grant_id,
+            oauth_tokens.c.generation == row.generation,
+            sa.or_(oauth_tokens.c.lease_until.is_(None), oauth_tokens.c.lease_until < now),
+            oauth_tokens.c.lease_owner.is_(None)
+            if row.lease_owner is None
+            else oauth_tokens.c.lease_owner == row.lease_owner,
+        )
+        .values(lease_owner=owner, lease_until=now + LEASE, last_refresh_error=marker)
+    )
+    return bool(taken.rowcount == 1)
+
+
+def _refreshing_elsewhere(row: Any, now: datetime) -> bool:
+    """Whether someone else holds a live lease while the token we read is still valid (decision
+    0008: their refresh does not hold up a still-valid token)."""
+    return (
+        row.lease_owner is not None
+        and row.lease_until is not None
+        and row.lease_until >= now
+        and _still_valid(row, now)
+    )
+
+
+async def _audit_lease_expired(
+    vault: Vault, conn: Conn, cfg: providers.ProviderConfig, row: Any
+) -> None:
+    """Record the takeover of an abandoned lease as a refresh whose answer may be lost."""
+    await vault.audit.append(
+        conn,
+        [
+            AuditRecord(
+                chain=row.app_id,
+                event=AuditEvent.TOKEN_REFRESH_FAILED,
+                outcome=Outcome.FAILURE,
+                actor={"type": "vault", "via": "refresh"},
+                grant_id=row.grant_id,
+                provider_id=cfg.provider_id,
+                reason="lease_expired",
+                details={"answer_lost": True},
+            )
+        ],
+    )
+
+
+async def _served(
+    vault: Vault, conn: Conn, row: Any, retry_info: dict[str, Any] | None = None
+) -> AccessToken:
+    """The access token the row holds, handed out as it is."""
+    return AccessToken(
+        await _decrypt_access(vault, conn, row), row.access_expires_at, row.generation, retry_info
+    )
 
 
 def _unavailable(cfg: providers.ProviderConfig, wait: timedelta) -> VaultError:
@@ -330,7 +390,6 @@ async def _refresh_leased(
     cfg: providers.ProviderConfig,
     row: Any,
     owner: str,
-    refresh_ct: bytes | None,
     lease_deadline: float,
     previous: str,
 ) -> AccessToken:
@@ -341,29 +400,82 @@ async def _refresh_leased(
     a provider call starts only if it and a held commit still fit before it. ``previous`` is
     the row's ``last_refresh_error`` as this lease left it.
     """
-    grant_id, app_id = row.grant_id, row.app_id
-    fence = (
-        (oauth_tokens.c.grant_id == grant_id)
+    fence = _fence(row, owner)
+    creds, refresh_token = await _refresh_inputs(vault, cfg, row)
+    if refresh_token is None or not cfg.spec.supports_refresh:
+        # Nothing to refresh with: the token has expired for good.
+        return await _mark_dead(vault, cfg, row, fence, "no_refresh_token", lease_deadline)
+    called = await _call_provider(vault, cfg, creds, refresh_token, row.grant_id, lease_deadline)
+    now = vault.clock.now()
+    if called.tokens is not None:
+        return await _commit_refreshed(
+            vault,
+            cfg,
+            row,
+            fence,
+            called.tokens,
+            refresh_token,
+            called.attempts,
+            now,
+            lease_deadline,
+        )
+    if called.failure is None:
+        return await _release_unsent(vault, cfg, row, fence, lease_deadline)
+    return await _settle_failure(
+        vault, cfg, row, fence, called.failure, called.attempts, now, lease_deadline, previous
+    )
+
+
+def _fence(row: Any, owner: str) -> Any:
+    """The condition of every write under the lease: the lease is still ours and the row still
+    holds the generation we read (the fencing token, decision 0007), so a refresher that
+    stalled past its lease cannot overwrite newer tokens."""
+    return (
+        (oauth_tokens.c.grant_id == row.grant_id)
         & (oauth_tokens.c.lease_owner == owner)
         & (oauth_tokens.c.generation == row.generation)
     )
+
+
+async def _refresh_inputs(
+    vault: Vault, cfg: providers.ProviderConfig, row: Any
+) -> tuple[ClientCredentials, str | None]:
+    """The app's client credentials and the grant's refresh token (``None``: it has none)."""
     async with vault.db.read() as conn:
         creds = await providers.client_credentials(vault, conn, cfg)
         refresh_token = (
             (
                 await vault.barrier.decrypt_fresh(
-                    conn, refresh_ct, token_aad(app_id, grant_id, "refresh_ct")
+                    conn, row.refresh_ct, token_aad(row.app_id, row.grant_id, "refresh_ct")
                 )
             ).decode()
-            if refresh_ct is not None
+            if row.refresh_ct is not None
             else None
         )
-    if refresh_token is None or not cfg.spec.supports_refresh:
-        # Nothing to refresh with: the token has expired for good.
-        return await _mark_dead(vault, cfg, row, fence, "no_refresh_token", lease_deadline)
-    attempts = _Attempts()
+    return creds, refresh_token
+
+
+@dataclass
+class _ProviderPhase:
+    """How the provider phase of a refresh ended: with tokens, with the last failure, or with
+    neither (stopped before any call: too little lease left)."""
+
     tokens: TokenSet | None = None
     failure: OAuthError | None = None
+    attempts: _Attempts = field(default_factory=_Attempts)
+
+
+async def _call_provider(
+    vault: Vault,
+    cfg: providers.ProviderConfig,
+    creds: ClientCredentials,
+    refresh_token: str,
+    grant_id: str,
+    lease_deadline: float,
+) -> _ProviderPhase:
+    """Up to ``ATTEMPTS`` refresh calls, each started only while it and a held commit still fit
+    in the lease, retried only as :func:`_retry_wait` and :func:`_gives_up` allow."""
+    phase = _ProviderPhase()
     loop = asyncio.get_running_loop()
     budget_end = loop.time() + PROVIDER_BUDGET_S
     for attempt in range(1, ATTEMPTS + 1):
@@ -373,53 +485,78 @@ async def _refresh_leased(
             log.warning("refresh stopped: not enough lease left", extra={"grant_id": grant_id})
             break
         try:
-            tokens = await vault.oauth.refresh(cfg.spec, cfg.token_url, creds, refresh_token)
+            phase.tokens = await vault.oauth.refresh(cfg.spec, cfg.token_url, creds, refresh_token)
             break
         except OAuthError as exc:
-            failure = exc
-            # No answer to a request that may have arrived (a timeout, a connection dropped
-            # after sending) may mean the provider rotated the token: sending the same refresh
-            # token again would look like theft to it. Retry only what surely never arrived
-            # (connection refused) or was answered (5xx, 429), within the lease.
-            retryable = exc.transient and not exc.maybe_delivered
-            wait = 0.0
-            if retryable and attempt < ATTEMPTS:
-                wait = min(exc.retry_after or 0.25 * 2 ** (attempt - 1), 2.0) * random.uniform(
-                    0.5, 1.0
-                )
-            permanent = not retryable or (
-                attempt < ATTEMPTS
-                and loop.time() + wait + oauth_client.TOTAL_TIMEOUT_S > budget_end
-            )
+            phase.failure = exc
+            wait = _retry_wait(exc, attempt)
+            permanent = _gives_up(exc, attempt, loop.time() + wait, budget_end)
             if permanent:
                 wait = 0.0
-            attempts.errors.append(
-                {
-                    "attempt": attempt,
-                    "error": exc.error[:500],
-                    "error_type": "provider_error" if exc.status else "network_error",
-                    "delay_s": round(wait, 3),
-                    "permanent": permanent,
-                }
-            )
+            phase.attempts.errors.append(_attempt_entry(exc, attempt, wait, permanent))
             if permanent:
                 break
             if attempt < ATTEMPTS:
                 await asyncio.sleep(wait)
-    now = vault.clock.now()
-    if tokens is not None:
-        return await _commit_refreshed(
-            vault, cfg, row, fence, tokens, refresh_token, attempts, now, lease_deadline
-        )
-    if failure is None:
-        return await _release_unsent(vault, cfg, row, fence, lease_deadline)
-    vault.refresh_observer(
-        "credential_revoked"
-        if failure.dead_credential
-        else "config_error"
-        if failure.config_error
-        else "transient_failure"
+    return phase
+
+
+def _retryable(exc: OAuthError) -> bool:
+    """No answer to a request that may have arrived (a timeout, a connection dropped after
+    sending) may mean the provider rotated the token: sending the same refresh token again
+    would look like theft to it. Retry only what surely never arrived (connection refused) or
+    was answered (5xx, 429)."""
+    return exc.transient and not exc.maybe_delivered
+
+
+def _retry_wait(exc: OAuthError, attempt: int) -> float:
+    """The backoff before the next attempt: 0.25 s doubling, or the provider's ``Retry-After``,
+    capped at 2 s and jittered to 50-100 %; 0 when no attempt follows."""
+    if not (_retryable(exc) and attempt < ATTEMPTS):
+        return 0.0
+    return min(exc.retry_after or 0.25 * 2 ** (attempt - 1), 2.0) * random.uniform(0.5, 1.0)
+
+
+def _gives_up(exc: OAuthError, attempt: int, next_call_at: float, budget_end: float) -> bool:
+    """Whether this failure ends the provider phase for good: it may not be retried, or a retry
+    starting at ``next_call_at`` could not finish a whole call within the provider budget."""
+    return not _retryable(exc) or (
+        attempt < ATTEMPTS and next_call_at + oauth_client.TOTAL_TIMEOUT_S > budget_end
     )
+
+
+def _attempt_entry(exc: OAuthError, attempt: int, wait: float, permanent: bool) -> dict[str, Any]:
+    """One failed attempt as the caller's ``retry_info`` and the audit report it."""
+    return {
+        "attempt": attempt,
+        "error": exc.error[:500],
+        "error_type": "provider_error" if exc.status else "network_error",
+        "delay_s": round(wait, 3),
+        "permanent": permanent,
+    }
+
+
+def _observed_outcome(failure: OAuthError) -> str:
+    """The refresh observer's name for a failed refresh."""
+    if failure.dead_credential:
+        return "credential_revoked"
+    return "config_error" if failure.config_error else "transient_failure"
+
+
+async def _settle_failure(
+    vault: Vault,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    fence: Any,
+    failure: OAuthError,
+    attempts: _Attempts,
+    now: datetime,
+    lease_deadline: float,
+    previous: str,
+) -> AccessToken:
+    """Record a failed refresh under the fence: a dead credential marks the grant for a new
+    connect; anything else cools it down (:func:`_record_failure`)."""
+    vault.refresh_observer(_observed_outcome(failure))
     if failure.dead_credential:
         if previous.startswith(ANSWER_LOST):
             # The provider says the refresh token was used: by the refresh whose answer we
@@ -429,11 +566,28 @@ async def _refresh_leased(
                 details={"provider_error": failure.error, "earlier_failure": previous[:120]},
             )  # fmt: skip
         return await _mark_dead(vault, cfg, row, fence, failure.error, lease_deadline)
-    # Once an answer is lost the marker stays until a refresh succeeds (or the user
-    # reconnects), whatever fails in between.
-    answer_lost = failure.maybe_delivered or previous.startswith(ANSWER_LOST)
+    return await _record_failure(
+        vault, cfg, row, fence, failure, attempts, now, lease_deadline, previous
+    )
+
+
+async def _record_failure(
+    vault: Vault,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    fence: Any,
+    failure: OAuthError,
+    attempts: _Attempts,
+    now: datetime,
+    lease_deadline: float,
+    previous: str,
+) -> AccessToken:
+    """Give the lease back with a cool-down (held through a database stall: a lost write would
+    leave the lease held and the provider called again), then serve the still-valid token, or
+    raise ``connect_config_error`` / ``provider_unavailable``."""
     failures = int(row.refresh_failures or 0) + 1
-    cooldown = timedelta(seconds=min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (failures - 1)))
+    cooldown = _cooldown(failures)
+    marker = _failure_marker(failure, previous)
 
     async def record(conn: Conn, _try: int) -> AccessToken | None:
         stored = await conn.execute(
@@ -444,54 +598,82 @@ async def _refresh_leased(
                 lease_until=None,
                 refresh_failures=failures,
                 cooldown_until=now + cooldown,
-                last_refresh_error=(
-                    f"{ANSWER_LOST}:{failure.error}" if answer_lost else failure.error
-                )[:255],
+                last_refresh_error=marker,
             )
         )
         if stored.rowcount != 1:
             # An earlier try committed although it reported a failure, or the lease was lost:
             # nothing to record (and audit) again; answer from what the row holds now.
-            return await _current_answer(vault, cfg, conn, grant_id, now, attempts)
-        await vault.audit.append(
-            conn,
-            [
-                AuditRecord(
-                    chain=app_id,
-                    event=AuditEvent.TOKEN_REFRESH_FAILED,
-                    outcome=Outcome.FAILURE,
-                    actor={"type": "vault", "via": "refresh"},
-                    grant_id=grant_id,
-                    provider_id=cfg.provider_id,
-                    reason=failure.error[:64],
-                    details={
-                        "attempts": len(attempts.errors),
-                        "cooldown_s": cooldown.total_seconds(),
-                        "answer_lost": failure.maybe_delivered,
-                    },
-                )
-            ],
-        )
+            return await _current_answer(vault, cfg, conn, row.grant_id, now, attempts)
+        await _audit_refresh_failed(vault, conn, cfg, row, failure, attempts, cooldown)
         if _still_valid(row, now):
-            return AccessToken(
-                await _decrypt_access(vault, conn, row),
-                row.access_expires_at,
-                row.generation,
-                attempts.info(None),
-            )
+            return await _served(vault, conn, row, attempts.info(None))
         return None
 
-    served = await _write_retrying(vault, grant_id, lease_deadline, record)
+    served = await _write_retrying(vault, row.grant_id, lease_deadline, record)
     if served is not None:
         return served
+    raise _failure_error(cfg, failure, cooldown)
+
+
+def _cooldown(failures: int) -> timedelta:
+    """How long a grant rests after its ``failures``-th failed refresh in a row (exponential,
+    capped): an overloaded provider is not called again at once."""
+    return timedelta(seconds=min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (failures - 1)))
+
+
+def _failure_marker(failure: OAuthError, previous: str) -> str:
+    """The row's ``last_refresh_error`` after a failed refresh. Once an answer is lost the
+    marker stays until a refresh succeeds (or the user reconnects), whatever fails in
+    between, so a later ``invalid_grant`` is audited as ``refresh_answer_lost``."""
+    answer_lost = failure.maybe_delivered or previous.startswith(ANSWER_LOST)
+    return (f"{ANSWER_LOST}:{failure.error}" if answer_lost else failure.error)[:255]
+
+
+def _failure_error(
+    cfg: providers.ProviderConfig, failure: OAuthError, cooldown: timedelta
+) -> VaultError:
+    """The caller's error when a failed refresh leaves no valid token to serve."""
     if failure.config_error:
-        raise VaultError(
+        return VaultError(
             ErrorCode.CONNECT_CONFIG_ERROR,
             f"{cfg.spec.display_name} rejected this app's client credentials ({failure.error}); "
             "fix the provider registration.",
             provider_id=cfg.provider_id,
         )
-    raise _unavailable(cfg, cooldown)
+    return _unavailable(cfg, cooldown)
+
+
+async def _audit_refresh_failed(
+    vault: Vault,
+    conn: Conn,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    failure: OAuthError,
+    attempts: _Attempts,
+    cooldown: timedelta,
+) -> None:
+    """Audit a refresh that failed and cooled the grant down; ``answer_lost`` says whether this
+    failure's request may have reached the provider."""
+    await vault.audit.append(
+        conn,
+        [
+            AuditRecord(
+                chain=row.app_id,
+                event=AuditEvent.TOKEN_REFRESH_FAILED,
+                outcome=Outcome.FAILURE,
+                actor={"type": "vault", "via": "refresh"},
+                grant_id=row.grant_id,
+                provider_id=cfg.provider_id,
+                reason=failure.error[:64],
+                details={
+                    "attempts": len(attempts.errors),
+                    "cooldown_s": cooldown.total_seconds(),
+                    "answer_lost": failure.maybe_delivered,
+                },
+            )
+        ],
+    )
 
 
 async def _commit_refreshed(
@@ -511,31 +693,16 @@ async def _commit_refreshed(
     would send the used one and the provider would kill the grant. So the commit is retried
     (within the lease, at most ``COMMIT_RETRY_S``), and only a committed access token leaves.
     """
-    grant_id, app_id = row.grant_id, row.app_id
-    new_refresh = tokens.refresh_token or old_refresh
+    grant_id = row.grant_id
     generation = str(uuid.uuid4())
     # Encrypted once, before the first try: the transaction stays as short as it can be.
-    values = {
-        "access_ct": vault.barrier.encrypt(
-            tokens.access_token.encode(), token_aad(app_id, grant_id, "access_ct")
-        ),
-        "refresh_ct": vault.barrier.encrypt(
-            new_refresh.encode(), token_aad(app_id, grant_id, "refresh_ct")
-        ),
-        "access_expires_at": expiry_for(tokens, answered_at),
-        "generation": generation,
-        "lease_owner": None,
-        "lease_until": None,
-        "refresh_failures": 0,
-        "cooldown_until": None,
-        "last_refresh_error": None,
-        "updated_at": answered_at,
-    }
+    values = _refreshed_values(vault, row, tokens, old_refresh, answered_at, generation)
     loop = asyncio.get_running_loop()
     deadline = min(loop.time() + COMMIT_RETRY_S, lease_deadline)
     overtaken_by: VaultError | None = None
 
     async def commit(conn: Conn, tries: int) -> bool:
+        nonlocal overtaken_by
         stored = await conn.execute(sa.update(oauth_tokens).where(fence).values(**values))
         if stored.rowcount != 1:
             current = await _read(conn, grant_id)
@@ -543,37 +710,13 @@ async def _commit_refreshed(
                 # An earlier try committed although its connection reported a failure
                 # (the answer to COMMIT was lost): the tokens are stored; nothing to redo.
                 return False
-            # Our lease was taken over, or the grant was revoked meanwhile: the row is
-            # not ours. Never hand out a token the database does not know about, and do
-            # not leave the provider's fresh tokens alive.
-            log.error("refresh lease lost before commit", extra={"grant_id": grant_id})
-            await _queue_orphans(vault, conn, row, cfg, tokens)
-            nonlocal overtaken_by
-            overtaken_by = await _overtaken_error(conn, cfg, grant_id, current)
+            overtaken_by = await _drop_overtaken(vault, conn, cfg, row, tokens, current)
             return True
         if tokens.scopes is not None:
             await conn.execute(
                 sa.update(grants).where(grants.c.id == grant_id).values(scopes=list(tokens.scopes))
             )
-        await vault.audit.append(
-            conn,
-            [
-                AuditRecord(
-                    chain=app_id,
-                    event=AuditEvent.TOKEN_REFRESHED,
-                    outcome=Outcome.SUCCESS,
-                    actor={"type": "vault", "via": "refresh"},
-                    grant_id=grant_id,
-                    provider_id=cfg.provider_id,
-                    details={
-                        "attempts": len(attempts.errors) + 1,
-                        "rotated": tokens.refresh_token is not None
-                        and tokens.refresh_token != old_refresh,
-                        "commit_tries": tries,
-                    },
-                )
-            ],
-        )
+        await _audit_refreshed(vault, conn, cfg, row, tokens, old_refresh, attempts, tries)
         return False
 
     try:
@@ -600,6 +743,87 @@ async def _commit_refreshed(
         expiry_for(tokens, answered_at),
         generation,
         attempts.info(len(attempts.errors) + 1),
+    )
+
+
+def _refreshed_values(
+    vault: Vault,
+    row: Any,
+    tokens: TokenSet,
+    old_refresh: str,
+    answered_at: datetime,
+    generation: str,
+) -> dict[str, Any]:
+    """The row after a successful refresh: the new tokens encrypted under the new generation
+    (the old refresh token kept when the answer omits one), the lease released, the failure
+    count, cool-down and any answer-lost marker cleared."""
+    app_id, grant_id = row.app_id, row.grant_id
+    new_refresh = tokens.refresh_token or old_refresh
+    return {
+        "access_ct": vault.barrier.encrypt(
+            tokens.access_token.encode(), token_aad(app_id, grant_id, "access_ct")
+        ),
+        "refresh_ct": vault.barrier.encrypt(
+            new_refresh.encode(), token_aad(app_id, grant_id, "refresh_ct")
+        ),
+        "access_expires_at": expiry_for(tokens, answered_at),
+        "generation": generation,
+        "lease_owner": None,
+        "lease_until": None,
+        "refresh_failures": 0,
+        "cooldown_until": None,
+        "last_refresh_error": None,
+        "updated_at": answered_at,
+    }
+
+
+async def _drop_overtaken(
+    vault: Vault,
+    conn: Conn,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    tokens: TokenSet,
+    current: Any,
+) -> VaultError | None:
+    """Our lease was taken over, or the grant was revoked meanwhile: the row is not ours.
+    Never hand out a token the database does not know about, and do not leave the provider's
+    fresh tokens alive: queue them for revocation. Returns the caller's error
+    (:func:`_overtaken_error`)."""
+    log.error("refresh lease lost before commit", extra={"grant_id": row.grant_id})
+    await _queue_orphans(vault, conn, row, cfg, tokens)
+    return await _overtaken_error(conn, cfg, row.grant_id, current)
+
+
+async def _audit_refreshed(
+    vault: Vault,
+    conn: Conn,
+    cfg: providers.ProviderConfig,
+    row: Any,
+    tokens: TokenSet,
+    old_refresh: str,
+    attempts: _Attempts,
+    tries: int,
+) -> None:
+    """Audit a committed refresh: how many provider calls and commit tries it took, and
+    whether the provider rotated the refresh token."""
+    await vault.audit.append(
+        conn,
+        [
+            AuditRecord(
+                chain=row.app_id,
+                event=AuditEvent.TOKEN_REFRESHED,
+                outcome=Outcome.SUCCESS,
+                actor={"type": "vault", "via": "refresh"},
+                grant_id=row.grant_id,
+                provider_id=cfg.provider_id,
+                details={
+                    "attempts": len(attempts.errors) + 1,
+                    "rotated": tokens.refresh_token is not None
+                    and tokens.refresh_token != old_refresh,
+                    "commit_tries": tries,
+                },
+            )
+        ],
     )
 
 
@@ -841,46 +1065,9 @@ async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: i
     is retried later with backoff, up to ``REVOCATION_ATTEMPTS``; then the token is dropped
     and the give-up is audited (the grant itself was revoked in the vault long before).
     """
-    now = vault.clock.now()
-    stmt = (
-        sa.select(oauth_revocations)
-        .where(oauth_revocations.c.next_attempt_at <= now)
-        .order_by(oauth_revocations.c.created_at)
-        .limit(limit)
-    )
-    if grant_id is not None:
-        stmt = stmt.where(oauth_revocations.c.grant_id == grant_id)
-    async with vault.db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
     done = 0
-    for item in rows:
-        error: str | None = None
-        cfg = None
-        try:
-            async with vault.db.read() as conn:
-                try:
-                    cfg = await providers.get_config_by_id(
-                        conn, item.app_id, item.oauth_provider_id
-                    )
-                except VaultError:
-                    cfg = None
-                creds = await providers.client_credentials(vault, conn, cfg) if cfg else None
-                token = (
-                    await vault.barrier.decrypt_fresh(
-                        conn, item.token_ct, revocation_aad(item.app_id, item.id)
-                    )
-                ).decode()
-            if cfg is not None and creds is not None and cfg.revocation_url is not None:
-                await vault.oauth.revoke(
-                    cfg.spec, cfg.revocation_url, creds, token, item.token_type_hint
-                )
-        except OAuthError as exc:
-            error = exc.error
-        except Exception as exc:  # one bad row must not stall the queue for every app
-            # The traceback goes to the log (the formatter strips row values); the audit row
-            # gets a stable code, not an exception class name.
-            log.error("revocation item failed", exc_info=exc, extra={"grant_id": item.grant_id})
-            error = "internal_error"
+    for item in await _due_revocations(vault, grant_id, limit):
+        error, cfg = await _revoke_at_provider(vault, item)
         attempts = int(item.attempts) + 1
         async with vault.db.write() as conn:
             if error is None or attempts >= REVOCATION_ATTEMPTS:
@@ -888,34 +1075,106 @@ async def run_revocations(vault: Vault, *, grant_id: str | None = None, limit: i
                     sa.delete(oauth_revocations).where(oauth_revocations.c.id == item.id)
                 )
                 done += 1
-                await vault.audit.append(
-                    conn,
-                    [
-                        AuditRecord(
-                            chain=item.app_id,
-                            event=AuditEvent.GRANT_PROVIDER_REVOKED,
-                            outcome=Outcome.SUCCESS if error is None else Outcome.FAILURE,
-                            actor={"type": "vault", "via": "revocation"},
-                            grant_id=item.grant_id,
-                            provider_id=cfg.provider_id if cfg else None,
-                            reason=error,
-                            details={
-                                "token_type": item.token_type_hint,
-                                "attempts": attempts,
-                                "endpoint": cfg is not None and cfg.revocation_url is not None,
-                            },
-                        )
-                    ],
-                )
+                await _audit_provider_revoked(vault, conn, item, cfg, error, attempts)
             else:
-                backoff = timedelta(seconds=min(3600, 10 * 2**attempts))
-                await conn.execute(
-                    sa.update(oauth_revocations)
-                    .where(oauth_revocations.c.id == item.id)
-                    .values(
-                        attempts=attempts,
-                        last_error=error[:255],
-                        next_attempt_at=vault.clock.now() + backoff,
-                    )
-                )
+                await _postpone_revocation(vault, conn, item, error, attempts)
     return done
+
+
+async def _due_revocations(vault: Vault, grant_id: str | None, limit: int) -> list[Any]:
+    """Queued tokens whose next attempt is due, oldest first (only ``grant_id``'s if given)."""
+    stmt = (
+        sa.select(oauth_revocations)
+        .where(oauth_revocations.c.next_attempt_at <= vault.clock.now())
+        .order_by(oauth_revocations.c.created_at)
+        .limit(limit)
+    )
+    if grant_id is not None:
+        stmt = stmt.where(oauth_revocations.c.grant_id == grant_id)
+    async with vault.db.read() as conn:
+        return list((await conn.execute(stmt)).all())
+
+
+async def _revoke_at_provider(
+    vault: Vault, item: Any
+) -> tuple[str | None, providers.ProviderConfig | None]:
+    """Send one queued token to its provider's revocation endpoint (if the provider still
+    exists and has one). Returns the error code (``None``: done) and the provider's config as
+    far as it was read; never raises, since one bad row must not stall the queue for every
+    app."""
+    cfg: providers.ProviderConfig | None = None
+    try:
+        async with vault.db.read() as conn:
+            cfg = await _revocation_config(conn, item)
+            creds = await providers.client_credentials(vault, conn, cfg) if cfg else None
+            token = (
+                await vault.barrier.decrypt_fresh(
+                    conn, item.token_ct, revocation_aad(item.app_id, item.id)
+                )
+            ).decode()
+        if cfg is not None and creds is not None and cfg.revocation_url is not None:
+            await vault.oauth.revoke(
+                cfg.spec, cfg.revocation_url, creds, token, item.token_type_hint
+            )
+    except OAuthError as exc:
+        return exc.error, cfg
+    except Exception as exc:
+        # The traceback goes to the log (the formatter strips row values); the audit row
+        # gets a stable code, not an exception class name.
+        log.error("revocation item failed", exc_info=exc, extra={"grant_id": item.grant_id})
+        return "internal_error", cfg
+    return None, cfg
+
+
+async def _revocation_config(conn: Conn, item: Any) -> providers.ProviderConfig | None:
+    """The queued token's provider configuration; ``None`` once the provider is gone."""
+    try:
+        return await providers.get_config_by_id(conn, item.app_id, item.oauth_provider_id)
+    except VaultError:
+        return None
+
+
+async def _postpone_revocation(
+    vault: Vault, conn: Conn, item: Any, error: str, attempts: int
+) -> None:
+    """Try a failed revocation again later, backing off (doubling, at most an hour)."""
+    backoff = timedelta(seconds=min(3600, 10 * 2**attempts))
+    await conn.execute(
+        sa.update(oauth_revocations)
+        .where(oauth_revocations.c.id == item.id)
+        .values(
+            attempts=attempts,
+            last_error=error[:255],
+            next_attempt_at=vault.clock.now() + backoff,
+        )
+    )
+
+
+async def _audit_provider_revoked(
+    vault: Vault,
+    conn: Conn,
+    item: Any,
+    cfg: providers.ProviderConfig | None,
+    error: str | None,
+    attempts: int,
+) -> None:
+    """Audit a queued token leaving the queue: revoked (or nothing to call), or given up."""
+    await vault.audit.append(
+        conn,
+        [
+            AuditRecord(
+                chain=item.app_id,
+                event=AuditEvent.GRANT_PROVIDER_REVOKED,
+                outcome=Outcome.SUCCESS if error is None else Outcome.FAILURE,
+                actor={"type": "vault", "via": "revocation"},
+                grant_id=item.grant_id,
+                provider_id=cfg.provider_id if cfg else None,
+                reason=error,
+                details={
+                    "token_type": item.token_type_hint,
+                    "attempts": attempts,
+                    "endpoint": cfg is not None and cfg.revocation_url is not None,
+                },
+            )
+        ],
+    )
