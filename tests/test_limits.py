@@ -255,5 +255,9 @@ async def test_zero_turns_limits_off(vault: Vault, clock: FakeClock) -> None:
 
 def test_defaults_are_documented() -> None:
     s = Settings()
-    assert (s.rate_limit_per_key, s.rate_limit_per_app, s.rate_limit_per_ip) == (30_000, 60_000, 600)
+    assert (s.rate_limit_per_key, s.rate_limit_per_app, s.rate_limit_per_ip) == (
+        30_000,
+        60_000,
+        600,
+    )
     assert s.rate_limit_window_seconds == 60
