@@ -10,6 +10,7 @@ commands as ``grantvault ...`` without paying a Python start-up per command.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -195,7 +196,9 @@ def echo() -> Iterator[Echo]:
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(payload)
+                # /slow outlives the client's timeout on purpose: the client has gone.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(payload)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 
