@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from grantvault.types.errors import ErrorCode
+from grantvault_server.errors import send_error_answer
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/sdk/auth/poll"})
 EXEMPT_PREFIXES = ("/connect/static/",)
@@ -105,24 +105,14 @@ class AdmissionMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         self.metrics.denials.labels(ErrorCode.SERVER_BUSY.value).inc()
-        body = json.dumps(
+        await send_error_answer(
+            send,
+            503,
             {
                 "error": ErrorCode.SERVER_BUSY.value,
                 "message": "The vault is busy (more requests in flight than it admits); "
                 f"retry in {RETRY_AFTER_SECONDS} s.",
                 "retry_after_seconds": RETRY_AFTER_SECONDS,
             },
-            separators=(",", ":"),
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
-                ],
-            }
+            [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
         )
-        await send({"type": "http.response.body", "body": body})

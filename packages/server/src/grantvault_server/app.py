@@ -27,7 +27,7 @@ from grantvault_server.api import (
     unimplemented,
 )
 from grantvault_server.config import Settings, load_settings
-from grantvault_server.errors import VaultError
+from grantvault_server.errors import VaultError, send_error_answer
 from grantvault_server.observability import Metrics
 from grantvault_server.ratelimit import RateLimiter, RateLimitMiddleware
 from grantvault_server.services import connect
@@ -116,23 +116,15 @@ class RequestContextMiddleware:
 
 
 async def _reject_too_large(send: Send, request_id: str, limit: int) -> None:
-    body = (
-        b'{"error":"payload_too_large","message":"The request body exceeds '
-        + str(limit).encode()
-        + b' bytes."}'
-    )
-    await send(
+    await send_error_answer(
+        send,
+        413,
         {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
+            "error": ErrorCode.PAYLOAD_TOO_LARGE.value,
+            "message": f"The request body exceeds {limit} bytes.",
+        },
+        [(b"x-request-id", request_id.encode())],
     )
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _housekeeping(vault: Vault) -> None:

@@ -7,6 +7,8 @@ values: they name the field or the id, never the content.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from grantvault.types.errors import STATUS_BY_CODE, ErrorCode
@@ -43,3 +45,30 @@ class InvalidInput(VaultError):
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(ErrorCode.INVALID_REQUEST, message, **extra)
+
+
+async def send_error_answer(
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    status: int,
+    body: dict[str, Any],
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with the error envelope from plain ASGI middleware.
+
+    The body-size guard, the admission gate and the rate limiter refuse a request before the
+    application (and its exception handlers) runs; they share this one way of writing the
+    envelope so the answer has the same shape as every other error.
+    """
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -24,7 +24,6 @@ Why it is shaped this way (see ``docs/decisions/0009-rate-limits-per-replica.md`
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import math
 import time
@@ -34,7 +33,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grantvault.types.errors import ErrorCode
-from grantvault_server.errors import VaultError
+from grantvault_server.errors import VaultError, send_error_answer
 
 log = logging.getLogger(__name__)
 
@@ -368,17 +367,7 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send)
 
     async def _refuse(self, send: Send, decision: Decision) -> None:
-        body = json.dumps(decision.body(), separators=(",", ":")).encode()
         self.metrics.denials.labels(ErrorCode.RATE_LIMIT_EXCEEDED.value).inc()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *decision.headers(self.limiter.wall_clock()),
-                ],
-            }
+        await send_error_answer(
+            send, 429, decision.body(), decision.headers(self.limiter.wall_clock())
         )
-        await send({"type": "http.response.body", "body": body})

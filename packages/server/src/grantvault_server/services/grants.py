@@ -23,6 +23,7 @@ from grantvault_server.services.oauth_tokens import detach_tokens_for_revocation
 from grantvault_server.services.secrets import ManagedSecret, credential_ids
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Conn
+from grantvault_server.storage.sql import page
 from grantvault_server.storage.tables import (
     credentials,
     grants,
@@ -339,14 +340,7 @@ async def list_grants(
             sa.or_(grants.c.expires_at.is_(None), grants.c.expires_at > now),
         )
     async with vault.db.read() as conn:
-        total = (
-            await conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery()))
-        ).scalar_one()
-        rows = (
-            await conn.execute(
-                stmt.order_by(grants.c.created_at, grants.c.id).limit(limit).offset(offset)
-            )
-        ).all()
+        total, rows = await page(conn, stmt, (grants.c.created_at, grants.c.id), limit, offset)
     return {
         "grants": [grant_item(r, now) for r in rows],
         "total": total,

@@ -29,6 +29,21 @@ async def insert_ignore(conn: Conn, table: sa.Table, values: dict[str, Any]) -> 
 _INSERT_IGNORE: dict[tuple[str, str], Any] = {}
 
 
+async def page(
+    conn: Conn, stmt: sa.Select[Any], order_by: tuple[Any, ...], limit: int, offset: int
+) -> tuple[int, list[Any]]:
+    """One page of ``stmt`` in a stable order, and how many rows match in all.
+
+    The list endpoints answer ``total`` and ``has_more``; both numbers come from the same
+    filtered statement so they cannot disagree about what is being counted.
+    """
+    total = (
+        await conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery()))
+    ).scalar_one()
+    rows = (await conn.execute(stmt.order_by(*order_by).limit(limit).offset(offset))).all()
+    return int(total), list(rows)
+
+
 def for_update(conn: Conn, stmt: sa.Select[Any]) -> sa.Select[Any]:
     """Lock the selected rows on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises."""
     return stmt.with_for_update() if conn.dialect.name == "postgresql" else stmt

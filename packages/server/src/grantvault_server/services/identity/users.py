@@ -36,7 +36,7 @@ from grantvault_server.services.last_used import needs_touch
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.fastread import PreparedRead
-from grantvault_server.storage.sql import for_update, insert_ignore
+from grantvault_server.storage.sql import for_update, insert_ignore, page
 from grantvault_server.storage.tables import (
     app_group_members,
     app_groups,
@@ -495,14 +495,9 @@ async def list_users(
     if status is not None:
         stmt = stmt.where(app_users.c.status == status)
     async with vault.db.read() as conn:
-        total = (
-            await conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery()))
-        ).scalar_one()
-        rows = (
-            await conn.execute(
-                stmt.order_by(app_users.c.created_at, app_users.c.id).limit(limit).offset(offset)
-            )
-        ).all()
+        total, rows = await page(
+            conn, stmt, (app_users.c.created_at, app_users.c.id), limit, offset
+        )
     return {
         "users": [_user_item(r) for r in rows],
         "total": total,
