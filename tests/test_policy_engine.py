@@ -19,8 +19,6 @@ from grantvault_server.policy.engine import (
     POLICY_VIOLATION,
     Decision,
     Facts,
-    PolicyEngine,
-    PolicyRequest,
     evaluate,
 )
 from grantvault_server.policy.paths import normalise_path, remove_dot_segments
@@ -521,32 +519,3 @@ def test_per_user_counter_without_an_end_user_fails_closed() -> None:
         "rate_limit",
         (),
     )
-
-
-# -- the existing seam -----------------------------------------------------------------------
-
-
-def _request() -> PolicyRequest:
-    return PolicyRequest(
-        app_id="a",
-        grant_id="g",
-        provider_id="openai",
-        principal_type="system",
-        principal_id=None,
-        action="credential.retrieve",
-        method="GET",
-        url="https://api.openai.com/v1/models",
-        host="api.openai.com",
-    )
-
-
-def test_policy_engine_seam_is_unchanged() -> None:
-    assert PolicyEngine().evaluate(_request()) == Decision(
-        allowed=True, reason="no_rule_matched_default_allow"
-    )
-
-    def broken(_: PolicyRequest) -> Decision | None:
-        raise RuntimeError("boom")
-
-    denied = PolicyEngine([broken]).evaluate(_request())
-    assert (denied.allowed, denied.reason) == (False, "policy_evaluation_error")

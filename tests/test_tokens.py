@@ -587,38 +587,23 @@ async def test_revocation_between_check_and_commit_refuses_the_token(
     vault: Vault, client: httpx.AsyncClient
 ) -> None:
     """A revocation that commits while a retrieval is in flight wins: no token leaves."""
-    import asyncio
-
-    from grantvault_server.policy.engine import Decision, PolicyRequest
-
     app, key = await make_app(vault)
     grant_id = await _grant(vault, app)
-    revoked: list[asyncio.Task[Any]] = []
+    body = json.dumps(_token_body(grant_id), separators=(",", ":")).encode()
+    headers = SignedClient(client, key).headers("POST", "/sdk/token", body)
+    original = vault.retrieval_writer.commit
 
-    def revoke_during_check(request: PolicyRequest) -> Decision | None:
-        # Runs after the grant was read as active and before the commit.
-        revoked.append(
-            asyncio.ensure_future(
-                grant_service.revoke_grant(vault, app, request.grant_id, OPERATOR)
-            )
-        )
-        return None
+    async def commit_after_revoke(write: Any) -> None:
+        # The grant was read as active and every check passed; the revocation commits
+        # before the retrieval's own write transaction starts.
+        await grant_service.revoke_grant(vault, app, grant_id, OPERATOR)
+        await original(write)
 
-    vault.policy.rules.append(revoke_during_check)
+    vault.retrieval_writer.commit = commit_after_revoke  # type: ignore[method-assign]
     try:
-        body = json.dumps(_token_body(grant_id), separators=(",", ":")).encode()
-        headers = SignedClient(client, key).headers("POST", "/sdk/token", body)
-        # Let the revocation task run before the group commit flushes.
-        original = vault.retrieval_writer.commit
-
-        async def commit_after_revoke(write: Any) -> None:
-            await asyncio.gather(*revoked)
-            await original(write)
-
-        vault.retrieval_writer.commit = commit_after_revoke  # type: ignore[method-assign]
         r = await client.post("/sdk/token", content=body, headers=headers)
     finally:
-        vault.policy.rules.remove(revoke_during_check)
+        del vault.retrieval_writer.commit
     assert (
         r.status_code == 403
         and r.json()["error"] == "grant_revoked"

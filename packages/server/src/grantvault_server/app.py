@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from grantvault import __version__
 from grantvault.types.errors import ErrorCode
@@ -33,6 +34,7 @@ from grantvault_server.ratelimit import RateLimiter, RateLimitMiddleware
 from grantvault_server.services import connect
 from grantvault_server.services.nonces import purge_nonces
 from grantvault_server.services.oauth_tokens import run_revocations
+from grantvault_server.services.policy_counters import purge_counters
 from grantvault_server.services.vault import Vault
 from grantvault_server.web import mount as mount_pages
 
@@ -133,6 +135,7 @@ async def _housekeeping(vault: Vault) -> None:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
         try:
             await purge_nonces(vault, datetime.now(UTC))
+            await purge_counters(vault.db, vault.clock.now())
             await run_revocations(vault)
             await connect.purge_sessions(vault)
             async with vault.db.read() as conn:
@@ -244,7 +247,11 @@ def _install_routes(app: FastAPI) -> None:
 
 
 def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """Innermost first: admission gate, then rate limits, then request id/body size/metrics."""
+    """Innermost first: admission gate, then rate limits, then request id/body size/metrics,
+    and outermost the client address: ``X-Forwarded-For`` counts only when the socket peer
+    is one of ``GRANTVAULT_TRUSTED_PROXIES`` (uvicorn's middleware, applied here rather than
+    by the server so that every way of running the app, tests included, gets the same rule).
+    The per-IP limits and policies' ``ip_allow`` both read the result."""
     gate = AdmissionGate(settings.effective_max_in_flight, settings.queue_timeout_seconds)
     metrics.in_flight.set_function(lambda: gate.in_flight)
     metrics.queued.set_function(lambda: gate.queued)
@@ -259,3 +266,4 @@ def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> N
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
     )
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

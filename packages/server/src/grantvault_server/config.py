@@ -101,8 +101,9 @@ class Settings(BaseSettings):
     )
     trusted_proxies: str = Field(
         default="127.0.0.1",
-        description="Addresses of reverse proxies whose X-Forwarded-For names the client "
-        "(comma-separated, or `*`); passed to uvicorn as forwarded_allow_ips.",
+        description="Addresses or networks of reverse proxies whose X-Forwarded-For names the "
+        "client (comma-separated, or `*`); every other peer's X-Forwarded-For is ignored. The "
+        "per-IP rate limits and policies' ip_allow use the resulting address.",
     )
     keep_alive_seconds: int = Field(
         default=75,

@@ -18,12 +18,20 @@ class VaultError(Exception):
     """An error with a stable code; safe to show to the caller."""
 
     def __init__(
-        self, code: ErrorCode, message: str, *, status: int | None = None, **extra: Any
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status if status is not None else STATUS_BY_CODE[code]
+        #: Response headers the answer must carry (``Retry-After`` of a quota, budget headers).
+        self.headers = headers
         self.extra = extra
 
     def body(self) -> dict[str, Any]:

@@ -309,6 +309,14 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
+def _reports_own_budget(message: Message) -> bool:
+    """A 429 that already carries budget headers (a policy's rate limit refused the call):
+    that budget, not the key's, is the one the answer reports."""
+    if message["status"] != 429:
+        return False
+    return any(name == b"x-ratelimit-limit" for name, _ in message.get("headers", []))
+
+
 def is_unauthenticated_surface(path: str) -> bool:
     if path in UNAUTHENTICATED_PATHS:
         return True
@@ -351,7 +359,7 @@ class RateLimitMiddleware:
                     if message["status"] == 401 and SCOPE_KEY not in scope:
                         limiter.charge_ip(address)
                     decision: Decision | None = scope.get(SCOPE_KEY)
-                    if decision is not None:
+                    if decision is not None and not _reports_own_budget(message):
                         headers = list(message.get("headers", []))
                         headers.extend(decision.headers(limiter.wall_clock()))
                         message = {**message, "headers": headers}

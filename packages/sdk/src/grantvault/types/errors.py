@@ -32,7 +32,13 @@ class ErrorCode(StrEnum):
     CREDENTIAL_CORRUPT = "credential_corrupt"
     SECRET_NOT_FOUND = "secret_not_found"
     BLOCKED_DESTINATION = "blocked_destination"
-    POLICY_DENIED = "policy_denied"
+    #: A policy rule denies this call (403; the body names the policy, version and rule).
+    POLICY_VIOLATION = "policy_violation"
+    #: A policy could not be evaluated (missing fact, unreadable policy): fail closed (403).
+    POLICY_EVALUATION_FAILED = "policy_evaluation_failed"
+    #: A policy quota is used up for its window (429 with Retry-After).
+    QUOTA_EXCEEDED = "quota_exceeded"
+    POLICY_NOT_FOUND = "policy_not_found"
     JWT_VALIDATION_ERROR = "jwt_validation_error"
     IDP_NOT_CONFIGURED = "idp_not_configured"
     UNSUPPORTED_PRINCIPAL = "unsupported_principal"
@@ -92,7 +98,11 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     # 422, not 403: the public client maps every 403 to PolicyViolationError and only
     # recognises blocked_destination on statuses it has no other branch for.
     ErrorCode.BLOCKED_DESTINATION: 422,
-    ErrorCode.POLICY_DENIED: 403,
+    ErrorCode.POLICY_VIOLATION: 403,
+    ErrorCode.POLICY_EVALUATION_FAILED: 403,
+    # 429 with Retry-After (the end of the quota window): alter-sdk's QuotaExceededError.
+    ErrorCode.QUOTA_EXCEEDED: 429,
+    ErrorCode.POLICY_NOT_FOUND: 404,
     ErrorCode.JWT_VALIDATION_ERROR: 401,
     ErrorCode.IDP_NOT_CONFIGURED: 400,
     ErrorCode.UNSUPPORTED_PRINCIPAL: 422,

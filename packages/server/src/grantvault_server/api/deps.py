@@ -109,7 +109,7 @@ async def _verify(request: Request, vault: Vault) -> Caller:
     # Only now, with the key proven: an unsigned request must not spend a victim key's budget.
     request.app.state.limiter.charge_key(request.scope, key.id, key.app_id)
     return Caller(
-        app=App(key.app_id, key.app_name, now),
+        app=App(key.app_id, key.app_name, now, key.policy_generation),
         key=key,
         actor=_actor(key, verified.actor),
         nonce=verified.nonce,

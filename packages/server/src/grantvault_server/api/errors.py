@@ -18,11 +18,13 @@ from grantvault_server.services.storage_faults import UnexpectedConflict, storag
 log = logging.getLogger(__name__)
 
 
-def _response(request: Request, status: int, body: dict[str, Any]) -> JSONResponse:
+def _response(
+    request: Request, status: int, body: dict[str, Any], extra: dict[str, str] | None = None
+) -> JSONResponse:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and status >= 400:
         metrics.denials.labels(str(body.get("error"))).inc()
-    headers = {"Cache-Control": "no-store"}
+    headers = {"Cache-Control": "no-store", **(extra or {})}
     if status in {503}:
         # The error's own wait (a provider cool-down) when it has one, else a short default.
         wait = body.get("retry_after_seconds")
@@ -44,7 +46,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str
 def install(app: FastAPI) -> None:
     @app.exception_handler(VaultError)
     async def _vault_error(request: Request, exc: VaultError) -> JSONResponse:
-        return _response(request, exc.status, exc.body())
+        return _response(request, exc.status, exc.body(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -106,6 +106,7 @@ async def post_token(request: Request) -> Response:
                 account=body.account,
                 reason=body.reason,
                 user_token=body.user_token,
+                caller_ip=client[0] if (client := request.scope.get("client")) else None,
             ),
             nonce=tokens.PendingNonce(caller.key.id, caller.nonce, caller.key.last_used_at),
         )

@@ -25,6 +25,8 @@ class KeyRecord:
     revoked_at: datetime | None
     grace_expires_at: datetime | None
     last_used_at: datetime | None = None
+    #: The app's policy generation, read in the same lookup (see ``services.policies``).
+    policy_generation: int | None = None
 
 
 def key_state_error(

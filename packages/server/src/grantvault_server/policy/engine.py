@@ -1,14 +1,10 @@
 """The policy decision point.
 
-Every credential retrieval (and, later, every proxied call) asks the engine before any secret
-is decrypted. Two entry points share one :class:`Decision`:
-
-* :meth:`PolicyEngine.evaluate` (the seam ``services.tokens`` calls with a
-  :class:`PolicyRequest`): in-process rules, first opinion decides, default allow.
-* :func:`evaluate` (issue 11): operator-written policy documents, compiled by
-  ``policy.compile``, judged against :class:`Facts`. Every policy that applies must have all its
-  rules hold; the first failing rule decides, with the policy's name and version, the rule
-  name and a reason a developer can act on.
+Every credential retrieval (and, later, every proxied call) asks :func:`decide` before any
+secret is decrypted: the app's compiled policies (``policy.cache``) judged against the call's
+:class:`Facts` by :func:`evaluate`. Every policy that applies must have all its rules hold;
+the first failing rule decides, with the policy's name and version, the rule name and a
+reason a developer can act on. ``grantvault policies test`` calls the same two functions.
 
 **Fail closed.** A rule that needs a fact the call does not have (``groups_any`` or
 ``applies_to.groups`` without a verified user token, ``ip_allow`` without a caller address,
@@ -32,9 +28,10 @@ closed).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from grantvault_server.policy.cache import AppPolicies
 from grantvault_server.policy.compile import Charge, CompiledPolicy
 from grantvault_server.policy.facts import Facts, MissingFact
 
@@ -45,9 +42,7 @@ __all__ = [
     "CompiledPolicy",
     "Decision",
     "Facts",
-    "PolicyEngine",
-    "PolicyRequest",
-    "Rule",
+    "decide",
     "evaluate",
 ]
 
@@ -55,20 +50,6 @@ POLICY_VIOLATION = "policy_violation"
 POLICY_EVALUATION_FAILED = "policy_evaluation_failed"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PolicyRequest:
-    app_id: str
-    grant_id: str
-    provider_id: str
-    principal_type: str
-    principal_id: str | None
-    action: str
-    method: str
-    url: str
-    host: str
-    caller: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,28 +68,8 @@ class Decision:
     policy_version: int | None = None
     code: str | None = None
     charges: tuple[Charge, ...] = ()
-
-
-Rule = Callable[[PolicyRequest], Decision | None]
-
-
-class PolicyEngine:
-    """Evaluates rules in order; the first rule with an opinion decides, else allow."""
-
-    def __init__(self, rules: list[Rule] | None = None) -> None:
-        self.rules: list[Rule] = list(rules or [])
-
-    def evaluate(self, request: PolicyRequest) -> Decision:
-        try:
-            for rule in self.rules:
-                decision = rule(request)
-                if decision is not None:
-                    return decision
-            return Decision(allowed=True, reason="no_rule_matched_default_allow")
-        except Exception:
-            # Fail closed: a broken rule must never release a credential.
-            log.exception("policy evaluation failed", extra={"grant_id": request.grant_id})
-            return Decision(allowed=False, reason="policy_evaluation_error")
+    #: ``(name, version)`` of every policy that applied to an allowed call, for the audit row.
+    applied: tuple[tuple[str, int], ...] = ()
 
 
 def _failed(policy: CompiledPolicy, rule: str, reason: str) -> Decision:
@@ -167,12 +128,34 @@ def evaluate(policies: Sequence[CompiledPolicy], facts: Facts) -> Decision:
     allow carrying the counter charges the storage layer must apply before the call proceeds.
     """
     charges: list[Charge] = []
-    applied: list[str] = []
+    applied: list[tuple[str, int]] = []
     for policy in policies:
         outcome = _judge(policy, facts, charges)
         if isinstance(outcome, Decision):
             return outcome
         if outcome:
-            applied.append(policy.name)
-    reason = f"allowed by {', '.join(applied)}" if applied else "no_policy_applies"
-    return Decision(allowed=True, reason=reason, charges=tuple(charges))
+            applied.append((policy.name, policy.version))
+    reason = f"allowed by {', '.join(n for n, _ in applied)}" if applied else "no_policy_applies"
+    return Decision(allowed=True, reason=reason, charges=tuple(charges), applied=tuple(applied))
+
+
+def decide(entry: AppPolicies, facts: Facts) -> Decision:
+    """The decision for one call: a broken policy refuses everything (it might have applied),
+    else :func:`~grantvault_server.policy.engine.evaluate`."""
+    if entry.broken:
+        bad = entry.broken[0]
+        return Decision(
+            allowed=False,
+            reason=(
+                f"policy {bad.name} (version {bad.version}) cannot be evaluated: its stored "
+                "document is unreadable; store it again with `grantvault policies put` or "
+                "delete it"
+            ),
+            matched_rule="document",
+            policy=bad.name,
+            policy_version=bad.version,
+            code=POLICY_EVALUATION_FAILED,
+        )
+    if not entry.compiled:
+        return Decision(allowed=True, reason="no_policy_applies")
+    return evaluate(entry.compiled, facts)

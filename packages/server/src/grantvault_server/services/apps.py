@@ -34,6 +34,10 @@ class App:
     id: str
     name: str
     created_at: datetime
+    #: The app's ``policy_generation`` as read with the caller's key (``None``: not read,
+    #: so ``services.policies`` reads it itself). Tells a replica whether its compiled
+    #: policies of the app are current without another query.
+    policy_generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ async def find_app(conn: Conn, name_or_id: str) -> App:
     ).first()
     if row is None:
         raise NotFound("app", name_or_id, hint="See `grantvault apps list`.")
-    return App(row.id, row.name, row.created_at)
+    return App(row.id, row.name, row.created_at, row.policy_generation)
 
 
 async def get_app(vault: Vault, name_or_id: str) -> App:
@@ -311,6 +315,7 @@ _KEY_BY_HASH = PreparedRead(
         api_keys.c.grace_expires_at,
         api_keys.c.last_used_at,
         apps.c.name,
+        apps.c.policy_generation,
     )
     .join(apps, apps.c.id == api_keys.c.app_id)
     .where(api_keys.c.key_hash == sa.bindparam("key_hash"))
@@ -336,4 +341,5 @@ async def lookup_key(vault: Vault, presented: str) -> KeyRecord | None:
         revoked_at=row.revoked_at,
         grace_expires_at=row.grace_expires_at,
         last_used_at=row.last_used_at,
+        policy_generation=row.policy_generation,
     )

@@ -30,7 +30,9 @@ from grantvault_server.audit.chain import AuditChain, AuditRecord
 from grantvault_server.audit.events import Outcome
 from grantvault_server.auth.api_keys import key_state_error
 from grantvault_server.errors import VaultError
+from grantvault_server.policy.compile import Charge
 from grantvault_server.services.last_used import TOUCH_GRANT, TOUCH_KEY
+from grantvault_server.services.policy_counters import apply_charges
 from grantvault_server.services.vault_time import utcnow
 from grantvault_server.storage.db import Conn, Database
 from grantvault_server.storage.tables import api_keys, grants, request_nonces
@@ -48,6 +50,8 @@ class RetrievalWrite:
     touch_grant: str | None = None
     touch_key: bool = False
     used_at: datetime | None = None
+    #: Policy quota and rate-limit charges, applied in the same transaction (all or none).
+    charges: tuple[Charge, ...] = ()
 
 
 class Replayed(Exception):
@@ -157,7 +161,9 @@ class RetrievalWriter:
             outcomes: list[Outcome_] = [None if ok else Replayed() for ok in fresh]
             live = [i for i, o in enumerate(outcomes) if o is None]
             if live:
-                await self._recheck(conn, writes, outcomes, live, self.now())
+                now = self.now()
+                await self._recheck(conn, writes, outcomes, live, now)
+                await self._charge(conn, writes, outcomes, live, now)
                 records = [
                     writes[i].record
                     if outcomes[i] is None
@@ -165,7 +171,10 @@ class RetrievalWriter:
                         writes[i].record,
                         outcome=Outcome.DENIED,
                         reason=getattr(outcomes[i], "code", "refused"),
-                        details={"error": str(getattr(outcomes[i], "code", "refused"))},
+                        details={
+                            "error": str(getattr(outcomes[i], "code", "refused")),
+                            **_policy_fields(outcomes[i]),
+                        },
                     )
                     for i in live
                 ]
@@ -226,6 +235,24 @@ class RetrievalWriter:
                 )
 
     @staticmethod
+    async def _charge(
+        conn: Conn,
+        writes: list[RetrievalWrite],
+        outcomes: list[Outcome_],
+        live: list[int],
+        now: datetime,
+    ) -> None:
+        """Apply the policy counters of the calls still allowed (after the grant and key
+        re-check, so a refused call is never charged); a used-up counter refuses its call."""
+        charged = [i for i in live if outcomes[i] is None and writes[i].charges]
+        if not charged:
+            return
+        results = await apply_charges(conn, [writes[i].charges for i in charged], now)
+        for i, refusal in zip(charged, results, strict=True):
+            if refusal is not None:
+                outcomes[i] = refusal
+
+    @staticmethod
     async def _claim(conn: Conn, writes: list[RetrievalWrite]) -> list[bool]:
         rows = [
             {"key_id": w.key_id, "nonce": w.nonce, "expires_at": w.nonce_expires_at} for w in writes
@@ -242,6 +269,12 @@ class RetrievalWriter:
             outcomes.append(key in inserted)
             inserted.discard(key)  # a second claimant of the same nonce in this batch loses
         return outcomes
+
+
+def _policy_fields(outcome: Outcome_) -> dict[str, Any]:
+    """The policy, version and rule of a quota or rate-limit refusal, for its audit row."""
+    extra = getattr(outcome, "extra", None) or {}
+    return {k: extra[k] for k in ("policy", "policy_version", "rule") if k in extra}
 
 
 def nonce_expiry(now: datetime, skew_seconds: int) -> datetime:

@@ -1,9 +1,10 @@
 """Credential retrieval (``POST /sdk/token``): the hot path and the most audited one.
 
 Order matters: resolve the grant, check its status and expiry, check the destination
-against the secret's allowed hosts, ask the policy engine, and only then decrypt. Every
-outcome, allowed or denied, writes an audit row; if that row cannot be written, no token
-leaves the vault.
+against the secret's allowed hosts, judge the app's policies (``services.policies``), and
+only then decrypt. Every outcome, allowed or denied, writes an audit row; if that row cannot
+be written, no token leaves the vault. Quota and rate-limit charges are applied in the same
+write transaction as that row, so a call is counted exactly when its token is released.
 """
 
 from __future__ import annotations
@@ -23,15 +24,22 @@ from grantvault_server.audit.redact import redact_url
 from grantvault_server.crypto.barrier import BarrierError, CorruptCiphertext
 from grantvault_server.errors import NotFound, VaultError
 from grantvault_server.identity.claims import Identity
-from grantvault_server.policy.engine import Decision, PolicyRequest
+from grantvault_server.policy.cache import AppPolicies
+from grantvault_server.policy.engine import Decision, decide
+from grantvault_server.policy.facts import Facts
 from grantvault_server.providers.hosts import check_destination
-from grantvault_server.services import oauth_providers as oauth_configs, oauth_tokens
+from grantvault_server.services import (
+    oauth_providers as oauth_configs,
+    oauth_tokens,
+    policies as policy_service,
+)
 from grantvault_server.services.apps import App
 from grantvault_server.services.grants import grant_status, principal_label, scope_mismatch_open
 from grantvault_server.services.group_commit import Replayed, RetrievalWrite, nonce_expiry
 from grantvault_server.services.identity.service import resolve_user
 from grantvault_server.services.last_used import TOUCH_GRANT, needs_touch
 from grantvault_server.services.nonces import claim_nonce_in
+from grantvault_server.services.policy_counters import apply_charges
 from grantvault_server.services.secrets import credential_aad, token_fields
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import Clock
@@ -53,6 +61,9 @@ class TokenRequest:
     account: str | None = None
     reason: str | None = None
     user_token: str | None = None
+    #: The calling app server's address: the socket peer, or the X-Forwarded-For entry a
+    #: trusted proxy added (``GRANTVAULT_TRUSTED_PROXIES``); a policy's ``ip_allow`` fact.
+    caller_ip: str | None = None
 
 
 def _credential_for_grant() -> sa.ColumnElement[Any]:
@@ -305,7 +316,12 @@ async def retrieve(
             cfg = None
             if row.kind == "oauth":
                 cfg = await oauth_configs.get_config_by_id(conn, app.id, row.oauth_provider_id)
-            decision = _authorize(vault, app, actor, req, row, cfg)
+            # The app's compiled policies: a dictionary read while they are unchanged, a
+            # load (inside this read) on the first call after a change on any replica.
+            entry = vault.policies.current(app.id, app.policy_generation)
+            if entry is None:
+                entry = await policy_service.reload(vault, conn, app.id)
+            decision = _authorize(vault, app, req, row, cfg, entry, identity, now)
             if cfg is None:
                 _check_credential_set(row)
                 try:
@@ -327,14 +343,21 @@ async def retrieve(
     record = _success_record(audit, row, decision, generation)
     stale = needs_touch(row.last_used_at, now)
     if nonce is None:
+        refusal = None
         async with vault.db.write() as conn:
-            await vault.audit.append(conn, [record])
-            if stale:
-                await conn.execute(TOUCH_GRANT, {"gid": row.id, "used_at": now})
+            if decision.charges:
+                [refusal] = await apply_charges(conn, [decision.charges], now)
+            if refusal is None:
+                await vault.audit.append(conn, [record])
+                if stale:
+                    await conn.execute(TOUCH_GRANT, {"gid": row.id, "used_at": now})
+        if refusal is not None:
+            await _audit_denial(vault, audit, row, refusal, None)
+            raise refusal
     else:
         try:
             await vault.retrieval_writer.commit(
-                _retrieval_write(vault, row, nonce, record, stale, now)
+                _retrieval_write(vault, row, nonce, record, stale, now, decision)
             )
         except Replayed:
             raise replayed_error() from None
@@ -376,16 +399,18 @@ def _check_status(row: Any, now: datetime) -> None:
 def _authorize(
     vault: Vault,
     app: App,
-    actor: dict[str, Any],
     req: TokenRequest,
     row: Any,
     cfg: oauth_configs.ProviderConfig | None,
+    entry: AppPolicies,
+    identity: Identity | None,
+    now: datetime,
 ) -> Decision:
-    """The destination must be one of the grant's hosts, then the policy engine decides.
+    """The destination must be one of the grant's hosts, then the app's policies decide.
 
     An OAuth grant's hosts come from its provider (or the API origin named at connect
-    time); a managed secret's are its own. Refusals raise; the allowing decision is kept
-    for the audit row.
+    time); a managed secret's are its own. Refusals raise; the allowing decision (with the
+    counter charges the write must apply) is kept for the audit row.
     """
     if cfg is not None:
         allowed_hosts = oauth_configs.api_hosts(cfg, row.api_base_url)
@@ -394,27 +419,44 @@ def _authorize(
     host = check_destination(
         req.url, allowed_hosts, allow_http_hosts=vault.settings.allow_http_hosts
     )
-    decision = vault.policy.evaluate(
-        PolicyRequest(
-            app_id=app.id,
-            grant_id=row.id,
-            provider_id=row.slug,
-            principal_type=row.principal_type,
-            principal_id=row.principal_id,
-            action="credential.retrieve",
-            method=req.method,
-            url=req.url,
-            host=host,
-            caller=actor.get("caller"),
-        )
-    )
+    del host  # checked; policies see the whole URL
+    if not entry.compiled and not entry.broken:
+        return _NO_POLICY
+    decision = decide(entry, _facts(app, req, row, identity, now))
     if not decision.allowed:
-        raise VaultError(
-            ErrorCode.POLICY_DENIED,
-            "A policy denies this use of the grant.",
-            policy_error=decision.reason,
-        )
+        raise policy_service.denial_error(decision)
     return decision
+
+
+_NO_POLICY = Decision(allowed=True, reason="no_policy_applies")
+
+
+def _facts(
+    app: App, req: TokenRequest, row: Any, identity: Identity | None, now: datetime
+) -> Facts:
+    """What the policies judge: the grant, its principal, the end user and groups from the
+    verified user token (a user grant named by id without a token still has its owner as
+    the end user, but no groups), the caller's address, the request and the vault's time."""
+    if identity is not None:
+        end_user: str | None = identity.subject
+        groups: frozenset[str] | None = identity.groups
+    else:
+        end_user = row.principal_id if row.principal_type == "user" else None
+        groups = None
+    return Facts(
+        app_id=app.id,
+        grant_id=row.id,
+        kind="oauth" if row.kind == "oauth" else "managed_secret",
+        credential=row.slug,
+        principal_type=row.principal_type,
+        principal_id=row.principal_id,
+        method=req.method,
+        url=req.url,
+        at=now,
+        end_user_id=end_user,
+        groups=groups,
+        caller_ip=policy_service.caller_address(req.caller_ip),
+    )
 
 
 def _check_credential_set(row: Any) -> None:
@@ -470,7 +512,13 @@ def _success_record(
         principal=principal_label(row.principal_type, row.principal_id),
         grant_id=row.id,
         provider_id=row.slug,
-        details={"policy": decision.reason, "token_generation": generation},
+        details={
+            "policy": decision.reason,
+            "policies": [{"name": n, "version": v} for n, v in decision.applied],
+            "token_generation": generation,
+        }
+        if decision.applied
+        else {"policy": decision.reason, "token_generation": generation},
         **audit,
     )
 
@@ -482,6 +530,7 @@ def _retrieval_write(
     record: AuditRecord,
     stale: bool,
     now: datetime,
+    decision: Decision,
 ) -> RetrievalWrite:
     """The group-committed write of a signed retrieval: the nonce claim, the audit row and
     the last-used touches land in one transaction (see ``services.group_commit``)."""
@@ -494,6 +543,7 @@ def _retrieval_write(
         touch_grant=row.id if stale else None,
         touch_key=needs_touch(nonce.key_last_used_at, now),
         used_at=now,
+        charges=decision.charges,
     )
 
 
@@ -538,6 +588,11 @@ async def credential_strings(vault: Vault, conn: Conn, app: App, grant_id: str) 
     return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
 
 
+def policy_details(error: VaultError) -> dict[str, Any]:
+    """The policy, version and rule behind a policy refusal, for its audit row."""
+    return {k: error.extra[k] for k in ("policy", "policy_version", "rule") if k in error.extra}
+
+
 def replayed_error() -> VaultError:
     return VaultError(
         ErrorCode.REPLAYED_REQUEST, "This request was already received (nonce reused)."
@@ -566,7 +621,11 @@ async def _audit_denial(
                         else None,
                         grant_id=row.id if row is not None else None,
                         provider_id=row.slug if row is not None else None,
-                        details={"error": denial.code.value, "caller_reason": audit["reason"]},
+                        details={
+                            "error": denial.code.value,
+                            "caller_reason": audit["reason"],
+                            **policy_details(denial),
+                        },
                         **{**audit, "reason": denial.code.value},
                     )
                 ],

@@ -16,7 +16,7 @@ from grantvault_server.crypto.barrier import Barrier, BarrierError, MasterKey
 from grantvault_server.identity.state import IdentityState
 from grantvault_server.oauth.client import OAuthClient
 from grantvault_server.outbound.http import OutboundClient
-from grantvault_server.policy.engine import PolicyEngine
+from grantvault_server.policy.cache import PolicyCache
 from grantvault_server.providers.catalog import load_templates
 from grantvault_server.providers.schema import InjectionSpec, SecretTemplate
 from grantvault_server.services.group_commit import RetrievalWriter
@@ -37,7 +37,8 @@ class Vault:
     barrier: Barrier
     templates: dict[str, SecretTemplate]
     audit: AuditChain = field(default_factory=lambda: AuditChain(b""))
-    policy: PolicyEngine = field(default_factory=PolicyEngine)
+    #: Compiled policies per app (``services.policies``), invalidated by generation.
+    policies: PolicyCache = field(default_factory=PolicyCache)
     key_generated: bool = False
     _specs: dict[str, InjectionSpec] = field(default_factory=dict, repr=False)
     _writer: RetrievalWriter | None = field(default=None, repr=False)

@@ -62,6 +62,10 @@ apps = sa.Table(
     _id(),
     sa.Column("name", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # Bumped in the transaction that changes any of the app's policies. The key lookup every
+    # signed request makes reads it, so each replica knows at once when its compiled policies
+    # are stale (services.policies), without a second query on the hot path.
+    sa.Column("policy_generation", sa.Integer, nullable=False, server_default="0"),
 )
 
 api_keys = sa.Table(
@@ -509,6 +513,63 @@ idp_webhook_deliveries = sa.Table(
     sa.Column("delivery_id", sa.String(128), primary_key=True),
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+
+# Operator-written policies (issue 11; policy/ and services/policies.py). The live version of
+# each policy; documents are not secret, so they are stored as JSON, and re-validated when a
+# replica compiles them: a row that no longer validates denies every retrieval of its app.
+policies = sa.Table(
+    "policies",
+    metadata,
+    _id(),
+    _app_fk(),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("document", sa.JSON(), nullable=False),
+    # The text as the operator wrote it (YAML comments and all), shown by `policies show`.
+    sa.Column("source", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("app_id", "name"),
+)
+
+# Every version ever stored, kept after a delete: an audit row names (policy, version), and
+# this is where that version's text can still be read. Versions of a name never restart.
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column(
+        "app_id",
+        sa.String(36),
+        sa.ForeignKey("apps.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("policy_id", sa.String(36), nullable=False),
+    # NULL for the row that records a deletion.
+    sa.Column("document", sa.JSON(), nullable=True),
+    sa.Column("source", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("actor", sa.JSON(), nullable=True),
+)
+
+# Quota and rate-limit counters, shared by every replica (decision 0011). One row per counter
+# and window; ``counter`` is a digest of (policy name, rule, per, subject, window start).
+policy_counters = sa.Table(
+    "policy_counters",
+    metadata,
+    sa.Column(
+        "app_id",
+        sa.String(36),
+        sa.ForeignKey("apps.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("counter", sa.String(64), primary_key=True),
+    sa.Column("window_start", UTCDateTime(), nullable=False),
+    sa.Column("window_end", UTCDateTime(), nullable=False, index=True),
+    sa.Column("count", sa.Integer, nullable=False),
 )
 
 

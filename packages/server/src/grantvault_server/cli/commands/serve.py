@@ -64,8 +64,9 @@ def serve(
                 # drops an idle connection first, so no request is sent on one the server is
                 # closing at that moment (it would get no answer).
                 timeout_keep_alive=settings.keep_alive_seconds,
-                # Whose X-Forwarded-For names the client: the address the per-IP limits use.
-                forwarded_allow_ips=settings.trusted_proxies,
+                # X-Forwarded-For is applied by the app itself (app._install_middleware, with
+                # GRANTVAULT_TRUSTED_PROXIES), so tests and servers share one rule.
+                proxy_headers=False,
             )
             await uvicorn.Server(config).serve(sockets=[sock])
         finally:
