@@ -40,7 +40,7 @@ CASES: list[tuple[int, str, type[ex.AlterSDKError]]] = [
     (403, "scope_mismatch", ex.ScopeReauthRequiredError),
     (403, "step_up_required", ex.StepUpRequiredError),
     (403, "redact_discharge_failed", ex.RedactDischargeFailedError),
-    (403, "policy_denied", ex.PolicyViolationError),
+    (403, "policy_violation", ex.PolicyViolationError),
     (404, "grant_not_found", ex.GrantNotFoundError),
     (404, "no_delegated_grant", ex.NoDelegatedGrantError),
     (404, "agent_not_found", ex.AgentNotFoundError),

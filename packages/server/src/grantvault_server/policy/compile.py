@@ -23,7 +23,12 @@ from grantvault_server.policy.document import (
     validate_name,
 )
 from grantvault_server.policy.facts import Facts, MissingFact
-from grantvault_server.policy.paths import PathPattern, compile_pattern, normalise_path
+from grantvault_server.policy.paths import (
+    NormalisedPath,
+    PathPattern,
+    compile_pattern,
+    normalise_path,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DAY_LABELS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -104,16 +109,39 @@ class TimeWindowRule:
     zone: zoneinfo.ZoneInfo
     windows: tuple[CompiledWindow, ...]
 
-    def allows(self, at: datetime) -> bool:
+    def allows(self, facts: Facts) -> bool:
         """Local wall time in the policy's zone, so DST changes never shift a window."""
-        if at.tzinfo is None or at.utcoffset() is None:
-            raise MissingFact("time (a timezone-aware call time)")
-        local = at.astimezone(self.zone)
-        second = local.hour * 3600 + local.minute * 60 + local.second
-        return any(w.contains(local.weekday(), second) for w in self.windows)
+        weekday, second = _local(facts, self.zone)
+        return any(w.contains(weekday, second) for w in self.windows)
 
     def describe(self) -> str:
         return "; ".join(w.describe() for w in self.windows) + f" {self.zone.key}"
+
+
+def _local(facts: Facts, zone: zoneinfo.ZoneInfo) -> tuple[int, int]:
+    """The call's weekday and second of the day in ``zone``, once per call and zone."""
+    key = ("local", zone.key)
+    found: tuple[int, int] | None = facts.memo.get(key)
+    if found is None:
+        at = facts.at
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise MissingFact("time (a timezone-aware call time)")
+        local = at.astimezone(zone)
+        found = facts.memo[key] = (
+            local.weekday(),
+            local.hour * 3600 + local.minute * 60 + local.second,
+        )
+    return found
+
+
+def _path(facts: Facts) -> NormalisedPath:
+    """The destination's normalised path, once per call."""
+    found: NormalisedPath | None = facts.memo.get("path")
+    if found is None:
+        if not facts.url:
+            raise MissingFact("destination URL")
+        found = facts.memo["path"] = normalise_path(facts.url)
+    return found
 
 
 def _window_start(at: datetime, window: str) -> tuple[datetime, datetime]:
@@ -180,8 +208,14 @@ Check = Callable[[Facts], str | None]
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
+    """One rule of a policy. ``key`` identifies its condition apart from the policy's name
+    (two policies with the same office network share it): once a condition held for a
+    call, the evaluator skips its copies in later policies (``Facts.memo``). Only a rule
+    that held is remembered; a denial ends the evaluation anyway."""
+
     name: str
     check: Check
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +260,7 @@ class CompiledPolicy:
 
 def _time_check(policy_name: str, rule: TimeWindowRule) -> Check:
     def check(facts: Facts) -> str | None:
-        if rule.allows(facts.at):
+        if rule.allows(facts):
             return None
         return f"outside {policy_name}: allowed {rule.describe()}"
 
@@ -279,15 +313,19 @@ def _methods_check(policy_name: str, methods: frozenset[str], texts: list[str]) 
 
 def _paths_check(policy_name: str, patterns: tuple[PathPattern, ...]) -> Check:
     def check(facts: Facts) -> str | None:
-        if not facts.url:
-            raise MissingFact("destination URL")
-        path = normalise_path(facts.url)
+        path = _path(facts)
         if any(p.matches(path) for p in patterns):
             return None
         allowed = ", ".join(p.text for p in patterns)
         return f"path {path.text} is not allowed by {policy_name} (allowed: {allowed})"
 
     return check
+
+
+def _key(*parts: str) -> str:
+    """A rule's condition as one string: its hash is computed once and cached by Python (a
+    tuple of networks or windows would be hashed again on every lookup)."""
+    return "\x1f".join(parts)
 
 
 def _counter(rule: str, spec: Quota | RateLimit) -> CounterRule:
@@ -313,17 +351,35 @@ def compile_policy(name: str, version: int, document: PolicyDocument) -> Compile
             for w in r.time_windows.windows
         )
         tw = TimeWindowRule(zoneinfo.ZoneInfo(r.time_windows.timezone), windows)
-        rules.append(CompiledRule("time_windows", _time_check(name, tw)))
+        rules.append(
+            CompiledRule(
+                "time_windows",
+                _time_check(name, tw),
+                _key("time", tw.zone.key, *map(repr, windows)),
+            )
+        )
     if r.ip_allow is not None:
         nets = tuple(parse_network(text) for text in r.ip_allow)
-        rules.append(CompiledRule("ip_allow", _ip_check(name, nets, r.ip_allow)))
+        rules.append(
+            CompiledRule("ip_allow", _ip_check(name, nets, r.ip_allow), _key("ip", *map(str, nets)))
+        )
     if r.groups_any is not None:
-        rules.append(CompiledRule("groups_any", _groups_check(name, frozenset(r.groups_any))))
+        wanted = frozenset(r.groups_any)
+        rules.append(
+            CompiledRule("groups_any", _groups_check(name, wanted), _key("groups", *sorted(wanted)))
+        )
     if r.methods is not None:
-        rules.append(CompiledRule("methods", _methods_check(name, frozenset(r.methods), r.methods)))
+        methods = frozenset(r.methods)
+        rules.append(
+            CompiledRule(
+                "methods",
+                _methods_check(name, methods, r.methods),
+                _key("methods", *sorted(methods)),
+            )
+        )
     if r.paths is not None:
         patterns = tuple(compile_pattern(text) for text in r.paths)
-        rules.append(CompiledRule("paths", _paths_check(name, patterns)))
+        rules.append(CompiledRule("paths", _paths_check(name, patterns), _key("paths", *r.paths)))
     counters = tuple(
         _counter(rule, spec)
         for rule, spec in (("quota", r.quota), ("rate_limit", r.rate_limit))

@@ -89,18 +89,25 @@ def _judge(policy: CompiledPolicy, facts: Facts, charges: list[Charge]) -> Decis
     try:
         if not policy.applies(facts):
             return False
+        held = facts.memo
         for rule in policy.rules:
+            key = rule.key
+            if key is not None and key in held:
+                continue  # the same condition already held for this call
             step = rule.name
             reason = rule.check(facts)
-            if reason is not None:
-                return Decision(
-                    allowed=False,
-                    reason=reason,
-                    matched_rule=rule.name,
-                    policy=policy.name,
-                    policy_version=policy.version,
-                    code=POLICY_VIOLATION,
-                )
+            if reason is None:
+                if key is not None:
+                    held[key] = True
+                continue
+            return Decision(
+                allowed=False,
+                reason=reason,
+                matched_rule=rule.name,
+                policy=policy.name,
+                policy_version=policy.version,
+                code=POLICY_VIOLATION,
+            )
         for counter in policy.counters:
             step = counter.rule
             charges.append(counter.charge(policy, facts))
