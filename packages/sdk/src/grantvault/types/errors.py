@@ -61,6 +61,17 @@ class ErrorCode(StrEnum):
     IDP_DISCOVERY_FAILED = "idp_discovery_failed"
     IDP_MAPPINGS_LOCKED = "idp_mappings_locked"
     IDP_UNAVAILABLE = "idp_unavailable"
+    # Operators and the admin API (/admin/v1, the portal).
+    #: No valid operator session or token (missing, unknown, expired, revoked).
+    INVALID_TOKEN = "invalid_token"
+    #: The operator's role (or app scope) does not allow this action.
+    FORBIDDEN = "forbidden"
+    #: Wrong name, password or second factor (never says which).
+    LOGIN_FAILED = "login_failed"
+    #: Too many failed sign-ins: the account or address waits (Retry-After) or an owner unlocks.
+    ACCOUNT_LOCKED = "account_locked"
+    #: Something with that name already exists.
+    ALREADY_EXISTS = "already_exists"
     # Generic request problems.
     INVALID_REQUEST = "invalid_request"
     CONSTRAINTS_UNSUPPORTED = "constraints_unsupported"
@@ -124,6 +135,11 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.IDP_MAPPINGS_LOCKED: 409,
     # 503: the SDK retries; an unreachable IdP is not the user's bad token.
     ErrorCode.IDP_UNAVAILABLE: 503,
+    ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.LOGIN_FAILED: 401,
+    ErrorCode.ACCOUNT_LOCKED: 429,
+    ErrorCode.ALREADY_EXISTS: 409,
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.CONSTRAINTS_UNSUPPORTED: 400,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,

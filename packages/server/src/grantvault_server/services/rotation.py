@@ -51,7 +51,7 @@ from grantvault_server.crypto.barrier import (
 from grantvault_server.services.vault import Vault, operator_actor
 from grantvault_server.storage.db import Conn
 from grantvault_server.storage.sql import for_update
-from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, data_keys, keyring_state
+from grantvault_server.storage.tables import ENCRYPTED_COLUMNS, NO_APP, data_keys, keyring_state
 
 Progress = Callable[[str, int], None]
 
@@ -141,7 +141,11 @@ async def reencrypt_batch(
         key = table.c[column.key]
         rows = (
             await conn.execute(
-                sa.select(key.label("id"), table.c.app_id, col)
+                sa.select(
+                    key.label("id"),
+                    (table.c[column.app] if column.app else sa.literal(NO_APP)).label("app_id"),
+                    col,
+                )
                 .where(sa.func.substr(col, 2, 4) != term_bytes)
                 .limit(batch - converted)
             )

@@ -573,6 +573,82 @@ policy_counters = sa.Table(
 )
 
 
+# Operators (issue 12): the people who run the vault, apart from the apps' end users.
+operators = sa.Table(
+    "operators",
+    metadata,
+    _id(),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    # owner | admin | auditor
+    sa.Column("role", sa.String(16), nullable=False),
+    # App ids an admin or auditor is limited to; NULL: every app.
+    sa.Column("apps", sa.JSON(), nullable=True),
+    # Argon2id (PHC string); NULL for an operator who signs in only through single sign-on.
+    sa.Column("password_hash", sa.String(255), nullable=True),
+    sa.Column("totp_secret_ct", sa.LargeBinary, nullable=True),
+    sa.Column("totp_enabled_at", UTCDateTime(), nullable=True),
+    # SHA-256 of each unused recovery code.
+    sa.Column("recovery_codes", sa.JSON(), nullable=True),
+    # "<issuer> <subject>" of the operator's single sign-on identity.
+    sa.Column("sso_subject", sa.String(600), nullable=True, unique=True),
+    sa.Column("failed_logins", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("locked_until", UTCDateTime(), nullable=True),
+    sa.Column("disabled_at", UTCDateTime(), nullable=True),
+    # Sessions and tokens issued before this instant are dead ("sign out everywhere").
+    sa.Column("sessions_valid_after", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_login_at", UTCDateTime(), nullable=True),
+)
+
+# Personal API tokens (gvat_...): stored as SHA-256 only, like app API keys.
+operator_tokens = sa.Table(
+    "operator_tokens",
+    metadata,
+    _id(),
+    sa.Column(
+        "operator_id",
+        sa.String(36),
+        sa.ForeignKey("operators.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("token_prefix", sa.String(16), nullable=False),
+    # A token may carry less than its operator: a lower role, fewer apps.
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("apps", sa.JSON(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("last_used_at", UTCDateTime(), nullable=True),
+)
+
+# Portal sessions: the cookie holds a random id; only its SHA-256 is stored.
+operator_sessions = sa.Table(
+    "operator_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "operator_id",
+        sa.String(36),
+        sa.ForeignKey("operators.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    # Password checked but the second factor not yet: only the TOTP step is allowed.
+    sa.Column("pending_mfa", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+
+#: What the AAD of a ciphertext that belongs to no app names in the app's place.
+NO_APP = "-"
+
+
 @dataclass(frozen=True)
 class EncryptedColumn:
     """A column holding barrier ciphertext; the re-encryption pass walks every one of these."""
@@ -581,6 +657,9 @@ class EncryptedColumn:
     column: str
     #: The row id bound into the ciphertext's AAD.
     key: str = "id"
+    #: The column naming the app bound into the AAD; ``None`` for rows that belong to no
+    #: app (operators), which bind :data:`NO_APP` instead.
+    app: str | None = "app_id"
 
     @property
     def name(self) -> str:
@@ -600,4 +679,6 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn(identity_providers, "webhook_secret_ct"),
     EncryptedColumn(auth_sessions, "verifier_ct"),
     EncryptedColumn(auth_sessions, "user_token_ct"),
+    # operators
+    EncryptedColumn(operators, "totp_secret_ct", app=None),
 )
