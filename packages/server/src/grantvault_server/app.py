@@ -21,6 +21,7 @@ from grantvault import __version__
 from grantvault.types.errors import ErrorCode
 from grantvault_server.admission import AdmissionGate, AdmissionMiddleware
 from grantvault_server.api import (
+    admin as admin_api,
     errors,
     identity as identity_api,
     ops,
@@ -242,6 +243,7 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(identity_api.router)
     # After the served routes: these paths answer 501 (see api.unimplemented).
     app.include_router(unimplemented.router)
+    app.include_router(admin_api.build_router())
     mount_pages(app)
     app.include_router(ops.router)
 

@@ -6,10 +6,8 @@ from typing import Annotated
 
 import typer
 
-from grantvault_server.cli._common import JsonOpt, emit, out, run, table, with_vault
-from grantvault_server.services import apps as app_service
-from grantvault_server.services.vault import operator_actor
-from grantvault_server.timefmt import iso
+from grantvault_server.cli._common import JsonOpt, emit, out, table
+from grantvault_server.cli._invoke import call
 
 apps_cli = typer.Typer(help="Apps: the tenant boundary.", no_args_is_help=True)
 
@@ -20,31 +18,25 @@ def apps_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an app."""
-    app = run(with_vault(lambda v: app_service.register_app(v, name, operator_actor())))
-    data = {"app_id": app.id, "name": app.name}
+    data = call("apps.create", name=name)
     if as_json:
         emit(data)
     else:
         out.print(
-            f"Created app [bold]{app.name}[/] ({app.id}). Next: grantvault keys create --app {app.name}"
+            f"Created app [bold]{data['name']}[/] ({data['app_id']}). "
+            f"Next: grantvault keys create --app {data['name']}"
         )
 
 
 @apps_cli.command("list")
 def apps_list(as_json: JsonOpt = False) -> None:
     """List apps."""
-    items = run(with_vault(app_service.list_apps))
+    data = call("apps.list")
     if as_json:
-        emit(
-            {
-                "apps": [
-                    {"app_id": a.id, "name": a.name, "created_at": iso(a.created_at)} for a in items
-                ]
-            }
-        )
+        emit(data)
     else:
         table(
             "Apps",
             ["name", "app_id", "created"],
-            [[a.name, a.id, a.created_at.isoformat()] for a in items],
+            [[a["name"], a["app_id"], a["created_at"]] for a in data["apps"]],
         )

@@ -1,0 +1,1 @@
+"""Administrative operations shared by the admin API and the CLI (see ``registry``)."""
