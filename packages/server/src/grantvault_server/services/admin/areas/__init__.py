@@ -1,5 +1,15 @@
-"""One module per area of administration; importing this package registers every operation."""
+"""One module per area of administration; importing this package registers every operation.
 
-from grantvault_server.services.admin.areas import apps, keys
+Modules are found, not listed, so adding an area is adding a file.
+"""
 
-MODULES = (apps, keys)
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+MODULES: tuple[ModuleType, ...] = tuple(
+    importlib.import_module(f"{__name__}.{info.name}")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+)
