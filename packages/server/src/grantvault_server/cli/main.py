@@ -21,6 +21,7 @@ from grantvault_server.cli.commands.grants import grants_cli
 from grantvault_server.cli.commands.idp import idp_cli
 from grantvault_server.cli.commands.keys import keys_cli
 from grantvault_server.cli.commands.master_key import master_key_cli
+from grantvault_server.cli.commands.policies import policies_cli
 from grantvault_server.cli.commands.providers import providers_cli
 from grantvault_server.cli.commands.secrets import secrets_cli
 from grantvault_server.cli.commands.serve import serve
@@ -61,6 +62,7 @@ for sub, name in (
     (keys_cli, "keys"),
     (secrets_cli, "secrets"),
     (grants_cli, "grants"),
+    (policies_cli, "policies"),
     (providers_cli, "providers"),
     (idp_cli, "idp"),
     (users_cli, "users"),

@@ -16,9 +16,11 @@ from grantvault_server.cli._common import (
     table,
     with_vault,
 )
+from grantvault_server.policy.cache import AppPolicies
 from grantvault_server.services import (
     apps as app_service,
     grants as grant_service,
+    policies as policy_service,
     secrets as secret_service,
 )
 from grantvault_server.services.vault import Vault, operator_actor
@@ -83,13 +85,24 @@ def grants_list(
     offset: int = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """List an app's grants."""
+    """List an app's grants, with the policies that apply to each.
+
+    A policy marked "(groups)" applies only to calls whose end user is in one of its
+    applies_to.groups; one marked "(unreadable)" refuses every call of the app until it is
+    stored again or deleted.
+    """
 
     async def action(vault: Vault) -> dict[str, Any]:
         target = await app_service.get_app(vault, app)
-        return await grant_service.list_grants(
+        result = await grant_service.list_grants(
             vault, target, provider=secret, status=status, limit=limit, offset=offset
         )
+        # The app's policies once for the whole page (none read if it never had one).
+        async with vault.db.read() as conn:
+            entry = await policy_service.for_app(vault, conn, target)
+        for g in result["grants"]:
+            g["policies"] = _applying(g, entry)
+        return result
 
     result = run(with_vault(action))
     if as_json:
@@ -106,6 +119,7 @@ def grants_list(
                 "expires",
                 "last used",
                 "scope mismatch",
+                "policies",
             ],
             [
                 [
@@ -119,10 +133,41 @@ def grants_list(
                     # The client reported a provider refusal for a missing scope (and the
                     # grant has not been reconnected with it since): when.
                     g["scope_mismatch_at"] if g["scope_mismatch"] else None,
+                    ", ".join(_policy_label(p) for p in g["policies"]),
                 ]
                 for g in result["grants"]
             ],
         )
+
+
+def _applying(grant: dict[str, Any], entry: AppPolicies) -> list[dict[str, Any]]:
+    """The policies that govern a grant's calls, in evaluation order (by name).
+
+    ``conditional``: only when the call's end user is in the policy's ``applies_to.groups``.
+    ``broken``: a stored policy that no longer compiles; it refuses every call of the app.
+    """
+    kind = "oauth" if grant["grant_kind"] == "oauth" else "managed_secret"
+    credential = grant.get("managed_secret_slug") or grant.get("provider_id") or ""
+    found: list[dict[str, Any]] = []
+    for policy in entry.compiled:
+        applies = policy_service.applies_statically(
+            policy, kind, credential, grant["principal_type"]
+        )
+        if applies is not False:
+            found.append(
+                {"name": policy.name, "version": policy.version, "conditional": applies is None}
+            )
+    found.extend(
+        {"name": bad.name, "version": bad.version, "conditional": False, "broken": True}
+        for bad in entry.broken
+    )
+    return sorted(found, key=lambda p: str(p["name"]))
+
+
+def _policy_label(policy: dict[str, Any]) -> str:
+    if policy.get("broken"):
+        return f"{policy['name']} (unreadable)"
+    return f"{policy['name']} (groups)" if policy["conditional"] else str(policy["name"])
 
 
 @grants_cli.command("revoke")
