@@ -25,7 +25,6 @@ import sqlalchemy as sa
 from click.testing import Result
 from typer.testing import CliRunner
 
-from grantvault_server.cli.commands.policies import grant_facts
 from grantvault_server.cli.main import cli
 from grantvault_server.config import Settings
 from grantvault_server.identity.claims import Identity
@@ -556,8 +555,9 @@ async def test_the_cli_decides_exactly_as_the_server(
 
 
 async def test_the_facts_are_those_the_server_builds(vault: Vault) -> None:
-    """``policies test`` maps a grant to facts as ``services.tokens`` does, for every kind
-    of principal, with and without a verified user."""
+    """``policies test`` reads the grant with ``grants.load_grant``, the server with its
+    retrieval query; both rows give ``services.policies.call_facts`` the same facts, for
+    every kind of principal, with and without a verified user."""
     app, _ = await make_app(vault)
     at = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
     alice = Identity("u-1", "alice", "idp-1", frozenset({"eng"}), None, None)
@@ -569,19 +569,15 @@ async def test_the_facts_are_those_the_server_builds(vault: Vault) -> None:
             )
             cli_row = await grant_service.load_grant(conn, app, grant_id)
         for identity in (None, alice):
-            request = tokens.TokenRequest(
-                method="POST", url=URL, grant_id=grant_id, caller_ip="::ffff:10.0.0.1"
-            )
-            expected = tokens._facts(app, request, server_row, identity, at)
-            assert expected == grant_facts(
-                app,
-                cli_row,
-                identity,
-                method="POST",
-                url=URL,
-                at=at,
-                caller_ip=policy_service.caller_address("::ffff:10.0.0.1"),
-            )
+            address = policy_service.caller_address("::ffff:10.0.0.1")
+            facts = [
+                policy_service.call_facts(
+                    app.id, row, identity, method="POST", url=URL, at=at, caller_ip=address
+                )
+                for row in (server_row, cli_row)
+            ]
+            assert facts[0] == facts[1]
+            assert facts[0].credential == "openai" and facts[0].principal_id == principal_id
 
 
 async def test_a_user_token_is_verified_and_gives_the_user_and_groups(

@@ -37,6 +37,7 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import AuditEvent, Outcome
 from grantvault_server.errors import InvalidInput, NotFound, VaultError
+from grantvault_server.identity.claims import Identity
 from grantvault_server.policy.cache import AppPolicies, Broken, PolicyCache
 from grantvault_server.policy.compile import CompiledPolicy, compile_policy
 from grantvault_server.policy.document import (
@@ -45,7 +46,7 @@ from grantvault_server.policy.document import (
     validate_name,
 )
 from grantvault_server.policy.engine import POLICY_EVALUATION_FAILED, Decision
-from grantvault_server.policy.facts import IPAddress
+from grantvault_server.policy.facts import Facts, IPAddress
 from grantvault_server.services.apps import App
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.db import Conn
@@ -155,10 +156,9 @@ def _info(row: Any) -> PolicyInfo:
 async def list_policies(vault: Vault, app: App) -> list[PolicyInfo]:
     """The app's live policies, in evaluation order (by name)."""
     async with vault.db.read() as conn:
-        rows = await conn.execute(
-            sa.select(policies).where(policies.c.app_id == app.id).order_by(policies.c.name)
-        )
-        return [_info(r) for r in rows]
+        rows = await conn.execute(sa.select(policies).where(policies.c.app_id == app.id))
+        # Evaluation order, in Python: independent of the database's collation.
+        return sorted((_info(r) for r in rows), key=lambda p: p.name)
 
 
 async def get_policy(vault: Vault, app: App, name: str, version: int | None = None) -> PolicyInfo:
@@ -378,10 +378,8 @@ def _compile_row(row: Any) -> CompiledPolicy | Broken:
 
 
 _GENERATION = sa.select(apps.c.policy_generation).where(apps.c.id == sa.bindparam("app_id"))
-_ROWS = (
-    sa.select(policies.c.name, policies.c.version, policies.c.document)
-    .where(policies.c.app_id == sa.bindparam("app_id"))
-    .order_by(policies.c.name)
+_ROWS = sa.select(policies.c.name, policies.c.version, policies.c.document).where(
+    policies.c.app_id == sa.bindparam("app_id")
 )
 
 
@@ -392,7 +390,8 @@ async def load(conn: Conn, app_id: str) -> AppPolicies:
     rows = (await conn.execute(_ROWS, {"app_id": app_id})).all()
     compiled: list[CompiledPolicy] = []
     broken: list[Broken] = []
-    for row in rows:
+    # Sorted here, not by the database: "by name" must not depend on its collation.
+    for row in sorted(rows, key=lambda r: r.name):
         result = _compile_row(row)
         (broken if isinstance(result, Broken) else compiled).append(result)  # type: ignore[arg-type]
     return AppPolicies(int(generation or 0), tuple(compiled), tuple(broken))
@@ -431,6 +430,42 @@ def caller_address(text: str | None) -> IPAddress | None:
         return ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
+
+
+def call_facts(
+    app_id: str,
+    row: Any,
+    identity: Identity | None,
+    *,
+    method: str,
+    url: str,
+    at: datetime,
+    caller_ip: IPAddress | None,
+) -> Facts:
+    """What the policies judge for a call with the grant ``row`` (the retrieval's resolved
+    grant: id, kind, slug, principal): the end user and groups from the verified user token;
+    without one, a user grant's owner is the end user and the groups are unknown. The
+    retrieval path and ``grantvault policies test`` both build their facts here."""
+    if identity is not None:
+        end_user: str | None = identity.subject
+        groups: frozenset[str] | None = identity.groups
+    else:
+        end_user = row.principal_id if row.principal_type == "user" else None
+        groups = None
+    return Facts(
+        app_id=app_id,
+        grant_id=row.id,
+        kind="oauth" if row.kind == "oauth" else "managed_secret",
+        credential=row.slug,
+        principal_type=row.principal_type,
+        principal_id=row.principal_id,
+        method=method,
+        url=url,
+        at=at,
+        end_user_id=end_user,
+        groups=groups,
+        caller_ip=caller_ip,
+    )
 
 
 def denial_error(decision: Decision) -> VaultError:

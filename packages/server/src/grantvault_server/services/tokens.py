@@ -26,7 +26,6 @@ from grantvault_server.errors import NotFound, VaultError
 from grantvault_server.identity.claims import Identity
 from grantvault_server.policy.cache import AppPolicies
 from grantvault_server.policy.engine import Decision, decide
-from grantvault_server.policy.facts import Facts
 from grantvault_server.providers.hosts import check_destination
 from grantvault_server.services import (
     oauth_providers as oauth_configs,
@@ -422,41 +421,22 @@ def _authorize(
     del host  # checked; policies see the whole URL
     if not entry.compiled and not entry.broken:
         return _NO_POLICY
-    decision = decide(entry, _facts(app, req, row, identity, now))
+    facts = policy_service.call_facts(
+        app.id,
+        row,
+        identity,
+        method=req.method,
+        url=req.url,
+        at=now,
+        caller_ip=policy_service.caller_address(req.caller_ip),
+    )
+    decision = decide(entry, facts)
     if not decision.allowed:
         raise policy_service.denial_error(decision)
     return decision
 
 
 _NO_POLICY = Decision(allowed=True, reason="no_policy_applies")
-
-
-def _facts(
-    app: App, req: TokenRequest, row: Any, identity: Identity | None, now: datetime
-) -> Facts:
-    """What the policies judge: the grant, its principal, the end user and groups from the
-    verified user token (a user grant named by id without a token still has its owner as
-    the end user, but no groups), the caller's address, the request and the vault's time."""
-    if identity is not None:
-        end_user: str | None = identity.subject
-        groups: frozenset[str] | None = identity.groups
-    else:
-        end_user = row.principal_id if row.principal_type == "user" else None
-        groups = None
-    return Facts(
-        app_id=app.id,
-        grant_id=row.id,
-        kind="oauth" if row.kind == "oauth" else "managed_secret",
-        credential=row.slug,
-        principal_type=row.principal_type,
-        principal_id=row.principal_id,
-        method=req.method,
-        url=req.url,
-        at=now,
-        end_user_id=end_user,
-        groups=groups,
-        caller_ip=policy_service.caller_address(req.caller_ip),
-    )
 
 
 def _check_credential_set(row: Any) -> None:

@@ -39,13 +39,11 @@ from grantvault_server.policy.cache import AppPolicies
 from grantvault_server.policy.compile import Charge, CompiledPolicy, compile_policy
 from grantvault_server.policy.document import PolicyDocumentError, validate_document
 from grantvault_server.policy.engine import Decision, decide
-from grantvault_server.policy.facts import Facts, IPAddress
 from grantvault_server.services import (
     apps as app_service,
     grants as grant_service,
     policies as policy_service,
 )
-from grantvault_server.services.apps import App
 from grantvault_server.services.identity.service import resolve_user
 from grantvault_server.services.tokens import usable_by
 from grantvault_server.services.vault import Vault, operator_actor
@@ -310,41 +308,6 @@ def with_candidate(entry: AppPolicies, candidate: CompiledPolicy) -> AppPolicies
     return AppPolicies(entry.generation, tuple(stored), broken)
 
 
-def grant_facts(
-    app: App,
-    row: Any,
-    identity: Identity | None,
-    *,
-    method: str,
-    url: str,
-    at: datetime,
-    caller_ip: IPAddress | None,
-) -> Facts:
-    """The facts ``POST /sdk/token`` builds for this grant (``services.tokens._facts``): the
-    end user and groups from a verified user token; without one a user grant's owner is the
-    end user and the groups are unknown."""
-    if identity is not None:
-        end_user: str | None = identity.subject
-        groups: frozenset[str] | None = identity.groups
-    else:
-        end_user = row.principal_id if row.principal_type == "user" else None
-        groups = None
-    return Facts(
-        app_id=app.id,
-        grant_id=row.id,
-        kind="oauth" if row.kind == "oauth" else "managed_secret",
-        credential=row.slug,
-        principal_type=row.principal_type,
-        principal_id=row.principal_id,
-        method=method,
-        url=url,
-        at=at,
-        end_user_id=end_user,
-        groups=groups,
-        caller_ip=caller_ip,
-    )
-
-
 def _notes(row: Any, identity: Identity | None, now: datetime) -> list[str]:
     """What the server would refuse before any policy is looked at (not judged here)."""
     notes: list[str] = []
@@ -524,8 +487,8 @@ def policies_test(
         now = vault.clock.now()
         if candidate is not None:
             entry = with_candidate(entry, candidate.policy)
-        facts = grant_facts(
-            target, row, identity, method=method, url=url, at=when or now, caller_ip=caller_ip
+        facts = policy_service.call_facts(
+            target.id, row, identity, method=method, url=url, at=when or now, caller_ip=caller_ip
         )
         return _Outcome(
             decide(entry, facts),
