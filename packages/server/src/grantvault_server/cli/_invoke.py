@@ -35,10 +35,22 @@ class Remote:
     token: str
 
 
+_target: tuple[str | None, str | None] | None = None
+
+
+def configure_target(server: str | None, token: str | None) -> None:
+    """The ``--server``/``--token`` options (which also read the environment variables)."""
+    global _target
+    _target = (server, token)
+
+
 def remote_target() -> Remote | None:
-    """The remote vault to drive, from the environment; ``None`` for the local database."""
-    server = os.environ.get("GRANTVAULT_SERVER", "").strip()
-    token = os.environ.get("GRANTVAULT_TOKEN", "").strip()
+    """The remote vault to drive; ``None`` for the local database."""
+    if _target is not None:
+        server, token = (_target[0] or "").strip(), (_target[1] or "").strip()
+    else:
+        server = os.environ.get("GRANTVAULT_SERVER", "").strip()
+        token = os.environ.get("GRANTVAULT_TOKEN", "").strip()
     if not server and not token:
         return None
     if not server or not token:
