@@ -85,17 +85,37 @@ def local_principal() -> Principal:
 
 
 def call(operation: str, /, **params: Any) -> dict[str, Any]:
-    """Run ``operation`` with ``params`` (``None`` values are left out)."""
+    """Run ``operation`` with ``params`` (``None`` values are left out); a refusal becomes
+    its message on stderr and exit code 1, the same in both modes."""
+    try:
+        return call_or_raise(operation, **params)
+    except VaultError as exc:
+        fail(exc.message, 1)
+        raise AssertionError("unreachable") from None
+
+
+def call_or_raise(operation: str, /, **params: Any) -> dict[str, Any]:
+    """:func:`call`, but a refusal is raised as the :class:`VaultError` (code, message and
+    the envelope's extra fields, such as the ``errors`` list of an invalid policy), locally
+    and remotely alike, for commands that show more than the message."""
     op = find(operation)
     values = {k: v for k, v in params.items() if v is not None}
     remote = remote_target()
     if remote is None:
-        return run(with_vault(lambda vault: _local(vault, op, values)))
-    try:
-        return _remote(op, values, remote)
-    except VaultError as exc:
-        fail(exc.message, 1)
-        raise AssertionError("unreachable") from None
+        holder: list[VaultError] = []
+
+        async def local(vault: Vault) -> dict[str, Any]:
+            try:
+                return await _local(vault, op, values)
+            except VaultError as exc:
+                holder.append(exc)
+                return {}
+
+        result = run(with_vault(local))
+        if holder:
+            raise holder[0]
+        return result
+    return _remote(op, values, remote)
 
 
 async def _local(vault: Vault, op: Operation, values: dict[str, Any]) -> dict[str, Any]:
