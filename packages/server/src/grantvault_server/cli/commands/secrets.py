@@ -1,4 +1,10 @@
-"""``grantvault secrets``: managed secrets and their credentials."""
+"""``grantvault secrets``: managed secrets and their credentials.
+
+Each command turns its options into the inputs of a ``secrets.*`` operation
+(``services.admin.areas.secrets``), runs it here or on a remote vault (``cli._invoke``) and
+renders the answer. Credential values are read from stdin here and sent as write-only inputs;
+no answer carries them back.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from grantvault.types.errors import ErrorCode
-from grantvault_server.cli._common import (
-    AppOpt,
-    JsonOpt,
-    emit,
-    fail,
-    out,
-    run,
-    table,
-    with_vault,
-)
-from grantvault_server.errors import VaultError
-from grantvault_server.services import apps as app_service, secrets as secret_service
-from grantvault_server.services.vault import Vault, operator_actor
+from grantvault_server.cli._common import AppOpt, JsonOpt, emit, fail, out, table
+from grantvault_server.cli._invoke import call
 
 secrets_cli = typer.Typer(
     help="Managed secrets: API keys and key pairs the app owns.", no_args_is_help=True
@@ -32,18 +26,16 @@ secrets_cli = typer.Typer(
 @secrets_cli.command("templates")
 def secrets_templates(as_json: JsonOpt = False) -> None:
     """List the ready-made templates."""
-    from grantvault_server.providers.catalog import load_templates
-
-    templates = load_templates()
+    data = call("secrets.templates")
     if as_json:
-        emit({"templates": [t.model_dump(mode="json") for t in templates.values()]})
+        emit(data)
     else:
         table(
             "Templates",
             ["slug", "name", "auth", "allowed hosts"],
             [
-                [t.slug, t.name, t.injection.auth, ", ".join(t.allowed_hosts)]
-                for t in templates.values()
+                [t["slug"], t["name"], t["injection"]["auth"], ", ".join(t["allowed_hosts"])]
+                for t in data["templates"]
             ],
         )
 
@@ -105,26 +97,22 @@ def secrets_create(
             inject or [],
         )
 
-    async def action(vault: Vault) -> secret_service.ManagedSecret:
-        target = await app_service.get_app(vault, app)
-        return await secret_service.create_secret(
-            vault,
-            target,
-            operator_actor(),
-            template=template,
-            slug=slug,
-            name=name,
-            injection=injection,
-            allowed_hosts=allowed_host,
-        )
-
-    secret = run(with_vault(action))
+    data = call(
+        "secrets.create",
+        app=app,
+        template=template,
+        slug=slug,
+        name=name,
+        injection=injection,
+        allowed_hosts=allowed_host,
+    )
     if as_json:
-        emit(secret.as_dict())
+        emit(data)
     else:
         out.print(
-            f"Created secret [bold]{secret.slug}[/] ({secret.id}). Next: "
-            f"printf '%s' \"$VALUE\" | grantvault secrets set-credential {secret.id} --stdin"
+            f"Created secret [bold]{data['slug']}[/] ({data['managed_secret_id']}). Next: "
+            f"printf '%s' \"$VALUE\" | grantvault secrets set-credential "
+            f"{data['managed_secret_id']} --stdin"
         )
 
 
@@ -161,26 +149,22 @@ def _extra_injection(spec: str) -> dict[str, str]:
 @secrets_cli.command("list")
 def secrets_list(app: AppOpt, as_json: JsonOpt = False) -> None:
     """List an app's managed secrets (never their values)."""
-
-    async def action(vault: Vault) -> list[tuple[secret_service.ManagedSecret, list[str]]]:
-        return await secret_service.list_secrets(vault, await app_service.get_app(vault, app))
-
-    items = run(with_vault(action))
+    data = call("secrets.list", app=app)
     if as_json:
-        emit({"secrets": [s.as_dict(c) for s, c in items]})
+        emit(data)
     else:
         table(
             "Managed secrets",
             ["managed_secret_id", "slug", "auth", "credential", "allowed hosts"],
             [
                 [
-                    s.id,
-                    s.slug,
-                    s.injection.auth,
-                    "set" if c else "missing",
-                    ", ".join(s.allowed_hosts),
+                    s["managed_secret_id"],
+                    s["slug"],
+                    s["auth"],
+                    "set" if s["has_credential"] else "missing",
+                    ", ".join(s["allowed_hosts"]),
                 ]
-                for s, c in items
+                for s in data["secrets"]
             ],
         )
 
@@ -188,14 +172,7 @@ def secrets_list(app: AppOpt, as_json: JsonOpt = False) -> None:
 @secrets_cli.command("show")
 def secrets_show(managed_secret_id: str, as_json: JsonOpt = False) -> None:
     """Show a secret's definition (never its value)."""
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        _, secret = await secret_service.find_secret_any_app(vault, managed_secret_id)
-        async with vault.db.read() as conn:
-            ids = await secret_service.credential_ids(conn, secret.id)
-        return {**secret.as_dict(ids), "injection": secret.injection.model_dump(mode="json")}
-
-    data = run(with_vault(action))
+    data = call("secrets.show", managed_secret_id=managed_secret_id)
     if as_json:
         emit(data)
     else:
@@ -217,22 +194,14 @@ def secrets_delete(
     """Delete a secret with its credentials and grants."""
     if not yes:
         fail("deleting a secret revokes every grant on it; pass --yes to confirm", 2)
-
-    async def action(vault: Vault) -> int:
-        app, secret = await secret_service.find_secret_any_app(vault, managed_secret_id)
-        return await secret_service.delete_secret(vault, app, secret, operator_actor())
-
-    removed = run(with_vault(action))
+    data = call("secrets.delete", managed_secret_id=managed_secret_id)
     if as_json:
-        emit(
-            {
-                "managed_secret_id": managed_secret_id,
-                "deleted": True,
-                "active_grants_removed": removed,
-            }
-        )
+        emit(data)
     else:
-        out.print(f"Deleted secret {managed_secret_id} and {removed} active grant(s).")
+        out.print(
+            f"Deleted secret {data['managed_secret_id']} and "
+            f"{data['active_grants_removed']} active grant(s)."
+        )
 
 
 @secrets_cli.command("set-credential")
@@ -260,43 +229,29 @@ def secrets_set_credential(
         )
     raw = sys.stdin.read()
     raw = raw[:-1] if raw.endswith("\n") else raw
-
-    async def action(vault: Vault) -> str:
-        app, secret = await secret_service.find_secret_any_app(vault, managed_secret_id)
-        names = [f.name for f in secret.injection.fields]
-        values: dict[str, Any]
-        if raw.lstrip().startswith("{"):
-            try:
-                values = json.loads(raw)
-            except ValueError:
-                raise VaultError(
-                    ErrorCode.INVALID_REQUEST,
-                    "stdin starts with '{' but is not valid JSON.",
-                ) from None
-        elif names == ["token"] or (
-            len([f for f in secret.injection.fields if f.required]) == 1 and "token" in names
-        ):
-            values = {"token": raw}
-        else:
-            raise VaultError(
-                ErrorCode.INVALID_REQUEST,
-                f"This secret has several fields ({', '.join(names)}); pipe a JSON object.",
-            )
-        return await secret_service.set_credential(
-            vault,
-            app,
-            secret,
-            values,
-            operator_actor(),
-            credential_id=credential,
-            add=add,
-            label=label,
-        )
-
-    credential_id = run(with_vault(action))
+    value: str | None = raw
+    values: dict[str, Any] | None = None
+    if raw.lstrip().startswith("{"):
+        # A JSON object carries the fields of a multi-field secret; the operation decides
+        # whether a bare value fits this secret (it knows the secret's fields).
+        try:
+            values = json.loads(raw)
+        except ValueError:
+            fail("stdin starts with '{' but is not valid JSON.", 1)
+        value = None
+    data = call(
+        "secrets.set-credential",
+        managed_secret_id=managed_secret_id,
+        value=value,
+        values=values,
+        credential_id=credential,
+        add=add,
+        label=label,
+    )
     if as_json:
-        emit({"managed_secret_id": managed_secret_id, "credential_id": credential_id})
+        emit(data)
     else:
         out.print(
-            f"Stored credential {credential_id} (encrypted). Grants on this secret use it at once."
+            f"Stored credential {data['credential_id']} (encrypted). "
+            "Grants on this secret use it at once."
         )
