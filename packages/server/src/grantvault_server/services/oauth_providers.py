@@ -364,10 +364,9 @@ async def add_provider(
         existing_id = await _registration_id(conn, app.id, provider_id)
         if existing_id is not None and not replace:
             raise VaultError(
-                ErrorCode.INVALID_REQUEST,
-                f"{provider_id!r} is already configured for this app; use "
-                "`grantvault providers update` (or remove it first).",
-                status=409,
+                ErrorCode.ALREADY_EXISTS,
+                f"{provider_id!r} is already configured for this app; run "
+                "`grantvault providers add` again with --replace (or remove it first).",
             )
         row_id = existing_id if existing_id is not None else str(uuid.uuid4())
         values: dict[str, Any] = {
