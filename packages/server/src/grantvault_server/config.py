@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     rate_limit_per_ip: int = Field(
         default=600,
         ge=0,
-        description="Requests per window per client IP to the hosted pages, callbacks and IdP "
-        "webhook, plus /sdk requests that fail authentication (0: off).",
+        description="Requests per window per client IP to the hosted pages, callbacks, IdP "
+        "webhook and portal sign-in, plus /sdk requests that fail authentication (0: off).",
     )
     trusted_proxies: str = Field(
         default="127.0.0.1",
@@ -135,6 +135,18 @@ class Settings(BaseSettings):
         gt=0,
         le=300,
         description="Longest wait for a slot when max_in_flight are busy; then 503 server_busy.",
+    )
+    portal_idle_minutes: int = Field(
+        default=30,
+        ge=1,
+        le=1440,
+        description="Minutes without a request after which an operator's portal session ends.",
+    )
+    portal_session_hours: int = Field(
+        default=12,
+        ge=1,
+        le=720,
+        description="Hours after sign-in after which a portal session ends, however active.",
     )
     ca_bundle: Path | None = Field(
         default=None,

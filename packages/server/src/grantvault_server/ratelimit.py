@@ -53,6 +53,9 @@ UNAUTHENTICATED_PATHS = frozenset(
         "/sdk/auth/start",
         "/sdk/auth/callback",
         "/sdk/auth/result",
+        # The operator portal's sign-in (password, then the second factor).
+        "/portal/login",
+        "/portal/login/totp",
     }
 )
 UNAUTHENTICATED_PREFIXES = ("/connect/", "/webhooks/")
