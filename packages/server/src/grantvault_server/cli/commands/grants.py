@@ -1,4 +1,9 @@
-"""``grantvault grants``: who may use which secret."""
+"""``grantvault grants``: who may use which secret.
+
+Each command turns its options into the inputs of a ``grants.*`` operation
+(``services.admin.areas.grants``), runs it here or on a remote vault (``cli._invoke``) and
+renders the answer, so both modes print the same thing.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from grantvault_server.cli._common import (
-    AppOpt,
-    JsonOpt,
-    emit,
-    out,
-    parse_duration,
-    run,
-    table,
-    with_vault,
-)
-from grantvault_server.policy.cache import AppPolicies
-from grantvault_server.services import (
-    apps as app_service,
-    grants as grant_service,
-    policies as policy_service,
-    secrets as secret_service,
-)
-from grantvault_server.services.vault import Vault, operator_actor
+from grantvault_server.cli._common import AppOpt, JsonOpt, emit, fail, out, table
+from grantvault_server.cli._invoke import call
+from grantvault_server.errors import VaultError
+from grantvault_server.services import grants as grant_service
+from grantvault_server.services.admin.durations import parse_duration
 
 grants_cli = typer.Typer(help="Grants: who may use which secret.", no_args_is_help=True)
 
@@ -42,34 +34,29 @@ def grants_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Grant a principal the use of a managed secret."""
+    if ttl is not None:
+        # A mistyped option is a usage error (exit 2) before anything is sent; the
+        # operation parses the same text with the same function.
+        try:
+            parse_duration(ttl, "--ttl")
+        except VaultError as exc:
+            fail(exc.message, 2)
     principal_id = subject if principal == "user" else group if principal == "group" else None
-    policy = (
-        grant_service.GrantPolicy(max_ttl_seconds=int(parse_duration(ttl).total_seconds()))
-        if ttl
-        else None
+    data = call(
+        "grants.create",
+        managed_secret_id=secret,
+        principal_type=principal,
+        principal_id=principal_id,
+        label=label,
+        ttl=ttl,
+        credential_id=credential,
     )
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        app, ms = await secret_service.find_secret_any_app(vault, secret)
-        return await grant_service.create_grant(
-            vault,
-            app,
-            ms,
-            operator_actor(),
-            principal_type=principal,
-            principal_id=principal_id,
-            label=label,
-            policy=policy,
-            credential_id=credential,
-        )
-
-    result = run(with_vault(action))
     if as_json:
-        emit(result)
+        emit(data)
     else:
         out.print(
-            f"Created grant [bold]{result['grant_id']}[/] for {principal}"
-            + (f" (expires {result['expires_at']})" if result["expires_at"] else "")
+            f"Created grant [bold]{data['grant_id']}[/] for {data['principal_type']}"
+            + (f" (expires {data['expires_at']})" if data["expires_at"] else "")
             + "."
         )
 
@@ -91,77 +78,40 @@ def grants_list(
     applies_to.groups; one marked "(unreadable)" refuses every call of the app until it is
     stored again or deleted.
     """
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        target = await app_service.get_app(vault, app)
-        result = await grant_service.list_grants(
-            vault, target, provider=secret, status=status, limit=limit, offset=offset
-        )
-        # The app's policies once for the whole page (none read if it never had one).
-        async with vault.db.read() as conn:
-            entry = await policy_service.for_app(vault, conn, target)
-        for g in result["grants"]:
-            g["policies"] = _applying(g, entry)
-        return result
-
-    result = run(with_vault(action))
+    data = call("grants.list", app=app, secret=secret, status=status, limit=limit, offset=offset)
     if as_json:
-        emit(result)
-    else:
-        table(
-            f"Grants ({result['total']})",
+        emit(data)
+        return
+    table(
+        f"Grants ({data['total']})",
+        [
+            "grant_id",
+            "secret / provider",
+            "account",
+            "principal",
+            "status",
+            "expires",
+            "last used",
+            "scope mismatch",
+            "policies",
+        ],
+        [
             [
-                "grant_id",
-                "secret / provider",
-                "account",
-                "principal",
-                "status",
-                "expires",
-                "last used",
-                "scope mismatch",
-                "policies",
-            ],
-            [
-                [
-                    g["grant_id"],
-                    g.get("managed_secret_slug") or g.get("provider_id"),
-                    g.get("account_identifier"),
-                    grant_service.principal_label(g["principal_type"], g["principal_id"]),
-                    g["status"],
-                    g["expires_at"],
-                    g["last_used_at"],
-                    # The client reported a provider refusal for a missing scope (and the
-                    # grant has not been reconnected with it since): when.
-                    g["scope_mismatch_at"] if g["scope_mismatch"] else None,
-                    ", ".join(_policy_label(p) for p in g["policies"]),
-                ]
-                for g in result["grants"]
-            ],
-        )
-
-
-def _applying(grant: dict[str, Any], entry: AppPolicies) -> list[dict[str, Any]]:
-    """The policies that govern a grant's calls, in evaluation order (by name).
-
-    ``conditional``: only when the call's end user is in the policy's ``applies_to.groups``.
-    ``broken``: a stored policy that no longer compiles; it refuses every call of the app.
-    """
-    kind = "oauth" if grant["grant_kind"] == "oauth" else "managed_secret"
-    credential = grant.get("managed_secret_slug") or grant.get("provider_id") or ""
-    found: list[dict[str, Any]] = []
-    for policy in entry.compiled:
-        applies = policy_service.applies_statically(
-            policy, kind, credential, grant["principal_type"]
-        )
-        if applies is not False:
-            found.append(
-                {"name": policy.name, "version": policy.version, "conditional": applies is None}
-            )
-    found.extend(
-        {"name": bad.name, "version": bad.version, "conditional": False, "broken": True}
-        for bad in entry.broken
+                g["grant_id"],
+                g.get("managed_secret_slug") or g.get("provider_id"),
+                g.get("account_identifier"),
+                grant_service.principal_label(g["principal_type"], g["principal_id"]),
+                g["status"],
+                g["expires_at"],
+                g["last_used_at"],
+                # The client reported a provider refusal for a missing scope (and the
+                # grant has not been reconnected with it since): when.
+                g["scope_mismatch_at"] if g["scope_mismatch"] else None,
+                ", ".join(_policy_label(p) for p in g["policies"]),
+            ]
+            for g in data["grants"]
+        ],
     )
-    return sorted(found, key=lambda p: str(p["name"]))
 
 
 def _policy_label(policy: dict[str, Any]) -> str:
@@ -177,15 +127,8 @@ def grants_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a grant at once."""
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        app = await grant_service.find_grant_any_app(vault, grant_id)
-        return await grant_service.revoke_grant(
-            vault, app, grant_id, operator_actor(), reason=reason
-        )
-
-    result = run(with_vault(action))
+    data = call("grants.revoke", grant_id=grant_id, reason=reason)
     if as_json:
-        emit(result)
+        emit(data)
     else:
-        out.print(f"{result['message']} ({result['grant_id']} at {result['revoked_at']})")
+        out.print(f"{data['message']} ({data['grant_id']} at {data['revoked_at']})")

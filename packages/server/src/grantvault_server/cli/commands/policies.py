@@ -1,21 +1,20 @@
 """``grantvault policies``: the rules every credential retrieval of an app must pass.
 
-``put``, ``list``, ``show`` and ``delete`` go through ``services.policies`` like the admin
-API, so every change is versioned, audited and reaches every replica with its next request.
-``test`` judges one call the way ``POST /sdk/token`` would: the app's stored policies
-(optionally with a candidate file in place of one of them) are loaded and compiled by the
-same service, the facts are those the server builds for the grant, and the decision comes
-from the same ``policy.engine.decide``. It never charges a counter.
+Each command turns its options into the inputs of a ``policies.*`` operation
+(``services.admin.areas.policies``), runs it here or on a remote vault (``cli._invoke``) and
+renders the answer, so both modes print the same thing. Files are read here and sent as text
+(``source``); the vault parses and validates them, and a refused document comes back with
+every problem and its key, which is printed in full (exit 1) in both modes. ``test`` is
+judged by the vault's own evaluation and never charges a counter; the exit code (0 allow,
+1 deny) is the CLI's.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -33,21 +32,11 @@ from grantvault_server.cli._common import (
     table,
     with_vault,
 )
+from grantvault_server.cli._invoke import _local, _remote, call, remote_target
 from grantvault_server.errors import VaultError
-from grantvault_server.identity.claims import Identity
-from grantvault_server.policy.cache import AppPolicies
-from grantvault_server.policy.compile import Charge, CompiledPolicy, compile_policy
-from grantvault_server.policy.document import PolicyDocumentError, validate_document
-from grantvault_server.policy.engine import Decision, decide
-from grantvault_server.services import (
-    apps as app_service,
-    grants as grant_service,
-    policies as policy_service,
-)
-from grantvault_server.services.identity.service import resolve_user
-from grantvault_server.services.tokens import usable_by
-from grantvault_server.services.vault import Vault, operator_actor
-from grantvault_server.timefmt import iso
+from grantvault_server.services.admin.areas.policies import parse_at, parse_ip
+from grantvault_server.services.admin.catalog import find
+from grantvault_server.services.vault import Vault
 
 policies_cli = typer.Typer(
     help="Policies: rules (time windows, networks, groups, methods, paths, quotas) checked "
@@ -61,17 +50,12 @@ FileOpt = Annotated[
     typer.Option("--file", "-f", help="The policy document (YAML or JSON); '-' reads stdin."),
 ]
 
-T = TypeVar("T")
-
-#: The version a candidate document (``policies test --file``) is compiled with: it has none.
-CANDIDATE_VERSION = 0
-
 
 # --------------------------------------------------------------------------- documents
 
 
 class _InvalidDocument(Exception):
-    """A document that cannot be stored or tested: every problem with its key location."""
+    """A document the vault refused: every problem with its key location."""
 
     def __init__(self, message: str, errors: list[dict[str, str]]) -> None:
         super().__init__(message)
@@ -79,9 +63,18 @@ class _InvalidDocument(Exception):
         self.errors = errors
 
     @classmethod
-    def from_error(cls, exc: PolicyDocumentError) -> _InvalidDocument:
-        invalid = policy_service.invalid_document(exc)
-        return cls(invalid.message, list(invalid.extra["errors"]))
+    def of(cls, exc: VaultError) -> _InvalidDocument | None:
+        """The refusal as a list of problems, when it carries one (``errors``: the 422 of
+        ``services.policies.invalid_document``); ``None`` for any other error."""
+        errors = exc.extra.get("errors")
+        if exc.code is not ErrorCode.INVALID_REQUEST or not isinstance(errors, list):
+            return None
+        problems = [
+            {"loc": str(e["loc"]), "msg": str(e["msg"])}
+            for e in errors
+            if isinstance(e, dict) and "loc" in e and "msg" in e
+        ]
+        return cls(exc.message, problems) if problems else None
 
 
 def _report_invalid(exc: _InvalidDocument, as_json: bool) -> NoReturn:
@@ -104,6 +97,42 @@ def _report_invalid(exc: _InvalidDocument, as_json: bool) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _call_with_document(as_json: bool, operation: str, /, **params: Any) -> dict[str, Any]:
+    """:func:`~grantvault_server.cli._invoke.call` for an operation that takes a document:
+    the same local or remote run, except that a document refused with its problems is
+    reported problem by problem (``call`` keeps only the message of an error).
+
+    It runs ``cli._invoke``'s own local and remote steps, so what is sent and how the answer
+    is read stay theirs; only the catching of the error differs.
+    """
+    op = find(operation)
+    values = {k: v for k, v in params.items() if v is not None}
+    remote = remote_target()
+    if remote is None:
+
+        async def action(vault: Vault) -> dict[str, Any]:
+            try:
+                return await _local(vault, op, values)
+            except VaultError as exc:
+                invalid = _InvalidDocument.of(exc)
+                if invalid is not None:
+                    raise invalid from None
+                raise
+
+        try:
+            return run(with_vault(action))
+        except _InvalidDocument as exc:
+            _report_invalid(exc, as_json)
+    try:
+        return _remote(op, values, remote)
+    except VaultError as exc:
+        invalid = _InvalidDocument.of(exc)
+        if invalid is not None:
+            _report_invalid(invalid, as_json)
+        fail(exc.message, 1)
+    raise AssertionError("unreachable")
+
+
 def _read_source(path: str) -> str:
     """The text of ``--file`` (``-``: standard input)."""
     if path == "-":
@@ -115,30 +144,6 @@ def _read_source(path: str) -> str:
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc}", 2)
     raise AssertionError("unreachable")
-
-
-def _parse(text: str) -> dict[str, Any]:
-    try:
-        return policy_service.parse_source(text)
-    except PolicyDocumentError as exc:
-        raise _InvalidDocument.from_error(exc) from None
-
-
-def _checked(as_json: bool, action: Callable[[Vault], Awaitable[T]]) -> T:
-    """``run(with_vault(action))``, with an invalid document reported key by key."""
-    try:
-        return run(with_vault(action))
-    except _InvalidDocument as exc:
-        _report_invalid(exc, as_json)
-
-
-def _info_json(info: policy_service.PolicyInfo) -> dict[str, Any]:
-    return {
-        **info.summary(),
-        "created_at": iso(info.created_at),
-        "document": info.document,
-        "source": info.source,
-    }
 
 
 def _applies_to_text(applies_to: dict[str, Any] | None) -> str:
@@ -163,30 +168,13 @@ def policies_put(
     nothing is stored. Each replica applies the new version from its next request.
     """
     text = _read_source(file)
-    try:
-        raw = _parse(text)
-    except _InvalidDocument as exc:
-        _report_invalid(exc, as_json)
-
-    async def action(vault: Vault) -> policy_service.PolicyInfo:
-        target = await app_service.get_app(vault, app)
-        try:
-            return await policy_service.put_policy(
-                vault, target, name, raw, actor=operator_actor(), source=text
-            )
-        except VaultError as exc:
-            errors = exc.extra.get("errors")
-            if exc.code is ErrorCode.INVALID_REQUEST and isinstance(errors, list):
-                raise _InvalidDocument(exc.message, errors) from None
-            raise
-
-    info = _checked(as_json, action)
+    data = _call_with_document(as_json, "policies.put", app=app, name=name, source=text)
     if as_json:
-        emit({"policy_id": info.policy_id, "name": info.name, "version": info.version})
+        emit(data)
     else:
         out.print(
-            f"Stored policy {info.name} v{info.version}; every replica applies it from its "
-            "next request.",
+            f"Stored policy {data['name']} v{data['version']}; every replica applies it from "
+            "its next request.",
             soft_wrap=True,
             highlight=False,
         )
@@ -195,24 +183,21 @@ def policies_put(
 @policies_cli.command("list")
 def policies_list(app: AppOpt, as_json: JsonOpt = False) -> None:
     """List an app's policies in evaluation order (by name)."""
-
-    async def action(vault: Vault) -> list[policy_service.PolicyInfo]:
-        return await policy_service.list_policies(vault, await app_service.get_app(vault, app))
-
-    infos = run(with_vault(action))
+    data = call("policies.list", app=app)
     if as_json:
-        emit({"policies": [info.summary() for info in infos]})
+        emit(data)
         return
+    infos = data["policies"]
     table(
         f"Policies ({len(infos)})",
         ["name", "version", "applies to", "rules", "updated"],
         [
             [
-                info.name,
-                info.version,
-                _applies_to_text(info.applies_to),
-                ", ".join(info.summary()["rules"]),
-                iso(info.updated_at),
+                info["name"],
+                info["version"],
+                _applies_to_text(info["applies_to"]),
+                ", ".join(info["rules"]),
+                info["updated_at"],
             ]
             for info in infos
         ],
@@ -230,19 +215,14 @@ def policies_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a policy's document as it was written (save it, edit it, `put` it again)."""
-
-    async def action(vault: Vault) -> policy_service.PolicyInfo:
-        target = await app_service.get_app(vault, app)
-        return await policy_service.get_policy(vault, target, name, version)
-
-    info = run(with_vault(action))
+    data = call("policies.show", app=app, name=name, version=version)
     if as_json:
-        emit(_info_json(info))
+        emit(data)
         return
-    text = info.source
+    text = data["source"]
     if text is None:
         # Stored without its source text (through the admin API as JSON): the document.
-        text = yaml.safe_dump(info.document, sort_keys=False, allow_unicode=True)
+        text = yaml.safe_dump(data["document"], sort_keys=False, allow_unicode=True)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
@@ -252,134 +232,20 @@ def policies_delete(app: AppOpt, name: NameArg, as_json: JsonOpt = False) -> Non
 
     Its versions stay readable (`policies show --version N`) for the audit trail.
     """
-
-    async def action(vault: Vault) -> int:
-        target = await app_service.get_app(vault, app)
-        return await policy_service.delete_policy(vault, target, name, actor=operator_actor())
-
-    live = run(with_vault(action))
+    data = call("policies.delete", app=app, name=name)
     if as_json:
-        emit({"name": name, "deleted": True, "version": live})
+        emit(data)
     else:
+        live = data["version"]
         out.print(
-            f"Deleted policy {name} (it was at v{live}); `policies show --version {live}` "
-            "still prints it.",
+            f"Deleted policy {data['name']} (it was at v{live}); `policies show --version "
+            f"{live}` still prints it.",
             soft_wrap=True,
             highlight=False,
         )
 
 
 # --------------------------------------------------------------------------- test
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A document from ``--file`` tested in place of (or beside) the stored policies."""
-
-    name: str
-    source: str
-    policy: CompiledPolicy
-
-
-@dataclass
-class _Outcome:
-    decision: Decision
-    entry: AppPolicies
-    candidate: str | None
-    notes: list[str] = field(default_factory=list)
-
-
-def _compile_candidate(name: str, path: str) -> _Candidate:
-    raw = _parse(_read_source(path))
-    try:
-        policy = compile_policy(name, CANDIDATE_VERSION, validate_document(raw))
-    except PolicyDocumentError as exc:
-        raise _InvalidDocument.from_error(exc) from None
-    return _Candidate(name, path, policy)
-
-
-def with_candidate(entry: AppPolicies, candidate: CompiledPolicy) -> AppPolicies:
-    """The app's policies with ``candidate`` replacing the stored policy of its name (also a
-    stored one that no longer compiles), or added in its place in the evaluation order."""
-    stored = [p for p in entry.compiled if p.name != candidate.name]
-    at = next((i for i, p in enumerate(stored) if p.name > candidate.name), len(stored))
-    stored.insert(at, candidate)
-    broken = tuple(b for b in entry.broken if b.name != candidate.name)
-    return AppPolicies(entry.generation, tuple(stored), broken)
-
-
-def _notes(row: Any, identity: Identity | None, now: datetime) -> list[str]:
-    """What the server would refuse before any policy is looked at (not judged here)."""
-    notes: list[str] = []
-    status = grant_service.grant_status(row, now)
-    if status != "active":
-        notes.append(
-            f"this grant is {status}: the server refuses its calls (grant_{status}) before "
-            "any policy is checked"
-        )
-    if identity is not None and not usable_by(row, identity):
-        notes.append(
-            f"the user token's user ({identity.subject}) may not use this grant: the server "
-            "refuses that call before any policy is checked"
-        )
-    return notes
-
-
-def _parse_at(text: str) -> datetime:
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        fail(f"--at {text!r} is not an ISO 8601 time such as 2026-12-07T22:00:00+01:00", 2)
-        raise AssertionError("unreachable") from None
-    if at.tzinfo is None or at.utcoffset() is None:
-        fail(
-            f"--at {text!r} has no UTC offset; write the offset (+01:00) or Z so the time is "
-            "one instant",
-            2,
-        )
-    return at
-
-
-def _charge_json(
-    charge: Charge, policy: CompiledPolicy | None, candidate: str | None
-) -> dict[str, Any]:
-    return {
-        "policy": charge.policy,
-        "policy_version": None if charge.policy == candidate else charge.policy_version,
-        "rule": charge.rule,
-        "per": charge.per,
-        "subject": charge.subject,
-        "limit": charge.limit,
-        "window": _window_name(charge, policy),
-        "window_start": iso(charge.window_start),
-        "window_end": iso(charge.window_end),
-    }
-
-
-def _window_name(charge: Charge, policy: CompiledPolicy | None) -> str:
-    quota = policy.document.rules.quota if policy is not None else None
-    if charge.rule == "quota" and quota is not None:
-        return str(quota.window)
-    return "minute"
-
-
-def _result_json(outcome: _Outcome) -> dict[str, Any]:
-    decision, candidate = outcome.decision, outcome.candidate
-    by_name = {p.name: p for p in outcome.entry.compiled}
-    return {
-        "decision": "allow" if decision.allowed else "deny",
-        "policy": decision.policy,
-        "version": None if decision.policy == candidate else decision.policy_version,
-        "rule": decision.matched_rule,
-        "reason": decision.reason,
-        "code": decision.code,
-        "charges": [_charge_json(c, by_name.get(c.policy), candidate) for c in decision.charges],
-        "applied": [
-            {"name": n, "version": None if n == candidate else v} for n, v in decision.applied
-        ],
-        "candidate": candidate,
-        "notes": outcome.notes,
-    }
 
 
 def _label(name: str, version: int | None) -> str:
@@ -418,6 +284,15 @@ def _print_result(data: dict[str, Any]) -> None:
             ),
             soft_wrap=True,
         )
+
+
+def _usage(check: Callable[[str, str], object], text: str, label: str) -> None:
+    """A mistyped option is a usage error (exit 2) before anything is sent; the operation
+    checks the same input with the same function."""
+    try:
+        check(text, label)
+    except VaultError as exc:
+        fail(exc.message, 2)
 
 
 @policies_cli.command("test")
@@ -467,42 +342,28 @@ def policies_test(
     """
     if (file is None) != (name is None):
         fail("--file and --name go together: the candidate document and the policy it is", 2)
-    when = _parse_at(at) if at is not None else None
-    caller_ip = policy_service.caller_address(ip)
-    if ip is not None and caller_ip is None:
-        fail(f"--ip {ip!r} is not an IPv4 or IPv6 address", 2)
-    try:
-        candidate = _compile_candidate(name, file) if file and name else None
-    except _InvalidDocument as exc:
-        _report_invalid(exc, as_json)
-
-    async def action(vault: Vault) -> _Outcome:
-        target = await app_service.get_app(vault, app)
-        identity = None
-        if user_token is not None:
-            identity = await resolve_user(vault, target.id, user_token, actor=operator_actor())
-        async with vault.db.read() as conn:
-            row = await grant_service.load_grant(conn, target, grant)
-            entry = await policy_service.load(conn, target.id)
-        now = vault.clock.now()
-        if candidate is not None:
-            entry = with_candidate(entry, candidate.policy)
-        facts = policy_service.call_facts(
-            target.id, row, identity, method=method, url=url, at=when or now, caller_ip=caller_ip
-        )
-        return _Outcome(
-            decide(entry, facts),
-            entry,
-            candidate.name if candidate else None,
-            _notes(row, identity, now),
-        )
-
-    outcome: _Outcome = run(with_vault(action))
-    data = _result_json(outcome)
-    for note in outcome.notes:
+    if at is not None:
+        _usage(parse_at, at, "--at")
+    if ip is not None:
+        _usage(parse_ip, ip, "--ip")
+    source = _read_source(file) if file is not None else None
+    data = _call_with_document(
+        as_json,
+        "policies.test",
+        app=app,
+        grant_id=grant,
+        url=url,
+        method=method,
+        ip=ip,
+        at=at,
+        user_token=user_token,
+        name=name,
+        source=source,
+    )
+    for note in data["notes"]:
         err.print(Text.assemble(("note:", "bold yellow"), f" {note}"), soft_wrap=True)
     if as_json:
         emit(data)
     else:
         _print_result(data)
-    raise typer.Exit(0 if outcome.decision.allowed else 1)
+    raise typer.Exit(0 if data["decision"] == "allow" else 1)
