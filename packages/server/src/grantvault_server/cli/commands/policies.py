@@ -28,15 +28,11 @@ from grantvault_server.cli._common import (
     err,
     fail,
     out,
-    run,
     table,
-    with_vault,
 )
-from grantvault_server.cli._invoke import _local, _remote, call, remote_target
+from grantvault_server.cli._invoke import call, call_or_raise
 from grantvault_server.errors import VaultError
 from grantvault_server.services.admin.areas.policies import parse_at, parse_ip
-from grantvault_server.services.admin.catalog import find
-from grantvault_server.services.vault import Vault
 
 policies_cli = typer.Typer(
     help="Policies: rules (time windows, networks, groups, methods, paths, quotas) checked "
@@ -99,32 +95,10 @@ def _report_invalid(exc: _InvalidDocument, as_json: bool) -> NoReturn:
 
 def _call_with_document(as_json: bool, operation: str, /, **params: Any) -> dict[str, Any]:
     """:func:`~grantvault_server.cli._invoke.call` for an operation that takes a document:
-    the same local or remote run, except that a document refused with its problems is
-    reported problem by problem (``call`` keeps only the message of an error).
-
-    It runs ``cli._invoke``'s own local and remote steps, so what is sent and how the answer
-    is read stay theirs; only the catching of the error differs.
-    """
-    op = find(operation)
-    values = {k: v for k, v in params.items() if v is not None}
-    remote = remote_target()
-    if remote is None:
-
-        async def action(vault: Vault) -> dict[str, Any]:
-            try:
-                return await _local(vault, op, values)
-            except VaultError as exc:
-                invalid = _InvalidDocument.of(exc)
-                if invalid is not None:
-                    raise invalid from None
-                raise
-
-        try:
-            return run(with_vault(action))
-        except _InvalidDocument as exc:
-            _report_invalid(exc, as_json)
+    a document refused with its problems is reported problem by problem, locally and
+    remotely alike (``call`` keeps only the message of an error)."""
     try:
-        return _remote(op, values, remote)
+        return call_or_raise(operation, **params)
     except VaultError as exc:
         invalid = _InvalidDocument.of(exc)
         if invalid is not None:
