@@ -94,6 +94,22 @@ off, on, on, off (``--limiter-rounds`` times, so that drift cancels), each mean 
 and the cost of the limiter is ``1 - on/off`` (target: under 5 %). Server CPU time per
 retrieval is reported for both too: on a machine with other load it varies less than req/s.
 
+Policy cost (``--compare-policies``, issue 11): grant_id mode only, on three vault processes
+started from copies of the same prepared data dir: **(a) no policies**; **(b) 50 policies**,
+stored through the policy service (``services.policies.put_policy``, the write ``grantvault
+policies put`` makes), of which 45 apply to the benchmarked grant and allow its call (time
+windows covering the whole week in eight time zones, ``ip_allow`` lists with the loopback
+network at or near the end, methods, paths with ``*`` and ``**``, ``applies_to`` selectors)
+and 5 exclude it by their selectors (their rules would refuse it, so the check request
+proves they do not apply); no two of them are alike, so the figure is not flattered by a
+cache of identical conditions; **(c)** the same 50 with a quota rule (10^9 calls a day per
+grant, never refused in a run) on the first applying one. They are measured a, b, c, c, b, a
+(``--policy-rounds`` times). The report gives (b)/(a) (target: >= 0.90) and the quota's cost
+(c)/(b) apart, each from req/s and from server CPU per retrieval. After the run the
+databases show what was measured: every success row of (b) and (c) lists the 45 applying
+policies, (a)'s list none, and (c)'s quota counter equals its success rows (it is charged in
+the same transaction), while (a) and (b) have no counter.
+
 Caveat: the load generator runs on the same machine as the server under test and competes
 with it for CPU (the output reports the core count and each side's CPU use, 100% = one
 core). A phase in which the server used less than 75% of its one core is flagged "not
@@ -105,7 +121,8 @@ waited on something other than its CPU (disk, locks, another thread).
 Run from the repository root::
 
     python bench/token_retrieval.py [--duration 10] [--concurrency 32] [--client wrk|httpx]
-                                    [--mode grant_id|jwt|both] [--compare-limiter] [--json]
+                                    [--mode grant_id|jwt|both] [--compare-limiter]
+                                    [--compare-policies] [--json]
 """
 
 from __future__ import annotations
@@ -190,6 +207,20 @@ JWT_USER = "alice"
 ID_TOKEN_TTL_SECONDS = 3600
 # The peer's registered redirect URI; nothing listens there, the login stops at it.
 PEER_CALLBACK = f"{VAULT_BASE_URL}/sdk/auth/callback"
+
+# --compare-policies (issue 11, item 6): how many policies the app holds, how many of them
+# leave the benchmarked grant alone (their selectors exclude it), the throughput the policies
+# may cost, and the quota that is charged on every retrieval but never refuses during a run.
+POLICY_COUNT = 50
+POLICIES_NOT_APPLYING = 5
+TARGET_POLICY_RATIO = 0.90
+POLICY_QUOTA = {"limit": 1_000_000_000, "window": "day", "per": "grant"}
+# The three vault variants of --compare-policies: the key is Target.policies.
+POLICY_VARIANTS = {
+    "none": "no policies",
+    "policies": f"{POLICY_COUNT} policies",
+    "quota": f"{POLICY_COUNT} + quota",
+}
 
 # The baseline server: same uvicorn settings and start-up path as `grantvault serve`.
 BASELINE_APP = textwrap.dedent(
@@ -595,6 +626,252 @@ def peer_id_token(peer: Peer, user: str) -> str:
     return token
 
 
+# -- policies (--compare-policies) --------------------------------------------------------
+
+ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS, WEEKEND = ALL_DAYS[:5], ALL_DAYS[5:]
+ZONES = [
+    "Europe/Berlin",
+    "America/New_York",
+    "Asia/Tokyo",
+    "UTC",
+    "Australia/Sydney",
+    "America/Los_Angeles",
+    "Europe/London",
+    "Asia/Kolkata",
+]
+
+
+def _whole_week(n: int, days: list[str] | None = None) -> dict[str, Any]:
+    """Time windows that together cover every minute of the week, split at an hour of
+    their own (1..23) in a zone of their own, so no two policies share the rule."""
+    hour = f"{1 + n % 23:02d}:00"
+    return {
+        "timezone": ZONES[n % len(ZONES)],
+        "windows": [
+            {"days": days or ALL_DAYS, "start": hour, "end": "24:00"},
+            {"days": days or ALL_DAYS, "start": "00:00", "end": hour},
+        ],
+    }
+
+
+def _networks(n: int, *, long: bool = False) -> list[str]:
+    """An ip_allow list with a network of this policy's own, the loopback (where wrk calls
+    from) last, so that a check walks the whole list before it matches."""
+    own = [f"10.{n}.0.0/16", f"172.{16 + n % 16}.{n}.0/24"]
+    office = [f"192.168.{n}.0/24", "2001:db8::/32", "fd00::/8"]
+    if long:
+        office = [*(f"100.{64 + k}.{n}.0/24" for k in range(12)), *office]
+    return [*own, *office, "127.0.0.0/8"]
+
+
+def _applying_policy(n: int, slug: str) -> dict[str, Any]:
+    """The ``n``-th policy that applies to the bench's system grant on the secret ``slug``
+    and allows its call (POST to DESTINATION_URL from 127.0.0.1, at any time): one of nine
+    shapes, each with values of its own (zone, split hour, networks, paths), so the 45 are
+    all different, as an app's policies would be."""
+    team = f"/v1/team-{n}/**"
+    shapes: list[dict[str, Any]] = [
+        {
+            "description": "office hours widened to the whole week",
+            "applies_to": {"secrets": [slug]},
+            "rules": {"time_windows": _whole_week(n)},
+        },
+        {
+            "description": "office network",
+            "applies_to": {"principals": ["system", "agent"]},
+            "rules": {"ip_allow": _networks(n)},
+        },
+        {
+            "description": "chat, models and files only",
+            "rules": {
+                "methods": ["GET", "POST"],
+                "paths": [team, "/v1/models", "/v1/files/**", "/v1/embeddings", "/v1/chat/*"],
+            },
+        },
+        {
+            "description": "weekday and weekend shifts",
+            "rules": {
+                "time_windows": {
+                    "timezone": ZONES[n % len(ZONES)],
+                    "windows": [
+                        *_whole_week(n, WEEKDAYS)["windows"],
+                        *_whole_week(n + 5, WEEKEND)["windows"],
+                    ],
+                }
+            },
+        },
+        {
+            "description": "several credentials, local callers, writes under /v1",
+            "applies_to": {"secrets": [slug, "stripe", "github"], "providers": ["google"]},
+            "rules": {
+                "ip_allow": [f"10.{n}.0.0/16", "127.0.0.0/8", "::1/128"],
+                "methods": ["POST", "PUT"],
+                "paths": [team, "/v1/**"],
+            },
+        },
+        {
+            "description": "business hours somewhere, local callers, completions",
+            "rules": {
+                "time_windows": _whole_week(n),
+                "ip_allow": [f"10.{n}.0.0/16", "127.0.0.1/32"],
+                "paths": [team, "/v1/*/completions"],
+            },
+        },
+        {
+            "description": "the endpoints the app uses",
+            "rules": {
+                "methods": ["get", "post", "put", "patch", "delete"],
+                "paths": [
+                    team,
+                    "/v1/completions",
+                    "/v1/models/*",
+                    "/v1/files/*.json",
+                    "/v1/chat/completions",
+                ],
+            },
+        },
+        {
+            "description": "office network (long list)",
+            "applies_to": {"secrets": [slug]},
+            "rules": {"ip_allow": _networks(n, long=True), "methods": ["POST"]},
+        },
+        {
+            "description": "everything at once, for the app's own grant",
+            "applies_to": {"secrets": [slug], "principals": ["system"]},
+            "rules": {
+                "time_windows": _whole_week(n),
+                "ip_allow": _networks(n),
+                "methods": ["POST"],
+                "paths": [team, "/v1/chat/completions", "/v1/chat/*"],
+            },
+        },
+    ]
+    return shapes[n % len(shapes)]
+
+
+def _idle_policy(kind: int) -> dict[str, Any]:
+    """A policy whose selectors exclude the bench's grant (managed secret, system principal,
+    no user token). Its rules would refuse the call: if it applied, the check request would
+    fail, so the run proves the selectors work."""
+    selectors: list[dict[str, Any]] = [
+        {"secrets": ["stripe"]},
+        {"providers": ["google"]},
+        {"principals": ["user", "group"]},
+        {"secrets": ["stripe"], "groups": ["finance"]},
+        {"principals": ["agent"]},
+    ]
+    return {
+        "description": "a restriction for other grants",
+        "applies_to": selectors[kind % len(selectors)],
+        "rules": {
+            "time_windows": {
+                "timezone": "Europe/Berlin",
+                "windows": [{"days": ["sun"], "start": "03:00", "end": "03:01"}],
+            },
+            "ip_allow": ["10.0.0.0/8"],
+            "groups_any": ["finance"],
+            "methods": ["GET"],
+        },
+    }
+
+
+def bench_policies(slug: str, *, quota: bool) -> list[tuple[str, dict[str, Any]]]:
+    """POLICY_COUNT policies for the app: POLICIES_NOT_APPLYING of them exclude the bench's
+    grant, the others apply to it and allow its call. With ``quota``, the first also has
+    POLICY_QUOTA (per grant, too large to refuse during a run); nothing else differs. No two
+    policies are the same: a cache of identical conditions would not help here."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    idle_every = POLICY_COUNT // POLICIES_NOT_APPLYING if POLICIES_NOT_APPLYING else 0
+    applying = idle = 0
+    for i in range(POLICY_COUNT):
+        if idle_every and i % idle_every == idle_every - 1:
+            out.append((f"idle-{i:02d}", _idle_policy(idle)))
+            idle += 1
+            continue
+        document = _applying_policy(applying, slug)
+        if quota and applying == 0:
+            document["rules"]["quota"] = dict(POLICY_QUOTA)
+        out.append((f"rule-{i:02d}", document))
+        applying += 1
+    return out
+
+
+# Stores policies in the vault named by GRANTVAULT_DATA_DIR through the policy service (the
+# same write `grantvault policies put` makes): stdin is {"app": ..., "policies": [[name,
+# document], ...]}; stdout the number of live policies of the app afterwards.
+POLICY_LOADER = textwrap.dedent(
+    """
+    import asyncio
+    import json
+    import sys
+
+    from grantvault_server.config import load_settings
+    from grantvault_server.services.apps import get_app
+    from grantvault_server.services.policies import list_policies, put_policy
+    from grantvault_server.services.vault import Vault, operator_actor
+
+
+    async def main() -> None:
+        spec = json.load(sys.stdin)
+        vault = await Vault.start(load_settings())
+        try:
+            app = await get_app(vault, spec["app"])
+            actor = operator_actor("bench")
+            for name, document in spec["policies"]:
+                await put_policy(
+                    vault, app, name, document, actor=actor, source=json.dumps(document)
+                )
+            print(len(await list_policies(vault, app)))
+        finally:
+            await vault.close()
+
+
+    asyncio.run(main())
+    """
+)
+
+
+def store_policies(env: Mapping[str, str], policies: list[tuple[str, dict[str, Any]]]) -> None:
+    """Put ``policies`` on the bench app of the vault ``env`` names (POLICY_LOADER)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", POLICY_LOADER],
+        env=dict(env),
+        input=json.dumps({"app": "bench", "policies": policies}),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or proc.stdout.strip() != str(len(policies)):
+        raise RuntimeError(
+            f"storing {len(policies)} policies failed ({proc.returncode}): "
+            f"{proc.stdout[-500:]}{proc.stderr[-3000:]}"
+        )
+
+
+def copy_vault(source: Path, copy: Path) -> None:
+    """A copy of a prepared (and closed) vault: database, its WAL if any, master key."""
+    copy.mkdir()
+    for name in ("grantvault.db", "grantvault.db-wal", "master.key"):
+        if (source / name).exists() or name != "grantvault.db-wal":
+            shutil.copy2(source / name, copy / name)
+
+
+def prepare_policy_vaults(data_dir: Path, fixture: Fixture) -> dict[str, Path]:
+    """Copies of the prepared vault, one per --compare-policies variant: "none" is
+    ``data_dir`` itself; "policies" and "quota" get ``bench_policies`` (without and with the
+    quota) in a copy of their own, so no two server processes share a database."""
+    dirs = {"none": data_dir}
+    for variant in ("policies", "quota"):
+        copy = data_dir / f"policies-{variant}"
+        copy_vault(data_dir, copy)
+        store_policies(
+            vault_env(copy), bench_policies(fixture.provider_id, quota=variant == "quota")
+        )
+        dirs[variant] = copy
+    return dirs
+
+
 @dataclass
 class Server:
     name: str
@@ -666,6 +943,8 @@ class Target:
     mode: str
     #: --compare-limiter: whether this vault's abuse limits are on (None otherwise).
     limiter: bool | None = None
+    #: --compare-policies: the vault's variant, a key of POLICY_VARIANTS (None otherwise).
+    policies: str | None = None
 
     @property
     def is_vault(self) -> bool:
@@ -673,7 +952,7 @@ class Target:
 
     @property
     def file_key(self) -> str:
-        return self.label.replace(" ", "-")
+        return "".join(c if c.isalnum() else "-" for c in self.label)
 
 
 def verify_mode(target: Target, fixture: Fixture) -> None:
@@ -1028,6 +1307,20 @@ def audit_counts(db_path: Path) -> dict[str, int]:
     return {str(outcome): int(n) for outcome, n in rows}
 
 
+def policy_audit_counts(db_path: Path) -> dict[str, int]:
+    """What one --compare-policies vault recorded: its successful retrievals, how many of
+    their audit rows list exactly the applying policies, and the quota counters' total."""
+    applying = POLICY_COUNT - POLICIES_NOT_APPLYING
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        success, listed = conn.execute(
+            "SELECT count(*), coalesce(sum(json_array_length(details, '$.policies') = ?), 0) "
+            "FROM audit_events WHERE event = 'credential.retrieved' AND outcome = 'success'",
+            (applying,),
+        ).fetchone()
+        (charged,) = conn.execute("SELECT coalesce(sum(count), 0) FROM policy_counters").fetchone()
+    return {"success": int(success), "listing_policies": int(listed), "quota_count": int(charged)}
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -1122,6 +1415,8 @@ def print_report(report: dict[str, Any]) -> None:
                 f"server CPU per retrieval: off {lim['cpu_us_per_retrieval_off']:.0f} us, "
                 f"on {lim['cpu_us_per_retrieval_on']:.0f} us"
             )
+    if verdict.get("policies"):
+        print_policies(verdict["policies"])
     if verdict["jwt_vs_grant_id"] is not None:
         print(
             f"vault jwt / vault grant_id = {verdict['jwt_rps']:.1f} / {verdict['vault_rps']:.1f} "
@@ -1173,6 +1468,140 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"Note: {report['note']}")
 
 
+def _cpu_us_per_retrieval(phases: list[PhaseResult]) -> float | None:
+    """Server CPU time per 2xx answer over ``phases``: less sensitive than req/s to the
+    machine's other load (a stolen core lowers req/s, not the CPU a request needs)."""
+    if not phases or any(m.server_cpu_pct is None for m in phases):
+        return None
+    cpu = sum((m.server_cpu_pct or 0) / 100 * m.elapsed for m in phases)
+    done = sum(m.ok for m in phases)
+    return round(1e6 * cpu / done, 1) if done else None
+
+
+def policy_comparison(
+    runs: list[tuple[Target, PhaseResult, PhaseResult]], policy_audit: dict[str, dict[str, int]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """--compare-policies: each variant's runs and means, the two ratios, and the checks.
+
+    (b)/(a) is the policies' share of throughput (target >= TARGET_POLICY_RATIO); (c)/(b)
+    is the quota's, reported apart. The audit part proves what was measured: every success
+    row of a vault with policies lists the applying ones, and the quota counter of (c)
+    counts exactly its successful retrievals (charged in the same transaction).
+    """
+    applying = POLICY_COUNT - POLICIES_NOT_APPLYING
+    variants: dict[str, Any] = {}
+    for variant, label in POLICY_VARIANTS.items():
+        phases = [m for t, _, m in runs if t.policies == variant]
+        warm = [w for t, w, _ in runs if t.policies == variant]
+        p50s = [p for p in (m.percentile(50) for m in phases) if p is not None]
+        p99s = [p for p in (m.percentile(99) for m in phases) if p is not None]
+        # The 2xx answers this vault gave (its check request included), against its rows.
+        answered = 1 + sum(m.ok + w.ok for m, w in zip(phases, warm, strict=True))
+        unanswered = sum(m.unanswered + w.unanswered for m, w in zip(phases, warm, strict=True))
+        counts = policy_audit[variant]
+        variants[variant] = {
+            "label": label,
+            "policies": 0 if variant == "none" else POLICY_COUNT,
+            "applying": 0 if variant == "none" else applying,
+            "quota": variant == "quota",
+            "rps": [round(m.rps, 1) for m in phases],
+            "rps_mean": round(statistics.fmean(m.rps for m in phases), 1),
+            "p50_ms": [_round(p) for p in p50s],
+            "p99_ms": [_round(p) for p in p99s],
+            "p50_ms_mean": _round(statistics.fmean(p50s)) if p50s else None,
+            "p99_ms_mean": _round(statistics.fmean(p99s)) if p99s else None,
+            "errors": sum(m.errors for m in phases),
+            "cpu_us_per_retrieval": _cpu_us_per_retrieval(phases),
+            "server_saturated": _all_saturated(phases),
+            "audit": {
+                **counts,
+                "answered_2xx": answered,
+                "unanswered": unanswered,
+                "rows_match": answered <= counts["success"] <= answered + unanswered,
+                # Every success row lists the applying policies (none without policies) ...
+                "policies_listed": counts["listing_policies"]
+                == (0 if variant == "none" else counts["success"]),
+                # ... and the quota counted exactly the successes of (c), nothing elsewhere.
+                "quota_exact": counts["quota_count"]
+                == (counts["success"] if variant == "quota" else 0),
+            },
+        }
+    none, pol, quota = (variants[v] for v in ("none", "policies", "quota"))
+    ratio = _ratio(pol["rps_mean"], none["rps_mean"]) or 0.0
+    quota_ratio = _ratio(quota["rps_mean"], pol["rps_mean"]) or 0.0
+
+    def cpu_ratio(num: dict[str, Any], den: dict[str, Any]) -> float | None:
+        a, b = num["cpu_us_per_retrieval"], den["cpu_us_per_retrieval"]
+        return round(b / a, 3) if a and b else None
+
+    report = {
+        "variants": variants,
+        "policies_vs_none": ratio,
+        "quota_vs_policies": quota_ratio,
+        "quota_cost": round(1 - quota_ratio, 4),
+        # The same ratios from server CPU per retrieval (inverted: a higher cost is a lower
+        # ratio), for a machine whose other load makes req/s noisy.
+        "cpu_policies_vs_none": cpu_ratio(pol, none),
+        "cpu_quota_vs_policies": cpu_ratio(quota, pol),
+        "audit_ok": all(
+            v["audit"]["rows_match"] and v["audit"]["policies_listed"] and v["audit"]["quota_exact"]
+            for v in variants.values()
+        ),
+    }
+    checks = [
+        {
+            "name": f"{POLICY_COUNT} policies / no policies (req/s)",
+            "value": ratio,
+            "target": f">= {TARGET_POLICY_RATIO:g}",
+            "pass": ratio >= TARGET_POLICY_RATIO,
+        }
+    ]
+    return report, checks
+
+
+def print_policies(pol: dict[str, Any]) -> None:
+    """The --compare-policies summary: one row per variant over all its runs, then the two
+    ratios and the audit proof."""
+    print()
+    header = (
+        f"{'grant_id retrievals':<20} {'policies':>8} {'apply':>5} {'mean req/s':>10} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10}  runs (req/s)"
+    )
+    print(header)
+    print("-" * len(header))
+    for v in pol["variants"].values():
+        name = v["label"] if not v["quota"] else f"{v['label']} rule"
+        mark = "*" if v["server_saturated"] is False else ""
+        print(
+            f"{name:<20} {v['policies']:>8} {v['applying']:>5} "
+            f"{_fmt(v['rps_mean'], '.1f') + mark:>10} {_fmt(v['p50_ms_mean'], '.2f'):>7} "
+            f"{_fmt(v['p99_ms_mean'], '.2f'):>7} {_fmt(v['cpu_us_per_retrieval'], '.0f'):>10}  "
+            + ", ".join(f"{x:.1f}" for x in v["rps"])
+        )
+    none, with_policies, quota = (pol["variants"][k] for k in ("none", "policies", "quota"))
+    print()
+    print(
+        f"(b)/(a) {with_policies['label']} / {none['label']} = "
+        f"{with_policies['rps_mean']:.1f} / {none['rps_mean']:.1f} = "
+        f"{pol['policies_vs_none']:.3f} (from CPU per retrieval: "
+        f"{_fmt(pol['cpu_policies_vs_none'], '.3f')})"
+    )
+    print(
+        f"(c)/(b) quota rule: {quota['rps_mean']:.1f} / {with_policies['rps_mean']:.1f} = "
+        f"{pol['quota_vs_policies']:.3f}, cost {100 * pol['quota_cost']:.1f} % "
+        f"(from CPU per retrieval: {_fmt(pol['cpu_quota_vs_policies'], '.3f')})"
+    )
+    print(
+        "policy audit (success rows, of which list the applying policies, quota count): "
+        + "; ".join(
+            f"{v['label']}: {v['audit']['success']}, {v['audit']['listing_policies']}, "
+            f"{v['audit']['quota_count']}"
+            for v in pol["variants"].values()
+        )
+        + f" -> {'consistent' if pol['audit_ok'] else 'MISMATCH'}"
+    )
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None:
         return None
@@ -1184,8 +1613,10 @@ def build_report(
     runs: list[tuple[Target, PhaseResult, PhaseResult]],
     audit: dict[str, int],
     probes: int,
+    policy_audit: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """``probes``: the vault's 2xx answers to ``verify_mode``'s check requests (audited too)."""
+    """``probes``: the vault's 2xx answers to ``verify_mode``'s check requests (audited too).
+    ``policy_audit``: ``policy_audit_counts`` per --compare-policies variant."""
     baseline_runs = [m for t, _, m in runs if not t.is_vault]
     baseline_rps = statistics.fmean(r.rps for r in baseline_runs)
     # Measured vault rps per mode (each mode is measured once per run).
@@ -1239,16 +1670,8 @@ def build_report(
         off_rps, on_rps = statistics.fmean(off), statistics.fmean(on)
         cost = 1 - on_rps / off_rps if off_rps else 0.0
 
-        def cpu_us(flag: bool) -> float | None:
-            # Server CPU per retrieval: less sensitive than req/s to the machine's other load.
-            phases = [m for t, _, m in runs if t.limiter is flag]
-            if any(m.server_cpu_pct is None for m in phases):
-                return None
-            cpu = sum((m.server_cpu_pct or 0) / 100 * m.elapsed for m in phases)
-            done = sum(m.ok for m in phases)
-            return round(1e6 * cpu / done, 1) if done else None
-
-        cpu_off, cpu_on = cpu_us(False), cpu_us(True)
+        cpu_off = _cpu_us_per_retrieval([m for t, _, m in runs if t.limiter is False])
+        cpu_on = _cpu_us_per_retrieval([m for t, _, m in runs if t.limiter is True])
         grant_rps = off_rps
         ratio = _ratio(grant_rps, baseline_rps)
         limiter = {
@@ -1268,6 +1691,11 @@ def build_report(
                 "pass": cost < TARGET_LIMITER_COST,
             }
         ]
+    policy_report: dict[str, Any] | None = None
+    if policy_audit is not None:
+        policy_report, checks = policy_comparison(runs, policy_audit)
+        grant_rps = policy_report["variants"]["none"]["rps_mean"]
+        ratio = _ratio(grant_rps, baseline_rps)
     vault_runs = [(w, m) for t, w, m in runs if t.is_vault]
     vault_successes = probes + sum(w.ok + m.ok for w, m in vault_runs)
     vault_unanswered = sum(w.unanswered + m.unanswered for w, m in vault_runs)
@@ -1302,6 +1730,7 @@ def build_report(
             "presign_rate": args.presign_rate if args.client == "wrk" else None,
             "saturated_cpu_pct": SATURATED_CPU_PCT,
             "compare_limiter": args.compare_limiter,
+            "compare_policies": args.compare_policies,
         },
         "warnings": args.warnings,
         "rows": rows,
@@ -1321,6 +1750,7 @@ def build_report(
             "baseline_saturated": _all_saturated(baseline_runs),
             "checks": checks,
             "limiter": limiter,
+            "policies": policy_report,
         },
         "audit": {
             "vault_successes": vault_successes,
@@ -1413,12 +1843,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="With --compare-limiter: how many off, on, on, off sequences (default 2).",
     )
+    parser.add_argument(
+        "--compare-policies",
+        action="store_true",
+        help=f"Measure grant_id retrievals on three otherwise identical vault processes: no "
+        f"policies, {POLICY_COUNT} policies ({POLICY_COUNT - POLICIES_NOT_APPLYING} apply to "
+        "the grant and allow the call), and the same with a per-grant quota rule (order "
+        "a, b, c, c, b, a); report (b)/(a) and the quota's cost (c)/(b).",
+    )
+    parser.add_argument(
+        "--policy-rounds",
+        type=int,
+        default=2,
+        help="With --compare-policies: how many a, b, c, c, b, a sequences (default 2).",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1:
         parser.error("--duration must be > 0 and --concurrency >= 1")
     args.modes = MODES if args.mode == "both" else (args.mode,)
-    if args.compare_limiter:
+    if args.compare_limiter and args.compare_policies:
+        parser.error("--compare-limiter and --compare-policies are separate runs")
+    if args.limiter_rounds < 1 or args.policy_rounds < 1:
+        parser.error("--limiter-rounds and --policy-rounds must be >= 1")
+    if args.compare_limiter or args.compare_policies:
         args.modes = ("grant_id",)
     args.warnings = []
     args.wrk_path = shutil.which("wrk")
@@ -1490,11 +1938,16 @@ def main(argv: list[str] | None = None) -> int:
         baseline_cmd = [sys.executable, str(baseline_script), str(baseline_port)]
         runs: list[tuple[Target, PhaseResult, PhaseResult]] = []
         limited_dir = data_dir / "limited"
+        policy_dirs: dict[str, Path] = {}
+        if args.compare_policies:
+            log(
+                f"storing {POLICY_COUNT} policies ({POLICIES_NOT_APPLYING} of them for other "
+                "grants) in two copies of the vault, one with a quota ..."
+            )
+            policy_dirs = prepare_policy_vaults(data_dir, fixture)
         if args.compare_limiter:
             # Same vault (app, key, grant), its own copy: the two processes never share a file.
-            limited_dir.mkdir()
-            for name in ("grantvault.db", "master.key"):
-                shutil.copy2(data_dir / name, limited_dir / name)
+            copy_vault(data_dir, limited_dir)
             env = {**env, **LIMITER_OFF_ENV}
         else:
             # Throughput runs measure the limiter's work but must not be throttled by it: one
@@ -1503,13 +1956,13 @@ def main(argv: list[str] | None = None) -> int:
         with (
             running_server("vault", vault_cmd, vault_port, env, data_dir) as vault,
             running_server("baseline", baseline_cmd, baseline_port, env, data_dir) as baseline,
-            contextlib.ExitStack() as limited_stack,
+            contextlib.ExitStack() as extra_stack,
         ):
             # One vault process serves every mode, one mode after the other.
             vault_targets = [Target(f"vault {mode}", vault, mode) for mode in args.modes]
             if args.compare_limiter:
                 limited_port = free_port()
-                limited = limited_stack.enter_context(
+                limited = extra_stack.enter_context(
                     running_server(
                         "vault-limited",
                         [*vault_cmd[:-1], str(limited_port)],
@@ -1526,6 +1979,25 @@ def main(argv: list[str] | None = None) -> int:
                 off = Target("limiter off", vault, "grant_id", limiter=False)
                 on = Target("limiter on", limited, "grant_id", limiter=True)
                 vault_targets = [off, on, on, off] * args.limiter_rounds
+            if args.compare_policies:
+                variants = {"none": vault}
+                for variant in ("policies", "quota"):
+                    port = free_port()
+                    variants[variant] = extra_stack.enter_context(
+                        running_server(
+                            f"vault-{variant}",
+                            [*vault_cmd[:-1], str(port)],
+                            port,
+                            {**env, "GRANTVAULT_DATA_DIR": str(policy_dirs[variant])},
+                            data_dir,
+                        )
+                    )
+                a, b, c = (
+                    Target(f"vault {POLICY_VARIANTS[v]}", variants[v], "grant_id", policies=v)
+                    for v in ("none", "policies", "quota")
+                )
+                # Mirrored, so that a drift of the machine's speed cancels out of the means.
+                vault_targets = [a, b, c, c, b, a] * args.policy_rounds
             baseline_target = Target("baseline", baseline, "grant_id")
             order = [baseline_target, *vault_targets]
             if args.repeat_baseline:
@@ -1570,7 +2042,16 @@ def main(argv: list[str] | None = None) -> int:
         audit = audit_counts(data_dir / "grantvault.db")
         if args.compare_limiter:
             audit = dict(Counter(audit) + Counter(audit_counts(limited_dir / "grantvault.db")))
-        report = build_report(args, runs, audit, probes=len(distinct))
+        policy_audit: dict[str, dict[str, int]] | None = None
+        if args.compare_policies:
+            for variant in ("policies", "quota"):
+                extra = audit_counts(policy_dirs[variant] / "grantvault.db")
+                audit = dict(Counter(audit) + Counter(extra))
+            policy_audit = {
+                variant: policy_audit_counts(directory / "grantvault.db")
+                for variant, directory in policy_dirs.items()
+            }
+        report = build_report(args, runs, audit, probes=len(distinct), policy_audit=policy_audit)
     if args.json:
         print(json.dumps(report))
     else:
