@@ -7,10 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from grantvault_server.cli._common import AppOpt, JsonOpt, emit, err, fail, out, run, with_vault
-from grantvault_server.services import apps as app_service
-from grantvault_server.services.identity import idp as idp_service
-from grantvault_server.services.vault import Vault, operator_actor
+from grantvault_server.cli._common import AppOpt, JsonOpt, emit, err, fail, out
+from grantvault_server.cli._invoke import call
 
 idp_cli = typer.Typer(
     help="The app's identity provider: JWT verification, claim mappings, sign-in client, "
@@ -91,26 +89,21 @@ def idp_set(
         secret = sys.stdin.read().strip()
         if not secret:
             fail("--client-secret-stdin was given but stdin is empty", 2)
-    settings = idp_service.IdpSettings(
+    result = call(
+        "idp.set",
+        app=app,
         issuer=issuer,
         audience=audience,
         user_id_claim=user_id_claim,
         groups_claim=groups_claim,
         email_claim=email_claim,
         name_claim=name_claim,
-        algorithms=tuple(a.strip() for a in algorithms.split(",") if a.strip())
-        if algorithms
-        else None,
-        signin_client_id=client_id,
-        signin_client_secret=secret,
-        clear_signin=no_signin,
+        algorithms=[a.strip() for a in algorithms.split(",") if a.strip()] if algorithms else None,
+        client_id=client_id,
+        client_secret=secret,
+        no_signin=no_signin,
+        force=force,
     )
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        target = await app_service.get_app(vault, app)
-        return await idp_service.set_idp(vault, target, operator_actor(), settings, force=force)
-
-    result = run(with_vault(action))
     if as_json:
         emit(result)
     else:
@@ -120,15 +113,38 @@ def idp_set(
 @idp_cli.command("show")
 def idp_show(app: AppOpt, as_json: JsonOpt = False) -> None:
     """Show the app's identity provider (secrets are never shown, only whether they are set)."""
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        return await idp_service.show_idp(vault, await app_service.get_app(vault, app))
-
-    result = run(with_vault(action))
+    result = call("idp.show", app=app)
     if as_json:
         emit(result)
     else:
         _print(result)
+
+
+@idp_cli.command("discover")
+def idp_discover(
+    app: AppOpt,
+    issuer: Annotated[str, typer.Option(help="The issuer URL to discover.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch an issuer's OIDC discovery document and show what `idp set` would keep.
+
+    Nothing is saved. The vault (the server, in remote mode) fetches the document.
+    """
+    result = call("idp.discover", app=app, issuer=issuer)
+    if as_json:
+        emit(result)
+        return
+    out.print(f"[bold]Issuer[/]       {result['issuer']}", highlight=False)
+    out.print(f"JWKS         {result['jwks_uri']}", highlight=False)
+    out.print(f"Algorithms   {', '.join(result['algorithms'])}", highlight=False)
+    out.print(f"Authorize    {result['authorization_endpoint'] or '-'}", highlight=False)
+    out.print(f"Token        {result['token_endpoint'] or '-'}", highlight=False)
+    out.print(
+        "Claims       "
+        + ", ".join(f"{k}={v}" for k, v in result["claims"].items() if v is not None)
+        + (" (as configured)" if result["configured"] else " (defaults)"),
+        highlight=False,
+    )
 
 
 @idp_cli.command("webhook-secret")
@@ -146,24 +162,15 @@ def idp_webhook_secret(
     given = sys.stdin.read().strip() if from_stdin else None
     if from_stdin and not given:
         fail("--from-stdin was given but stdin is empty", 2)
-
-    async def action(vault: Vault) -> tuple[str, str]:
-        target = await app_service.get_app(vault, app)
-        secret = await idp_service.set_webhook_secret(vault, target, operator_actor(), secret=given)
-        url = vault.settings.effective_public_base_url + idp_service.WEBHOOK_PATH.format(
-            app_id=target.id
-        )
-        return secret, url
-
-    secret, url = run(with_vault(action))
+    result = call("idp.webhook-secret", app=app, secret=given)
     if as_json:
-        emit({"url": url, "secret": None if given else secret})
+        emit(result)
     elif given:
-        out.print(f"Stored the webhook secret. Endpoint: {url}", highlight=False)
+        out.print(f"Stored the webhook secret. Endpoint: {result['url']}", highlight=False)
     else:
         err.print(
             "[bold yellow]This secret is shown once.[/] Configure it at your IdP, with the "
-            f"endpoint {url}",
+            f"endpoint {result['url']}",
             highlight=False,
         )
-        out.print(secret, highlight=False)
+        out.print(result["secret"], highlight=False)

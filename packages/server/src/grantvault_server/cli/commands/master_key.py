@@ -1,4 +1,11 @@
-"""``grantvault master-key``: generate, rotate and retire the master key."""
+"""``grantvault master-key``: generate, rotate and retire the master key, and its status.
+
+``status`` is an administrative operation (``master-key.status``) like every other, so it
+works on a remote vault too. ``rotate`` and ``retire-old`` are not: they need the master key
+itself (the key file, or ``GRANTVAULT_MASTER_KEY``) on the server host, write the new key
+file there and re-encrypt every row, so they refuse to run in remote mode instead of acting
+on whatever local database the shell happens to point at. ``generate`` touches no vault.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,74 @@ from typing import Annotated
 import typer
 
 from grantvault_server.cli._common import JsonOpt, emit, err, fail, out, run
+from grantvault_server.cli._invoke import call, remote_target
 from grantvault_server.config import generate_master_key_text, load_settings, write_key_file
 
-master_key_cli = typer.Typer(help="The master key that wraps all data keys.", no_args_is_help=True)
+master_key_cli = typer.Typer(
+    help="The master key that wraps all data keys. `status` works on a remote vault; "
+    "`rotate` and `retire-old` run on the server host only.",
+    no_args_is_help=True,
+)
+
+_ON_THE_HOST = (
+    "Run this on the server host, with the vault's master key and database configured "
+    "(without --server/--token or GRANTVAULT_SERVER/GRANTVAULT_TOKEN)."
+)
+
+
+def _local_only(command: str) -> None:
+    """Refuse in remote mode: the master key never travels over the admin API."""
+    if remote_target() is not None:
+        fail(
+            f"`grantvault master-key {command}` needs the master key files of the server "
+            f"host, so it cannot run through the admin API. {_ON_THE_HOST}",
+            2,
+        )
+
+
+@master_key_cli.command("status")
+def master_key_status(as_json: JsonOpt = False) -> None:
+    """Show the master key the vault runs with and where a rotation stands.
+
+    For owners and auditors; works on a remote vault like every other command.
+    """
+    data = call("master-key.status")
+    if as_json:
+        emit(data)
+        return
+    out.print(
+        f"Master key   {data['key_id']} (from the {data['key_source']}; "
+        f"data key term {data['active_term']})",
+        highlight=False,
+    )
+    for term in data["terms"]:
+        out.print(
+            f"  term {term['term']}: wrapped by {', '.join(term['master_key_ids'])}",
+            highlight=False,
+        )
+    rotation = data["rotation"]
+    if rotation is None:
+        out.print("Rotation     none in progress", highlight=False)
+    else:
+        out.print(
+            f"Rotation     {rotation['from_key_id']} -> {rotation['to_key_id']} "
+            f"(since {rotation['started_at']})",
+            highlight=False,
+        )
+        out.print(
+            "             "
+            + (
+                "re-encryption unfinished: run `grantvault master-key rotate` again"
+                if data["reencryption_pending"]
+                else "every row re-encrypted: `grantvault master-key retire-old` can run"
+            ),
+            highlight=False,
+        )
+    if data["restart_needed"]:
+        out.print("[bold yellow]This server still runs with the old key: restart it.[/]")
+    if data["sealed"]:
+        out.print(f"[bold red]Sealed:[/] {data['sealed_reason']}", highlight=False)
+    out.print(f"Last rotated {data['last_rotated_at'] or 'never'}", highlight=False)
 
 
 @master_key_cli.command("generate")
@@ -21,7 +93,7 @@ def master_key_generate(
         Path | None, typer.Option(help="Write to this file (mode 0600) instead of stdout.")
     ] = None,
 ) -> None:
-    """Generate a new random master key (base64)."""
+    """Generate a new random master key (base64). Touches no vault."""
     text = generate_master_key_text()
     if output:
         if output.exists():
@@ -44,12 +116,15 @@ def master_key_rotate(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Rotate the master key online: new data key, re-encrypt every row.
+    """Rotate the master key online, on the server host: new data key, re-encrypt every row.
 
     Safe to interrupt: run it again to resume. Servers keep serving throughout; the old key
-    stays valid until `grantvault master-key retire-old`.
+    stays valid until `grantvault master-key retire-old`. Runs on the server host only (it
+    needs the key files there), never through --server / GRANTVAULT_SERVER.
     """
     from grantvault_server.services import rotation
+
+    _local_only("rotate")
 
     settings = load_settings()
     result = run(
@@ -89,8 +164,13 @@ def master_key_rotate(
 
 @master_key_cli.command("retire-old")
 def master_key_retire_old(as_json: JsonOpt = False) -> None:
-    """Forget the previous master key once every server runs with the new one."""
+    """Forget the previous master key once every server runs with the new one (server host).
+
+    Runs on the server host only, never through --server / GRANTVAULT_SERVER.
+    """
     from grantvault_server.services import rotation
+
+    _local_only("retire-old")
 
     result = run(rotation.retire_old(load_settings()))
     if as_json:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from grantvault_server.cli._common import AppOpt, JsonOpt, emit, out, run, table, with_vault
-from grantvault_server.services import apps as app_service
-from grantvault_server.services.identity import service as identity
-from grantvault_server.services.identity.idp import active_config, require_config
-from grantvault_server.services.identity.users import list_groups, list_users
-from grantvault_server.services.vault import Vault, operator_actor
+from grantvault_server.cli._common import AppOpt, JsonOpt, emit, out, table
+from grantvault_server.cli._invoke import call
 
 users_cli = typer.Typer(
     help="An app's end users (created at their first verified token).", no_args_is_help=True
@@ -31,13 +27,7 @@ def users_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List the app's users."""
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        target = await app_service.get_app(vault, app)
-        config = require_config(await active_config(vault, target.id, fresh=True))
-        return await list_users(vault, config, status=status, limit=limit, offset=offset)
-
-    result = run(with_vault(action))
+    result = call("users.list", app=app, status=status, limit=limit, offset=offset)
     if as_json:
         emit(result)
     else:
@@ -63,19 +53,12 @@ def users_disable(
     subject: SubjectArg, app: AppOpt, reason: ReasonOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Cut a user off at once: their tokens are refused and their grants revoked."""
-
-    async def action(vault: Vault) -> list[str]:
-        target = await app_service.get_app(vault, app)
-        return await identity.disable_user(
-            vault, target.id, subject, operator_actor(), reason=reason
-        )
-
-    revoked = run(with_vault(action))
+    result = call("users.disable", app=app, subject=subject, reason=reason)
     if as_json:
-        emit({"subject": subject, "status": "disabled", "revoked_grants": revoked})
+        emit(result)
     else:
         out.print(
-            f"Disabled {subject}; revoked {len(revoked)} grant(s).",
+            f"Disabled {result['subject']}; revoked {len(result['revoked_grants'])} grant(s).",
             highlight=False,
         )
 
@@ -85,28 +68,17 @@ def users_enable(
     subject: SubjectArg, app: AppOpt, reason: ReasonOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Let a disabled user in again (revoked grants stay revoked)."""
-
-    async def action(vault: Vault) -> None:
-        target = await app_service.get_app(vault, app)
-        await identity.enable_user(vault, target.id, subject, operator_actor(), reason=reason)
-
-    run(with_vault(action))
+    result = call("users.enable", app=app, subject=subject, reason=reason)
     if as_json:
-        emit({"subject": subject, "status": "active"})
+        emit(result)
     else:
-        out.print(f"Enabled {subject}.", highlight=False)
+        out.print(f"Enabled {result['subject']}.", highlight=False)
 
 
 @groups_cli.command("list")
 def groups_list(app: AppOpt, as_json: JsonOpt = False) -> None:
     """List the groups seen in the app's user tokens, with their member counts."""
-
-    async def action(vault: Vault) -> dict[str, Any]:
-        target = await app_service.get_app(vault, app)
-        config = require_config(await active_config(vault, target.id, fresh=True))
-        return await list_groups(vault, config)
-
-    result = run(with_vault(action))
+    result = call("groups.list", app=app)
     if as_json:
         emit(result)
     else:
