@@ -89,13 +89,18 @@ def _grant_check(dialect: str) -> Any:
     return stmt.order_by(grants.c.id).with_for_update() if dialect == "postgresql" else stmt
 
 
-def _key_check(dialect: str) -> Any:
+def _key_check(dialect: str, touch: bool = False) -> Any:
+    """The keys' state, share-locked; locked for update when the batch will touch a key's
+    ``last_used_at``. Two replicas' batches that both held the share lock and then both
+    updated the row would deadlock (each waits for the other's share lock)."""
     stmt = sa.select(
         api_keys.c.id, api_keys.c.revoked_at, api_keys.c.grace_expires_at, api_keys.c.expires_at
     ).where(api_keys.c.id.in_(sa.bindparam("ids", expanding=True)))
-    return (
-        stmt.order_by(api_keys.c.id).with_for_update(read=True) if dialect == "postgresql" else stmt
-    )
+    if dialect != "postgresql":
+        return stmt
+    # FOR NO KEY UPDATE (the lock the touch's UPDATE takes) or FOR SHARE.
+    lock = {"key_share": True} if touch else {"read": True}
+    return stmt.order_by(api_keys.c.id).with_for_update(**lock)
 
 
 class RetrievalWriter:
@@ -217,7 +222,10 @@ class RetrievalWriter:
             r.id: r for r in await conn.execute(_grant_check(dialect), {"ids": grant_ids})
         }
         key_ids = sorted({writes[i].key_id for i in live})
-        key_rows = {r.id: r for r in await conn.execute(_key_check(dialect), {"ids": key_ids})}
+        touch = any(writes[i].touch_key for i in live)
+        key_rows = {
+            r.id: r for r in await conn.execute(_key_check(dialect, touch), {"ids": key_ids})
+        }
         for i in live:
             grant = grant_rows.get(writes[i].grant_id)
             key = key_rows.get(writes[i].key_id)
