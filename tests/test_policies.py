@@ -209,7 +209,7 @@ async def test_a_denial_names_the_policy_version_and_rule_and_is_audited(
     assert [r.outcome for r in rows] == ["success", "denied", "success"]
     assert details[1]["policy"] == "read-only" and details[1]["rule"] == "methods"
     assert details[1]["policy_version"] == 1
-    assert details[2]["policies"] == [{"name": "read-only", "version": 1}]
+    assert details[2]["policies"] == ["read-only@1"]
 
 
 async def test_a_change_applies_to_the_next_request(

@@ -9,7 +9,9 @@ read per retrieval. Pure (no storage): ``services.policies`` fills it.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from grantvault_server.policy.compile import CompiledPolicy
 
@@ -23,13 +25,27 @@ class Broken:
     why: str
 
 
+#: Decisions remembered per app entry before the memory is cleared (a bound, not a target).
+MAX_DECISIONS = 4096
+
+
 @dataclass(frozen=True)
 class AppPolicies:
-    """The compiled policies of one app at one generation, in evaluation order."""
+    """The compiled policies of one app at one generation, in evaluation order.
+
+    ``decisions`` remembers recent decisions (``policy.engine.decide``): a decision depends
+    only on the facts and these policies, and on the time only through whole minutes (window
+    edges are ``HH:MM`` in zones whose offsets are whole minutes; counter windows are whole
+    UTC minutes, hours, days or months), so it holds for every call with the same facts in the
+    same UTC minute. The entry is replaced when a policy changes, and its memory with it.
+    """
 
     generation: int
     compiled: tuple[CompiledPolicy, ...] = ()
     broken: tuple[Broken, ...] = ()
+    decisions: dict[Hashable, Any] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
 
 NO_POLICIES = AppPolicies(generation=0)

@@ -8,10 +8,11 @@ storage or the clock; ``evaluate`` in ``engine.py`` drives these checks.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import zoneinfo
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from grantvault_server.policy.document import (
@@ -54,6 +55,15 @@ class Charge:
     limit: int
     window_start: datetime
     window_end: datetime
+    #: The counter's stored id: a digest of the key, worked out once (a charge is reused by
+    #: every call the remembered decision serves).
+    counter: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        material = "\x1f".join(
+            [self.policy, self.rule, self.per, self.subject, self.window_start.isoformat()]
+        )
+        object.__setattr__(self, "counter", hashlib.sha256(material.encode()).hexdigest())
 
     @property
     def key(self) -> tuple[str, str, str, str, str, datetime]:

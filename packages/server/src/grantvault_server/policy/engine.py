@@ -31,7 +31,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from grantvault_server.policy.cache import AppPolicies
+from grantvault_server.policy.cache import MAX_DECISIONS, AppPolicies
 from grantvault_server.policy.compile import Charge, CompiledPolicy
 from grantvault_server.policy.facts import Facts, MissingFact
 
@@ -142,7 +142,12 @@ def evaluate(policies: Sequence[CompiledPolicy], facts: Facts) -> Decision:
             return outcome
         if outcome:
             applied.append((policy.name, policy.version))
-    reason = f"allowed by {', '.join(n for n, _ in applied)}" if applied else "no_policy_applies"
+    if not applied:
+        reason = "no_policy_applies"
+    elif len(applied) <= 3:
+        reason = f"allowed by {', '.join(n for n, _ in applied)}"
+    else:
+        reason = f"allowed by {len(applied)} policies"
     return Decision(allowed=True, reason=reason, charges=tuple(charges), applied=tuple(applied))
 
 
@@ -165,4 +170,45 @@ def decide(entry: AppPolicies, facts: Facts) -> Decision:
         )
     if not entry.compiled:
         return Decision(allowed=True, reason="no_policy_applies")
-    return evaluate(entry.compiled, facts)
+    key = _decision_key(facts)
+    if key is None:
+        return evaluate(entry.compiled, facts)
+    memory = entry.decisions
+    found: Decision | None = memory.get(key)
+    if found is None:
+        found = evaluate(entry.compiled, facts)
+        if len(memory) >= MAX_DECISIONS:
+            memory.clear()
+        memory[key] = found
+    return found
+
+
+#: Before 1973 some zones had offsets with seconds (Liberia until 1972): a local minute
+#: then does not line up with a UTC one, so such times are never remembered.
+_WHOLE_MINUTE_OFFSETS_SINCE = 94_694_400  # 1973-01-01T00:00:00Z
+#: URLs longer than this are judged afresh each time (they would only crowd the memory).
+_MAX_REMEMBERED_URL = 2048
+
+
+def _decision_key(facts: Facts) -> tuple[object, ...] | None:
+    """Everything a decision depends on, with the time as its UTC minute; ``None`` when
+    the call must be judged afresh (a naive time, a long URL, a time before 1973)."""
+    at = facts.at
+    if at.tzinfo is None or len(facts.url) > _MAX_REMEMBERED_URL:
+        return None
+    epoch = at.timestamp()
+    if epoch < _WHOLE_MINUTE_OFFSETS_SINCE:
+        return None
+    return (
+        int(epoch // 60),
+        facts.grant_id,
+        facts.kind,
+        facts.credential,
+        facts.principal_type,
+        facts.principal_id,
+        facts.method,
+        facts.url,
+        facts.end_user_id,
+        facts.groups,
+        facts.caller_ip,
+    )

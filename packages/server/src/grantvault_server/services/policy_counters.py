@@ -9,8 +9,6 @@ exactly when its token is released.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -23,17 +21,8 @@ from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import VaultError
 from grantvault_server.policy.compile import Charge
 from grantvault_server.storage.db import Conn, Database
-from grantvault_server.storage.sql import for_update
 from grantvault_server.storage.tables import policy_counters
 from grantvault_server.timefmt import iso
-
-
-def _counter_id(charge: Charge) -> str:
-    material = json.dumps(
-        [charge.policy, charge.rule, charge.per, charge.subject, iso(charge.window_start)],
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _refusal(charge: Charge, now: datetime) -> VaultError:
@@ -109,7 +98,7 @@ async def apply_charges(
     keyed: dict[tuple[str, str], Charge] = {}
     for call in calls:
         for charge in call:
-            keyed.setdefault((charge.app_id, _counter_id(charge)), charge)
+            keyed.setdefault((charge.app_id, charge.counter), charge)
     if not keyed:
         return [None] * len(calls)
     order = sorted(keyed)
@@ -126,22 +115,13 @@ async def apply_charges(
             for app_id, counter in order
         ],
     )
-    select = (
-        sa.select(
-            policy_counters.c.app_id,
-            policy_counters.c.counter,
-            policy_counters.c.count.label("used"),
-        )
-        .where(sa.tuple_(policy_counters.c.app_id, policy_counters.c.counter).in_(order))
-        .order_by(policy_counters.c.app_id, policy_counters.c.counter)
-    )
-    counts = {
-        (r.app_id, r.counter): int(r.used) for r in await conn.execute(for_update(conn, select))
-    }
+    select = _LOCKED_COUNTS[conn.dialect.name]
+    params = {"apps": sorted({a for a, _ in order}), "counters": [c for _, c in order]}
+    counts = {(r.app_id, r.counter): int(r.used) for r in await conn.execute(select, params)}
     start = dict(counts)
     outcomes: list[VaultError | None] = []
     for call in calls:
-        keys = [(c.app_id, _counter_id(c)) for c in call]
+        keys = [(c.app_id, c.counter) for c in call]
         over = [c for c, k in zip(call, keys, strict=True) if counts[k] + 1 > c.limit]
         if over:
             # The longest used-up window is the one worth reporting: waiting for a shorter
@@ -160,6 +140,26 @@ async def apply_charges(
         await conn.execute(_UPDATE_COUNT, changed)
     return outcomes
 
+
+def _locked_counts(dialect: str) -> Any:
+    """The batch's counter rows, locked in key order on PostgreSQL (built once per dialect:
+    the key lists are expanding parameters, so the statement stays cached)."""
+    stmt = (
+        sa.select(
+            policy_counters.c.app_id,
+            policy_counters.c.counter,
+            policy_counters.c.count.label("used"),
+        )
+        .where(
+            policy_counters.c.app_id.in_(sa.bindparam("apps", expanding=True)),
+            policy_counters.c.counter.in_(sa.bindparam("counters", expanding=True)),
+        )
+        .order_by(policy_counters.c.app_id, policy_counters.c.counter)
+    )
+    return stmt.with_for_update() if dialect == "postgresql" else stmt
+
+
+_LOCKED_COUNTS = {name: _locked_counts(name) for name in ("postgresql", "sqlite")}
 
 _UPDATE_COUNT = (
     sa.update(policy_counters)

@@ -494,7 +494,8 @@ def _success_record(
         provider_id=row.slug,
         details={
             "policy": decision.reason,
-            "policies": [{"name": n, "version": v} for n, v in decision.applied],
+            # "name@version": compact, since every applying policy is listed on every row.
+            "policies": [f"{n}@{v}" for n, v in decision.applied],
             "token_generation": generation,
         }
         if decision.applied
