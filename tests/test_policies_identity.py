@@ -251,18 +251,12 @@ async def test_group_policies_fail_closed_without_a_user_token(
         assert "access_token" not in r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: JwksCache.key_for skips the refresh while one is in flight (the 30 s "
-    "cooldown counts from the attempt) and, with no keys cached yet, answers 503 "
-    "idp_unavailable instead of waiting for that fetch",
-)
 async def test_concurrent_first_user_tokens_wait_for_the_idps_keys(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A replica that has not fetched the IdP's keys yet (just started, or the IdP was just
     configured) and receives several user tokens at once must verify them all once its one
-    fetch returns; today every caller but the first gets 503 idp_unavailable.
+    fetch returns (every caller but the first used to get 503 idp_unavailable).
 
     Deterministic: the key fetch is held until every caller has asked the key cache for a
     key (or five seconds pass), as a slow IdP would hold it."""

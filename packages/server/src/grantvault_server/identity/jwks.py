@@ -182,6 +182,11 @@ class JwksCache:
             self._last_attempt, now
         ):
             await self._refresh(seen)
+        elif self._set is None and self._lock.locked():
+            # The first fetch is in flight (its start began the cool-down): wait for it
+            # rather than fail every caller that arrives meanwhile.
+            async with self._lock:
+                pass
         if self._set is None:
             raise JwksUnavailable("The identity provider's keys could not be fetched.")
         key = self.current(kid, alg)

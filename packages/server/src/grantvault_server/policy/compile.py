@@ -181,7 +181,7 @@ def _subject(per: str, facts: Facts) -> str:
     if per == "app":
         return facts.app_id
     if facts.end_user_id is None:
-        raise MissingFact("end user (a verified user token)")
+        raise MissingFact("end user (from a verified user token or a user's grant)")
     return facts.end_user_id
 
 
@@ -262,7 +262,7 @@ class CompiledPolicy:
         if self.groups is not None:
             if facts.groups is None:
                 raise MissingFact(
-                    "end user's groups (a verified user token), for applies_to.groups"
+                    "end user's groups (from a verified user token)"
                 )
             return not self.groups.isdisjoint(facts.groups)
         return True
@@ -300,7 +300,7 @@ def _ip_check(policy_name: str, networks: tuple[Network, ...], texts: list[str])
 def _groups_check(policy_name: str, wanted: frozenset[str]) -> Check:
     def check(facts: Facts) -> str | None:
         if facts.groups is None:
-            raise MissingFact("end user's groups (a verified user token)")
+            raise MissingFact("end user's groups (from a verified user token)")
         if not wanted.isdisjoint(facts.groups):
             return None
         return (

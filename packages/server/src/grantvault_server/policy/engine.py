@@ -115,7 +115,7 @@ def _judge(policy: CompiledPolicy, facts: Facts, charges: list[Charge]) -> Decis
         return _failed(
             policy,
             step,
-            f"{policy.name} cannot evaluate {step}: the {missing.fact} is unknown for this call",
+            f"{policy.name} cannot evaluate {step} for this call: it needs the {missing.fact}",
         )
     except Exception:
         log.exception(

@@ -98,9 +98,11 @@ def _key_check(dialect: str, touch: bool = False) -> Any:
     ).where(api_keys.c.id.in_(sa.bindparam("ids", expanding=True)))
     if dialect != "postgresql":
         return stmt
-    # FOR NO KEY UPDATE (the lock the touch's UPDATE takes) or FOR SHARE.
-    lock = {"key_share": True} if touch else {"read": True}
-    return stmt.order_by(api_keys.c.id).with_for_update(**lock)
+    ordered = stmt.order_by(api_keys.c.id)
+    if touch:
+        # FOR NO KEY UPDATE: the lock the touch's UPDATE takes anyway.
+        return ordered.with_for_update(key_share=True)
+    return ordered.with_for_update(read=True)  # FOR SHARE
 
 
 class RetrievalWriter:
