@@ -261,9 +261,7 @@ class CompiledPolicy:
             return False
         if self.groups is not None:
             if facts.groups is None:
-                raise MissingFact(
-                    "end user's groups (from a verified user token)"
-                )
+                raise MissingFact("end user's groups (from a verified user token)")
             return not self.groups.isdisjoint(facts.groups)
         return True
 
