@@ -9,6 +9,7 @@ that appear once and never again: passwords, the TOTP seed, minted API keys.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 import pyotp
 import pytest
 import sqlalchemy as sa
+from argon2 import PasswordHasher
 
 from grantvault_server.app import create_app
 from grantvault_server.ratelimit import is_unauthenticated_surface
@@ -28,6 +30,16 @@ from tests.conftest import OPERATOR
 
 PASSWORD = "correct-stapler-orbit-47"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture(autouse=True)
+def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id with the production parameters costs about half a second a hash on a CI
+    machine, and these tests sign in dozens of times. They are about sessions, not hashing
+    (tests/test_operators.py checks the real parameters), so they use the cheapest Argon2id."""
+    monkeypatch.setattr(
+        ops, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
 
 
 @pytest.fixture
@@ -433,8 +445,9 @@ async def test_an_app_scoped_admin_sees_only_its_apps(vault: Vault, web: httpx.A
 
 
 async def test_apps_and_keys_through_the_portal_show_each_key_once(
-    vault: Vault, web: httpx.AsyncClient, clock: FakeClock
+    vault: Vault, web: httpx.AsyncClient, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     await make_operator(vault, "root", "owner")
     await signed_in(web, "root")
     empty = await web.get("/portal/apps")
@@ -505,6 +518,9 @@ async def test_apps_and_keys_through_the_portal_show_each_key_once(
         dumped = json.dumps(row, default=str)
         assert api_key not in dumped and successor.group(1) not in dumped
         assert PASSWORD not in dumped
+    logged = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert caplog.records  # the access log at least
+    assert api_key not in logged and successor.group(1) not in logged and PASSWORD not in logged
 
 
 async def test_the_overview_shows_counts_retrievals_and_denials(

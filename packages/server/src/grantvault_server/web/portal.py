@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import segno
@@ -172,13 +172,16 @@ class Automation:
     what: str
     cli: str
     api: str | None
+    #: Only reads: shown to every role (an auditor sees no command it may not run).
+    reads: bool
 
 
 def _automation(what: str, cli: str, op_name: str, **values: str) -> Automation:
     """The CLI command and, when the operation is registered, its admin API route."""
     op = OPERATIONS.get(op_name)
     api = f"{op.method} {ADMIN_API}{op.url(values)}" if op is not None else None
-    return Automation(what, cli, api)
+    reads = op.method == "GET" if op is not None else op_name.endswith((".list", ".show"))
+    return Automation(what, cli, api, reads)
 
 
 @dataclass(frozen=True)
@@ -210,8 +213,14 @@ class Auth:
         return self.principal.role == "owner"
 
 
-async def _auth(request: Request, *, pending: bool = False) -> Auth | Response:
-    """The signed-in browser, or the redirect to where it must go (sign-in, the TOTP step)."""
+async def _auth(
+    request: Request, *, step: Literal["signed_in", "second_factor", "any"] = "signed_in"
+) -> Auth | Response:
+    """The signed-in browser, or the redirect to where it must go (sign-in, the TOTP step).
+
+    ``step``: a fully signed-in session (every page), one waiting for its second factor (the
+    TOTP step), or either (signing out).
+    """
     vault = _vault(request)
     cookie = request.cookies.get(COOKIE)
     try:
@@ -225,9 +234,9 @@ async def _auth(request: Request, *, pending: bool = False) -> Auth | Response:
             _clear_cookie(request, response)
         return response
     assert cookie is not None
-    if session.pending_mfa and not pending:
+    if session.pending_mfa and step == "signed_in":
         return _redirect("/portal/login/totp")
-    if pending and not session.pending_mfa:
+    if not session.pending_mfa and step == "second_factor":
         return _redirect("/portal/")
     return Auth(vault, session, cookie)
 
@@ -299,27 +308,28 @@ def _page(
     section: str = "",
     status: int = 200,
     error: VaultError | None = None,
-    headers: dict[str, str] | None = None,
     **context: Any,
 ) -> Response:
     """Render ``portal/<template>`` with what every page shows (who, the nav, the token)."""
     now = auth.vault.clock.now() if auth is not None else datetime.now(UTC)
+    # A session waiting for its second factor gets no navigation: it may only finish signing in.
+    signed_in = auth is not None and not auth.session.pending_mfa
     common: dict[str, Any] = {
         "auth": auth,
-        "me": auth.principal.operator if auth is not None else None,
+        "me": auth.principal.operator if auth is not None and signed_in else None,
         "role": auth.principal.role if auth is not None else None,
         "csrf": auth.csrf if auth is not None else "",
-        "nav": _nav(auth) if auth is not None else [],
+        "nav": _nav(auth) if auth is not None and signed_in else [],
         "section": section,
         "static": pages.STATIC_PATH,
         "error": error,
         "when": lambda value: _when(value, now),
     }
+    if auth is not None and not auth.can_write and "cli" in context:
+        context["cli"] = [a for a in context["cli"] if a.reads]
     response = pages.page(f"portal/{template}", PORTAL, status, **common, **context)
     if error is not None and error.headers:
-        response.headers.update(error.headers)
-    if headers:
-        response.headers.update(headers)
+        response.headers.update(error.headers)  # Retry-After of account_locked
     return response
 
 
@@ -436,7 +446,7 @@ def _totp_page(auth: Auth, *, status: int = 200, error: VaultError | None = None
 
 @router.get("/portal/login/totp")
 async def totp_form(request: Request) -> Response:
-    auth = await _auth(request, pending=True)
+    auth = await _auth(request, step="second_factor")
     if isinstance(auth, Response):
         return auth
     return _totp_page(auth)
@@ -444,7 +454,7 @@ async def totp_form(request: Request) -> Response:
 
 @router.post("/portal/login/totp")
 async def totp(request: Request) -> Response:
-    auth = await _auth(request, pending=True)
+    auth = await _auth(request, step="second_factor")
     if isinstance(auth, Response):
         return auth
     form = await request.form()
@@ -474,11 +484,9 @@ async def totp(request: Request) -> Response:
 
 @router.post("/portal/logout")
 async def logout(request: Request) -> Response:
-    auth = await _auth(request, pending=True)
+    auth = await _auth(request, step="any")
     if isinstance(auth, Response):
-        auth = await _auth(request)
-        if isinstance(auth, Response):
-            return auth
+        return auth
     form = await request.form()
     sent = form.get("csrf")
     if not isinstance(sent, str) or not csrf_ok(sent, auth.cookie, CSRF_PURPOSE):
@@ -528,14 +536,19 @@ async def overview(request: Request) -> Response:
 # --------------------------------------------------------------------------- account
 
 
-def _account_page(auth: Auth, *, status: int = 200, error: VaultError | None = None) -> Response:
+async def _account_page(
+    auth: Auth, *, status: int = 200, error: VaultError | None = None
+) -> Response:
     me = auth.principal.operator.name
+    scoped = auth.principal.apps is not None
+    visible = [a["name"] for a in (await _run(auth, "apps.list"))["apps"]] if scoped else None
     return _page(
         auth,
         "account.html",
         section="account",
         status=status,
         error=error,
+        my_apps=visible,
         cli=[
             _automation(
                 "Show this account",
@@ -558,7 +571,7 @@ async def account(request: Request) -> Response:
     auth = await _auth(request)
     if isinstance(auth, Response):
         return auth
-    return _account_page(auth)
+    return await _account_page(auth)
 
 
 def _qr_svg(uri: str) -> str:
@@ -598,7 +611,7 @@ async def totp_begin(request: Request) -> Response:
     try:
         uri = await operator_service.begin_totp(auth.vault, auth.principal.operator.id)
     except VaultError as exc:
-        return _account_page(auth, status=exc.status, error=exc)
+        return await _account_page(auth, status=exc.status, error=exc)
     return _enrol_page(auth, uri)
 
 
@@ -614,7 +627,7 @@ async def totp_confirm(request: Request) -> Response:
     except VaultError as exc:
         uri = await portal_sessions.pending_totp_uri(auth.vault, operator_id)
         if uri is None:
-            return _account_page(auth, status=exc.status, error=exc)
+            return await _account_page(auth, status=exc.status, error=exc)
         return _enrol_page(auth, uri, status=exc.status, error=exc)
     return _page(auth, "recovery.html", section="account", codes=codes, cli=[])
 
