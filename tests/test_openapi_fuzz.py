@@ -38,15 +38,21 @@ from schemathesis.specs.openapi.checks import (
 from grantvault.protocol.signing import sign_request
 from grantvault_server.api.deps import signed_target
 from grantvault_server.app import create_app
-from grantvault_server.services import grants as grant_service, secrets as secret_service
+from grantvault_server.services import (
+    grants as grant_service,
+    operators as operator_service,
+    secrets as secret_service,
+)
 from grantvault_server.services.vault import Vault
 from tests.conftest import OPERATOR, make_app
 
 #: Generated cases per operation and mode. Unserved (501) operations take no input.
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
 EXAMPLES_UNSERVED = 3
+#: Admin operations (an owner's token): fewer cases, there are many of them.
+EXAMPLES_ADMIN = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6}
 #: The operations are split into this many tests (every PARTS-th operation, from ``part``).
-PARTS = 3
+PARTS = 5
 #: The whole test, per backend; well above what it takes, well below "a couple of minutes".
 BUDGET_S = 110.0
 CHECKS = [
@@ -57,6 +63,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 ALLOWED_URL = "https://api.openai.com/v1/chat/completions"
+FUZZ_PASSWORD = "fuzzing-orbit-stapler-91"
 
 
 def generate(operation: Any, mode: GenerationMode, count: int) -> list[Case]:
@@ -82,8 +89,11 @@ def generate(operation: Any, mode: GenerationMode, count: int) -> list[Case]:
     return cases
 
 
-def sign(case: Case, api_key: str) -> tuple[str, str, dict[str, str], bytes]:
-    """The hook: build the request of ``case`` and sign it as the SDK would."""
+def sign(
+    case: Case, api_key: str, operator_token: str = ""
+) -> tuple[str, str, dict[str, str], bytes]:
+    """The hook: build the request of ``case`` and sign it as the SDK would (an admin
+    route instead carries an owner's operator token)."""
     path = case.operation.path
     for name, value in (case.path_parameters or {}).items():
         path = path.replace("{" + name + "}", quote(str(value), safe=""))
@@ -96,6 +106,9 @@ def sign(case: Case, api_key: str) -> tuple[str, str, dict[str, str], bytes]:
     elif case.body is not NOT_SET:
         body = json.dumps(case.body, separators=(",", ":")).encode()
         headers["Content-Type"] = "application/json"
+    if case.operation.path.startswith("/admin/"):
+        headers["Authorization"] = f"Bearer {operator_token}"
+        return case.method.upper(), path + (f"?{query}" if query else ""), headers, body
     target = signed_target({"path": unquote(path), "query_string": query.encode()})
     headers.update(sign_request(api_key, method=case.method.upper(), target=target, body=body))
     headers["x-api-key"] = api_key
@@ -133,7 +146,24 @@ async def test_openapi_document_survives_signed_fuzzing(
     await secret_service.set_credential(vault, app, secret, {"token": "sk-fuzz-123456"}, OPERATOR)
     grant = await grant_service.create_grant(vault, app, secret, OPERATOR, principal_type="system")
     grant_id = str(grant["grant_id"])
-    real = {"grant_id": grant_id, "managed_secret_id": secret.id, "app_id": app.id}
+    # An owner whose token the admin routes carry, and another operator for the routes that
+    # name one (so a fuzzed password change or deletion cannot end the fuzzer's own token).
+    await operator_service.create_operator(
+        vault, "fuzz-owner", "owner", actor=OPERATOR, password=FUZZ_PASSWORD
+    )
+    await operator_service.create_operator(
+        vault, "fuzz-other", "admin", actor=OPERATOR, password=FUZZ_PASSWORD
+    )
+    _, operator_token = await operator_service.create_token(
+        vault, "fuzz-owner", "fuzz", actor=OPERATOR
+    )
+    real = {
+        "grant_id": grant_id,
+        "managed_secret_id": secret.id,
+        "app_id": app.id,
+        "app": app.name,
+        "operator": "fuzz-other",
+    }
 
     everything = [result.ok() for result in schema.get_all_operations()]
     operations = everything[part::PARTS]
@@ -141,7 +171,7 @@ async def test_openapi_document_survives_signed_fuzzing(
     statuses: dict[str, set[int]] = {}
 
     async def send(case: Case) -> httpx.Response:
-        method, url, headers, body = sign(case, key)
+        method, url, headers, body = sign(case, key, operator_token)
         response = await client.request(method, url, content=body, headers=headers)
         label = f"{case.method.upper()} {case.operation.path}"
         statuses.setdefault(label, set()).add(response.status_code)
@@ -169,7 +199,8 @@ async def test_openapi_document_survives_signed_fuzzing(
 
     for operation in operations:
         unserved = "not implemented" in (operation.definition.raw.get("tags") or [])
-        for mode, count in EXAMPLES.items():
+        admin = "admin" in (operation.definition.raw.get("tags") or [])
+        for mode, count in (EXAMPLES_ADMIN if admin else EXAMPLES).items():
             cases = generate(operation, mode, EXAMPLES_UNSERVED if unserved else count)
             for n, case in enumerate(cases):
                 if n % 2:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.api.deps import get_vault
@@ -34,7 +34,7 @@ from grantvault_server.services.vault import Vault
 PREFIX = "/admin/v1"
 TAG = "admin"
 #: What every admin route can answer besides its success.
-ADMIN = (401, 403, 404, 405, 409, 413, 422, 429, 500, 503)
+ADMIN = (400, 401, 403, 404, 405, 409, 413, 422, 429, 500, 503)
 
 
 async def authenticate_operator(request: Request) -> Principal:
@@ -63,9 +63,12 @@ def _input_model(op: Operation) -> type[BaseModel] | None:
     }
     if not fields:
         return None
+    # A JSON body is strict (true is not 1, "5" is not 5), as every /sdk body; the query
+    # string is text, so its numbers and booleans are parsed from their spelling.
+    config = ConfigDict(**op.params.model_config, strict=op.method not in {"GET", "DELETE"})
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
         f"{op.params.__name__}Input",
-        __config__=op.params.model_config,
+        __config__=config,
         **fields,
     )
     return model

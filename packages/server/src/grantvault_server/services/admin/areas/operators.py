@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import StrictBool
+
 from grantvault_server.services import operators as operator_service
 from grantvault_server.services.admin.durations import parse_duration
 from grantvault_server.services.admin.registry import OpContext, Params, operation
@@ -29,9 +31,9 @@ class OperatorRef(Params):
 class UpdateOperator(OperatorRef):
     role: str | None = None
     apps: list[str] | None = None
-    all_apps: bool = False
+    all_apps: StrictBool = False
     password: str | None = None
-    disabled: bool | None = None
+    disabled: StrictBool | None = None
 
 
 class ListOperators(Params):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from grantvault.types.errors import ErrorCode
 from grantvault_server.config import Settings
@@ -56,7 +56,7 @@ class AddProvider(AppParams):
     account_field: str | None = None
     display_name: str | None = None
     #: Replace an existing registration (its id stays, so its grants keep working).
-    replace: bool = False
+    replace: StrictBool = False
 
     @property
     def custom(self) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import StrictBool
+
 from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import InvalidInput, NotFound
 from grantvault_server.services import secrets as secret_service
@@ -52,7 +54,7 @@ class SetCredential(SecretRef):
     #: Replace this credential (when the secret holds several).
     credential_id: str | None = None
     #: Add another credential instead of replacing the one there is.
-    add: bool = False
+    add: StrictBool = False
     label: str | None = None
 
 
