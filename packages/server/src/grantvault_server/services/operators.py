@@ -126,7 +126,7 @@ class Operator:
         }
 
 
-def _operator(row: Any) -> Operator:
+def operator_from_row(row: Any) -> Operator:
     return Operator(
         id=row.id,
         name=row.name,
@@ -256,13 +256,13 @@ async def get_operator(vault: Vault, name_or_id: str) -> Operator:
         row = await _row(conn, name_or_id)
     if row is None:
         raise NotFound("operator", name_or_id, hint="See `grantvault operators list`.")
-    return _operator(row)
+    return operator_from_row(row)
 
 
 async def list_operators(vault: Vault) -> list[Operator]:
     async with vault.db.read() as conn:
         rows = await conn.execute(sa.select(operators).order_by(operators.c.name))
-        return [_operator(r) for r in rows]
+        return [operator_from_row(r) for r in rows]
 
 
 async def count_owners(conn: Conn) -> int:
@@ -546,7 +546,7 @@ async def create_token(
         row = await _row(conn, operator_name)
         if row is None:
             raise NotFound("operator", operator_name, hint="See `grantvault operators list`.")
-        op = _operator(row)
+        op = operator_from_row(row)
         wanted_role = _check_role(role) if role is not None else op.role
         wanted_apps = frozenset(await _app_ids(conn, apps)) if apps else None
         token_role, token_apps = _narrower(wanted_role, wanted_apps, op.role, op.apps)
@@ -655,7 +655,7 @@ async def authenticate_token(vault: Vault, presented: str) -> Principal:
         raise _invalid_token("This operator token was revoked.")
     if row.token_expires_at is not None and row.token_expires_at <= now:
         raise _invalid_token("This operator token has expired; create a new one.")
-    op = _operator(row)
+    op = operator_from_row(row)
     if op.disabled:
         raise _invalid_token("This operator is disabled.")
     if op.sessions_valid_after is not None and row.token_created_at < op.sessions_valid_after:
@@ -720,7 +720,7 @@ async def sign_in_password(
         if row is not None:
             await _record_failure(vault, row, now, address, "password")
         raise VaultError(ErrorCode.LOGIN_FAILED, _LOGIN_FAILED)
-    op = _operator(row)
+    op = operator_from_row(row)
     if not op.totp_enabled:
         await _record_success(vault, op, now, address, "password")
     return SignIn(op, needs_second_factor=op.totp_enabled)
@@ -801,7 +801,7 @@ async def begin_totp(vault: Vault, operator_id: str) -> str:
     return pyotp.TOTP(seed).provisioning_uri(name=row.name, issuer_name="Grantvault")
 
 
-async def _seed(vault: Vault, conn: Conn, row: Any) -> str | None:
+async def totp_seed(vault: Vault, conn: Conn, row: Any) -> str | None:
     if row.totp_secret_ct is None:
         return None
     plain = await vault.barrier.decrypt_fresh(conn, row.totp_secret_ct, _totp_aad(row.id))
@@ -825,7 +825,7 @@ async def confirm_totp(vault: Vault, operator_id: str, code: str) -> list[str]:
         row = await _row(conn, operator_id)
         if row is None:
             raise NotFound("operator", operator_id)
-        seed = await _seed(vault, conn, row)
+        seed = await totp_seed(vault, conn, row)
         if seed is None or row.totp_enabled_at is not None:
             raise InvalidInput("Start the enrolment first.")
         if not _totp_ok(seed, code, now):
@@ -856,9 +856,9 @@ async def verify_second_factor(
             raise VaultError(ErrorCode.LOGIN_FAILED, _LOGIN_FAILED)
         if row.locked_until is not None and row.locked_until > now:
             raise locked_error(row.locked_until, now)
-        seed = await _seed(vault, conn, row)
+        seed = await totp_seed(vault, conn, row)
     if seed is not None and _totp_ok(seed, code, now):
-        op = _operator(row)
+        op = operator_from_row(row)
         await _record_success(vault, op, now, address, "totp")
         return op
     hashed = _sha256(code.strip().lower())
@@ -869,7 +869,7 @@ async def verify_second_factor(
             await conn.execute(
                 sa.update(operators).where(operators.c.id == row.id).values(recovery_codes=unused)
             )
-        op = _operator(row)
+        op = operator_from_row(row)
         await _record_success(vault, op, now, address, "recovery_code")
         return op
     await _record_failure(vault, row, now, address, "second_factor")

@@ -156,7 +156,7 @@ async def resolve(vault: Vault, presented: str | None) -> PortalSession:
         ).first()
     if row is None:
         raise SessionEnded("unknown")
-    op = operator_service._operator(row)  # the same reading of the row as everywhere
+    op = operator_service.operator_from_row(row)  # the same reading of the row as everywhere
     reason = _dead(vault, row, op, now)
     if reason is not None:
         if reason in ("idle", "expired") and row.revoked_at is None:
@@ -264,7 +264,7 @@ async def pending_totp_uri(vault: Vault, operator_id: str) -> str | None:
                 )
             )
         ).first()
-        seed = await operator_service._seed(vault, conn, row) if row is not None else None
+        seed = await operator_service.totp_seed(vault, conn, row) if row is not None else None
     if row is None or seed is None:
         return None
     return pyotp.TOTP(seed).provisioning_uri(name=row.name, issuer_name="Grantvault")
