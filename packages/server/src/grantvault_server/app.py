@@ -37,7 +37,7 @@ from grantvault_server.services.nonces import purge_nonces
 from grantvault_server.services.oauth_tokens import run_revocations
 from grantvault_server.services.policy_counters import purge_counters
 from grantvault_server.services.vault import Vault
-from grantvault_server.web import mount as mount_pages, portal
+from grantvault_server.web import mount as mount_pages, portal, portal_sections
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("grantvault.access")
@@ -246,6 +246,8 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(admin_api.build_router())
     mount_pages(app)
     app.include_router(portal.router)
+    for section in portal_sections.routers():
+        app.include_router(section)
     app.include_router(ops.router)
 
 

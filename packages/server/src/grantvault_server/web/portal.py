@@ -100,7 +100,7 @@ KEY_STATUS = {
 # --------------------------------------------------------------------------- plumbing
 
 
-def _vault(request: Request) -> Vault:
+def vault_for(request: Request) -> Vault:
     return pages.vault_of(request)
 
 
@@ -129,11 +129,11 @@ def _clear_cookie(request: Request, response: Response) -> None:
     )
 
 
-def _redirect(url: str) -> Response:
+def see_other(url: str) -> Response:
     return pages.redirect(url, PORTAL)
 
 
-def _address(request: Request) -> str | None:
+def client_address_of(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
@@ -146,7 +146,7 @@ class When:
     rel: str
 
 
-def _when(value: datetime | str | None, now: datetime) -> When | None:
+def when(value: datetime | str | None, now: datetime) -> When | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -176,7 +176,7 @@ class Automation:
     reads: bool
 
 
-def _automation(what: str, cli: str, op_name: str, **values: str) -> Automation:
+def automation(what: str, cli: str, op_name: str, **values: str) -> Automation:
     """The CLI command and, when the operation is registered, its admin API route."""
     op = OPERATIONS.get(op_name)
     api = f"{op.method} {ADMIN_API}{op.url(values)}" if op is not None else None
@@ -213,7 +213,7 @@ class Auth:
         return self.principal.role == "owner"
 
 
-async def _auth(
+async def session_auth(
     request: Request, *, step: Literal["signed_in", "second_factor", "any"] = "signed_in"
 ) -> Auth | Response:
     """The signed-in browser, or the redirect to where it must go (sign-in, the TOTP step).
@@ -221,7 +221,7 @@ async def _auth(
     ``step``: a fully signed-in session (every page), one waiting for its second factor (the
     TOTP step), or either (signing out).
     """
-    vault = _vault(request)
+    vault = vault_for(request)
     cookie = request.cookies.get(COOKIE)
     try:
         session = await portal_sessions.resolve(vault, cookie)
@@ -229,20 +229,20 @@ async def _auth(
         target = "/portal/login"
         if ended.reason in portal_sessions.ENDED_MESSAGES and ended.reason != "revoked":
             target += f"?ended={ended.reason}"
-        response = _redirect(target)
+        response = see_other(target)
         if cookie is not None:
             _clear_cookie(request, response)
         return response
     assert cookie is not None
     if session.pending_mfa and step == "signed_in":
-        return _redirect("/portal/login/totp")
+        return see_other("/portal/login/totp")
     if not session.pending_mfa and step == "second_factor":
-        return _redirect("/portal/")
+        return see_other("/portal/")
     return Auth(vault, session, cookie)
 
 
-def _csrf_refused(auth: Auth | None = None) -> Response:
-    return _error_page(
+def csrf_refused(auth: Auth | None = None) -> Response:
+    return error_page(
         auth,
         VaultError(
             ErrorCode.FORBIDDEN,
@@ -252,24 +252,24 @@ def _csrf_refused(auth: Auth | None = None) -> Response:
     )
 
 
-async def _posted(request: Request) -> tuple[Auth, FormData] | Response:
+async def posted_form(request: Request) -> tuple[Auth, FormData] | Response:
     """A form post from a signed-in browser with the right CSRF token."""
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     form = await request.form()
     sent = form.get("csrf")
     if not isinstance(sent, str) or not csrf_ok(sent, auth.cookie, CSRF_PURPOSE):
-        return _csrf_refused(auth)
+        return csrf_refused(auth)
     return auth, form
 
 
-def _text(form: FormData, name: str) -> str:
+def form_text(form: FormData, name: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
 
 
-async def _run(auth: Auth, operation: str, **params: Any) -> dict[str, Any]:
+async def run_operation(auth: Auth, operation: str, **params: Any) -> dict[str, Any]:
     """Run the administrative operation ``operation`` as the signed-in operator.
 
     The same handler, validation, authorisation and audit as ``/admin/v1``; a refusal by role
@@ -294,14 +294,27 @@ async def _run(auth: Auth, operation: str, **params: Any) -> dict[str, Any]:
 
 
 def _nav(auth: Auth) -> list[tuple[str, str]]:
-    items = [("overview", "/portal/"), ("apps", "/portal/apps")]
+    items = [("overview", "/portal/"), ("apps", "/portal/apps"), ("audit", "/portal/audit")]
     if auth.is_owner:
         items.append(("operators", "/portal/operators"))
     items.append(("account", "/portal/account"))
     return items
 
 
-def _page(
+#: The tabs of an app's pages: (section, label, path under /portal/apps/{app}).
+APP_TABS = (
+    ("keys", "API keys", ""),
+    ("secrets", "Secrets", "/secrets"),
+    ("grants", "Grants", "/grants"),
+    ("policies", "Policies", "/policies"),
+    ("providers", "OAuth providers", "/providers"),
+    ("identity", "Identity", "/identity"),
+    ("users", "Users & groups", "/users"),
+    ("audit", "Audit", "/audit"),
+)
+
+
+def render(
     auth: Auth | None,
     template: str,
     *,
@@ -320,10 +333,11 @@ def _page(
         "role": auth.principal.role if auth is not None else None,
         "csrf": auth.csrf if auth is not None else "",
         "nav": _nav(auth) if auth is not None and signed_in else [],
+        "app_tabs": APP_TABS,
         "section": section,
         "static": pages.STATIC_PATH,
         "error": error,
-        "when": lambda value: _when(value, now),
+        "when": lambda value: when(value, now),
     }
     if auth is not None and not auth.can_write and "cli" in context:
         context["cli"] = [a for a in context["cli"] if a.reads]
@@ -333,15 +347,15 @@ def _page(
     return response
 
 
-def _error_page(auth: Auth | None, error: VaultError, back: str = "/portal/") -> Response:
-    return _page(auth, "error.html", status=error.status, error=error, back=back)
+def error_page(auth: Auth | None, error: VaultError, back: str = "/portal/") -> Response:
+    return render(auth, "error.html", status=error.status, error=error, back=back)
 
 
-def _notice(request: Request) -> str | None:
+def notice(request: Request) -> str | None:
     return NOTICES.get(request.query_params.get("done", ""))
 
 
-def _paged(items: list[Any], request: Request) -> tuple[list[Any], dict[str, Any]]:
+def paginate(items: list[Any], request: Request) -> tuple[list[Any], dict[str, Any]]:
     """One page of ``items`` (``?page=``, 1-based) and what the pager shows."""
     raw = request.query_params.get("page", "1")
     pages_total = max(1, math.ceil(len(items) / PAGE_SIZE))
@@ -362,7 +376,7 @@ def _login_page(
     message: str | None = None,
 ) -> Response:
     browser = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
-    response = _page(
+    response = render(
         None,
         "login.html",
         status=status,
@@ -371,7 +385,7 @@ def _login_page(
         typed_name=name,
         message=message,
         cli=[
-            _automation(
+            automation(
                 "Create an operator (on the server host, the first owner)",
                 "grantvault operators create alice --role owner --password-stdin",
                 "operators.create",
@@ -384,23 +398,23 @@ def _login_page(
 
 @router.get("/portal")
 async def portal_root() -> Response:
-    return _redirect("/portal/")
+    return see_other("/portal/")
 
 
 @router.get("/portal/login")
 async def login_form(request: Request) -> Response:
-    vault = _vault(request)
+    vault = vault_for(request)
     try:
         session = await portal_sessions.resolve(vault, request.cookies.get(COOKIE))
     except SessionEnded:
         ended = request.query_params.get("ended", "")
         return _login_page(request, message=portal_sessions.ENDED_MESSAGES.get(ended))
-    return _redirect("/portal/login/totp" if session.pending_mfa else "/portal/")
+    return see_other("/portal/login/totp" if session.pending_mfa else "/portal/")
 
 
 @router.post("/portal/login")
 async def login(request: Request) -> Response:
-    vault = _vault(request)
+    vault = vault_for(request)
     form = await request.form()
     browser = request.cookies.get(LOGIN_COOKIE)
     sent = form.get("csrf")
@@ -413,20 +427,20 @@ async def login(request: Request) -> Response:
                 "The sign-in form expired or did not come from this page. Sign in again.",
             ),
         )
-    name = _text(form, "name")
+    name = form_text(form, "name")
     password = form.get("password")
     try:
         if not name or not isinstance(password, str) or not password:
             raise VaultError(ErrorCode.LOGIN_FAILED, "Enter your operator name and password.")
         signed = await operator_service.sign_in_password(
-            vault, name, password, address=_address(request)
+            vault, name, password, address=client_address_of(request)
         )
     except VaultError as exc:
         return _login_page(request, status=exc.status, error=exc, name=name)
     cookie, session = await portal_sessions.start(
         vault, signed.operator, pending_mfa=signed.needs_second_factor
     )
-    response = _redirect("/portal/login/totp" if session.pending_mfa else "/portal/")
+    response = see_other("/portal/login/totp" if session.pending_mfa else "/portal/")
     lifetime = session.expires_at - session.created_at
     _set_cookie(
         request,
@@ -441,12 +455,12 @@ async def login(request: Request) -> Response:
 
 
 def _totp_page(auth: Auth, *, status: int = 200, error: VaultError | None = None) -> Response:
-    return _page(auth, "totp.html", status=status, error=error, cli=[])
+    return render(auth, "totp.html", status=status, error=error, cli=[])
 
 
 @router.get("/portal/login/totp")
 async def totp_form(request: Request) -> Response:
-    auth = await _auth(request, step="second_factor")
+    auth = await session_auth(request, step="second_factor")
     if isinstance(auth, Response):
         return auth
     return _totp_page(auth)
@@ -454,7 +468,7 @@ async def totp_form(request: Request) -> Response:
 
 @router.post("/portal/login/totp")
 async def totp(request: Request) -> Response:
-    auth = await _auth(request, step="second_factor")
+    auth = await session_auth(request, step="second_factor")
     if isinstance(auth, Response):
         return auth
     form = await request.form()
@@ -469,12 +483,15 @@ async def totp(request: Request) -> Response:
         )
     try:
         await operator_service.verify_second_factor(
-            auth.vault, auth.session.operator.id, _text(form, "code"), address=_address(request)
+            auth.vault,
+            auth.session.operator.id,
+            form_text(form, "code"),
+            address=client_address_of(request),
         )
     except VaultError as exc:
         return _totp_page(auth, status=exc.status, error=exc)
     cookie, session = await portal_sessions.complete_second_factor(auth.vault, auth.session)
-    response = _redirect("/portal/")
+    response = see_other("/portal/")
     lifetime = session.expires_at - session.created_at
     _set_cookie(
         request, response, COOKIE, cookie, path=COOKIE_PATH, max_age=int(lifetime.total_seconds())
@@ -484,15 +501,15 @@ async def totp(request: Request) -> Response:
 
 @router.post("/portal/logout")
 async def logout(request: Request) -> Response:
-    auth = await _auth(request, step="any")
+    auth = await session_auth(request, step="any")
     if isinstance(auth, Response):
         return auth
     form = await request.form()
     sent = form.get("csrf")
     if not isinstance(sent, str) or not csrf_ok(sent, auth.cookie, CSRF_PURPOSE):
-        return _csrf_refused(auth)
+        return csrf_refused(auth)
     await portal_sessions.sign_out(auth.vault, auth.session)
-    response = _redirect("/portal/login?ended=revoked")
+    response = see_other("/portal/login?ended=revoked")
     _clear_cookie(request, response)
     return response
 
@@ -502,7 +519,7 @@ async def logout(request: Request) -> Response:
 
 @router.get("/portal/")
 async def overview(request: Request) -> Response:
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     summaries = await portal_overview.app_summaries(auth.vault, auth.principal)
@@ -515,7 +532,7 @@ async def overview(request: Request) -> Response:
         "grants": sum(a.active_grants for a in summaries),
         "secrets": sum(a.secrets for a in summaries),
     }
-    return _page(
+    return render(
         auth,
         "overview.html",
         section="overview",
@@ -523,8 +540,8 @@ async def overview(request: Request) -> Response:
         activity=activity,
         totals=totals,
         cli=[
-            _automation("List apps", "grantvault apps list --json", "apps.list"),
-            _automation(
+            automation("List apps", "grantvault apps list --json", "apps.list"),
+            automation(
                 "Recent denials",
                 "grantvault audit list --outcome denied --since 24h --json",
                 "audit.list",
@@ -541,8 +558,10 @@ async def _account_page(
 ) -> Response:
     me = auth.principal.operator.name
     scoped = auth.principal.apps is not None
-    visible = [a["name"] for a in (await _run(auth, "apps.list"))["apps"]] if scoped else None
-    return _page(
+    visible = (
+        [a["name"] for a in (await run_operation(auth, "apps.list"))["apps"]] if scoped else None
+    )
+    return render(
         auth,
         "account.html",
         section="account",
@@ -550,13 +569,13 @@ async def _account_page(
         error=error,
         my_apps=visible,
         cli=[
-            _automation(
+            automation(
                 "Show this account",
                 f"grantvault operators show {me} --json",
                 "operators.show",
                 operator=me,
             ),
-            _automation(
+            automation(
                 "Create a personal API token",
                 f"grantvault operators token create {me} --name laptop --json",
                 "operators.token.create",
@@ -568,7 +587,7 @@ async def _account_page(
 
 @router.get("/portal/account")
 async def account(request: Request) -> Response:
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     return await _account_page(auth)
@@ -589,7 +608,7 @@ def _enrol_page(
 ) -> Response:
     secret = uri.split("secret=", 1)[1].split("&", 1)[0]
     grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
-    return _page(
+    return render(
         auth,
         "enrol.html",
         section="account",
@@ -604,7 +623,7 @@ def _enrol_page(
 
 @router.post("/portal/account/totp")
 async def totp_begin(request: Request) -> Response:
-    posted = await _posted(request)
+    posted = await posted_form(request)
     if isinstance(posted, Response):
         return posted
     auth, _ = posted
@@ -617,29 +636,31 @@ async def totp_begin(request: Request) -> Response:
 
 @router.post("/portal/account/totp/confirm")
 async def totp_confirm(request: Request) -> Response:
-    posted = await _posted(request)
+    posted = await posted_form(request)
     if isinstance(posted, Response):
         return posted
     auth, form = posted
     operator_id = auth.principal.operator.id
     try:
-        codes = await operator_service.confirm_totp(auth.vault, operator_id, _text(form, "code"))
+        codes = await operator_service.confirm_totp(
+            auth.vault, operator_id, form_text(form, "code")
+        )
     except VaultError as exc:
         uri = await portal_sessions.pending_totp_uri(auth.vault, operator_id)
         if uri is None:
             return await _account_page(auth, status=exc.status, error=exc)
         return _enrol_page(auth, uri, status=exc.status, error=exc)
-    return _page(auth, "recovery.html", section="account", codes=codes, cli=[])
+    return render(auth, "recovery.html", section="account", codes=codes, cli=[])
 
 
 @router.post("/portal/account/sign-out-everywhere")
 async def sign_out_everywhere(request: Request) -> Response:
-    posted = await _posted(request)
+    posted = await posted_form(request)
     if isinstance(posted, Response):
         return posted
     auth, _ = posted
     await portal_sessions.sign_out_everywhere(auth.vault, auth.principal.operator.id)
-    response = _redirect("/portal/login?ended=signed_out")
+    response = see_other("/portal/login?ended=signed_out")
     _clear_cookie(request, response)
     return response
 
@@ -655,7 +676,7 @@ async def _apps_page(
     error: VaultError | None = None,
     name: str = "",
 ) -> Response:
-    listed = await _run(auth, "apps.list")
+    listed = await run_operation(auth, "apps.list")
     summaries = {
         s.app_id: s for s in await portal_overview.app_summaries(auth.vault, auth.principal)
     }
@@ -665,29 +686,29 @@ async def _apps_page(
         for a in listed["apps"]
         if not query or query in a["name"]
     ]
-    shown, pager = _paged(rows, request)
-    return _page(
+    shown, pager = paginate(rows, request)
+    return render(
         auth,
         "apps.html",
         section="apps",
         status=status,
         error=error,
-        notice=_notice(request),
+        notice=notice(request),
         apps=shown,
         total=len(listed["apps"]),
         query=query,
         pager=pager,
         typed_name=name,
         cli=[
-            _automation("List apps", "grantvault apps list --json", "apps.list"),
-            _automation("Create an app", "grantvault apps create demo --json", "apps.create"),
+            automation("List apps", "grantvault apps list --json", "apps.list"),
+            automation("Create an app", "grantvault apps create demo --json", "apps.create"),
         ],
     )
 
 
 @router.get("/portal/apps")
 async def apps(request: Request) -> Response:
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     return await _apps_page(request, auth)
@@ -695,44 +716,44 @@ async def apps(request: Request) -> Response:
 
 @router.post("/portal/apps")
 async def apps_create(request: Request) -> Response:
-    posted = await _posted(request)
+    posted = await posted_form(request)
     if isinstance(posted, Response):
         return posted
     auth, form = posted
-    name = _text(form, "name")
+    name = form_text(form, "name")
     try:
-        created = await _run(auth, "apps.create", name=name)
+        created = await run_operation(auth, "apps.create", name=name)
     except VaultError as exc:
         if exc.code is ErrorCode.FORBIDDEN:
-            return _error_page(auth, exc, back="/portal/apps")
+            return error_page(auth, exc, back="/portal/apps")
         return await _apps_page(request, auth, status=exc.status, error=exc, name=name)
-    return _redirect(f"/portal/apps/{quote(created['name'], safe='')}?done=app_created")
+    return see_other(f"/portal/apps/{quote(created['name'], safe='')}?done=app_created")
 
 
 def _key_cli(app: str, key_id: str = "KEY_ID") -> list[Automation]:
     return [
-        _automation("List keys", f"grantvault keys list --app {app} --json", "keys.list", app=app),
-        _automation(
+        automation("List keys", f"grantvault keys list --app {app} --json", "keys.list", app=app),
+        automation(
             "Mint a key",
             f"grantvault keys create --app {app} --name ci --expires-in 90d --json",
             "keys.create",
             app=app,
         ),
-        _automation(
+        automation(
             "Rotate with a 7-day overlap",
             f"grantvault keys rotate {key_id} --app {app} --overlap 7d --json",
             "keys.rotate",
             app=app,
             key_id=key_id,
         ),
-        _automation(
+        automation(
             "Set an expiry",
             f"grantvault keys expire {key_id} --app {app} --in 30d --json",
             "keys.expire",
             app=app,
             key_id=key_id,
         ),
-        _automation(
+        automation(
             "Revoke",
             f"grantvault keys revoke {key_id} --app {app} --json",
             "keys.revoke",
@@ -752,20 +773,20 @@ async def _app_page(
     minted: dict[str, Any] | None = None,
 ) -> Response:
     try:
-        listed = await _run(auth, "keys.list", app=app)
+        listed = await run_operation(auth, "keys.list", app=app)
     except VaultError as exc:
-        return _error_page(auth, exc, back="/portal/apps")
+        return error_page(auth, exc, back="/portal/apps")
     app_info = await _app_info(auth, app)
     wanted = request.query_params.get("status", "")
     keys = [k for k in listed["keys"] if not wanted or k["status"] == wanted]
-    shown, pager = _paged(keys, request)
-    return _page(
+    shown, pager = paginate(keys, request)
+    return render(
         auth,
         "app.html",
         section="apps",
         status=status,
         error=error,
-        notice=_notice(request),
+        notice=notice(request),
         app=app_info,
         keys=shown,
         all_keys=len(listed["keys"]),
@@ -779,39 +800,39 @@ async def _app_page(
 
 
 async def _app_info(auth: Auth, app: str) -> dict[str, Any]:
-    listed = await _run(auth, "apps.list")
+    listed = await run_operation(auth, "apps.list")
     found = next((a for a in listed["apps"] if app in (a["name"], a["app_id"])), None)
     return found or {"name": app, "app_id": app, "created_at": None}
 
 
 @router.get("/portal/apps/{app}")
 async def app_page(request: Request, app: str) -> Response:
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     return await _app_page(request, auth, app)
 
 
-async def _act(
+async def act(
     request: Request, app: str, operation: str, **params: Any
 ) -> tuple[Auth, dict[str, Any]] | Response:
     """Post a form that runs ``operation`` on ``app``; an error re-renders the app page."""
-    posted = await _posted(request)
+    posted = await posted_form(request)
     if isinstance(posted, Response):
         return posted
     auth, form = posted
     values = {k: (v(form) if callable(v) else v) for k, v in params.items()}
     try:
-        return auth, await _run(auth, operation, app=app, **values)
+        return auth, await run_operation(auth, operation, app=app, **values)
     except VaultError as exc:
         if exc.code in (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND):
-            return _error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
+            return error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
         return await _app_page(request, auth, app, status=exc.status, error=exc)
 
 
-def _field(name: str, *, empty_is_none: bool = True) -> Callable[[FormData], str | None]:
+def form_field(name: str, *, empty_is_none: bool = True) -> Callable[[FormData], str | None]:
     def read(form: FormData) -> str | None:
-        value = _text(form, name)
+        value = form_text(form, name)
         return None if empty_is_none and not value else value
 
     return read
@@ -819,8 +840,8 @@ def _field(name: str, *, empty_is_none: bool = True) -> Callable[[FormData], str
 
 @router.post("/portal/apps/{app}/keys")
 async def key_create(request: Request, app: str) -> Response:
-    done = await _act(
-        request, app, "keys.create", name=_field("name"), expires_in=_field("expires_in")
+    done = await act(
+        request, app, "keys.create", name=form_field("name"), expires_in=form_field("expires_in")
     )
     if isinstance(done, Response):
         return done
@@ -829,7 +850,7 @@ async def key_create(request: Request, app: str) -> Response:
 
 
 async def _key(auth: Auth, app: str, key_id: str) -> dict[str, Any]:
-    listed = await _run(auth, "keys.list", app=app)
+    listed = await run_operation(auth, "keys.list", app=app)
     for key in listed["keys"]:
         if key["key_id"] == key_id:
             found: dict[str, Any] = key
@@ -839,14 +860,14 @@ async def _key(auth: Auth, app: str, key_id: str) -> dict[str, Any]:
 
 @router.get("/portal/apps/{app}/keys/{key_id}")
 async def key_page(request: Request, app: str, key_id: str) -> Response:
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     try:
         key = await _key(auth, app, key_id)
     except VaultError as exc:
-        return _error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
-    return _page(
+        return error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
+    return render(
         auth,
         "key.html",
         section="apps",
@@ -861,8 +882,12 @@ async def key_page(request: Request, app: str, key_id: str) -> Response:
 
 @router.post("/portal/apps/{app}/keys/{key_id}/rotate")
 async def key_rotate(request: Request, app: str, key_id: str) -> Response:
-    done = await _act(
-        request, app, "keys.rotate", key_id=key_id, overlap=_field("overlap", empty_is_none=False)
+    done = await act(
+        request,
+        app,
+        "keys.rotate",
+        key_id=key_id,
+        overlap=form_field("overlap", empty_is_none=False),
     )
     if isinstance(done, Response):
         return done
@@ -874,29 +899,29 @@ async def key_rotate(request: Request, app: str, key_id: str) -> Response:
 
 @router.post("/portal/apps/{app}/keys/{key_id}/expire")
 async def key_expire(request: Request, app: str, key_id: str) -> Response:
-    done = await _act(
+    done = await act(
         request,
         app,
         "keys.expire",
         key_id=key_id,
-        expires_in=_field("expires_in", empty_is_none=False),
+        expires_in=form_field("expires_in", empty_is_none=False),
     )
     if isinstance(done, Response):
         return done
-    return _redirect(f"/portal/apps/{quote(app, safe='')}?done=key_expiry_set")
+    return see_other(f"/portal/apps/{quote(app, safe='')}?done=key_expiry_set")
 
 
 @router.get("/portal/apps/{app}/keys/{key_id}/revoke")
 async def key_revoke_confirm(request: Request, app: str, key_id: str) -> Response:
     """The confirmation step: names the key; the POST below revokes it."""
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     try:
         key = await _key(auth, app, key_id)
     except VaultError as exc:
-        return _error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
-    return _page(
+        return error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
+    return render(
         auth,
         "revoke.html",
         section="apps",
@@ -908,10 +933,10 @@ async def key_revoke_confirm(request: Request, app: str, key_id: str) -> Respons
 
 @router.post("/portal/apps/{app}/keys/{key_id}/revoke")
 async def key_revoke(request: Request, app: str, key_id: str) -> Response:
-    done = await _act(request, app, "keys.revoke", key_id=key_id)
+    done = await act(request, app, "keys.revoke", key_id=key_id)
     if isinstance(done, Response):
         return done
-    return _redirect(f"/portal/apps/{quote(app, safe='')}?done=key_revoked")
+    return see_other(f"/portal/apps/{quote(app, safe='')}?done=key_revoked")
 
 
 # --------------------------------------------------------------------------- operators
@@ -919,8 +944,8 @@ async def key_revoke(request: Request, app: str, key_id: str) -> Response:
 
 def _operators_cli() -> list[Automation]:
     return [
-        _automation("List operators", "grantvault operators list --json", "operators.list"),
-        _automation(
+        automation("List operators", "grantvault operators list --json", "operators.list"),
+        automation(
             "Create an operator",
             "grantvault operators create bob --role admin --apps demo --password-stdin --json",
             "operators.create",
@@ -937,19 +962,19 @@ async def _operators_page(
     form: dict[str, Any] | None = None,
 ) -> Response:
     try:
-        listed = await _run(auth, "operators.list")
+        listed = await run_operation(auth, "operators.list")
     except VaultError as exc:
-        return _error_page(auth, exc)
-    apps_listed = await _run(auth, "apps.list")
+        return error_page(auth, exc)
+    apps_listed = await run_operation(auth, "apps.list")
     names = {a["app_id"]: a["name"] for a in apps_listed["apps"]}
-    shown, pager = _paged(listed["operators"], request)
-    return _page(
+    shown, pager = paginate(listed["operators"], request)
+    return render(
         auth,
         "operators.html",
         section="operators",
         status=status,
         error=error,
-        notice=_notice(request),
+        notice=notice(request),
         operators=shown,
         pager=pager,
         app_names=names,
@@ -962,7 +987,7 @@ async def _operators_page(
 
 @router.get("/portal/operators")
 async def operators_list(request: Request) -> Response:
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     return await _operators_page(request, auth)
@@ -970,16 +995,16 @@ async def operators_list(request: Request) -> Response:
 
 @router.post("/portal/operators")
 async def operators_create(request: Request) -> Response:
-    posted = await _posted(request)
+    posted = await posted_form(request)
     if isinstance(posted, Response):
         return posted
     auth, form = posted
-    name = _text(form, "name")
-    role = _text(form, "role")
+    name = form_text(form, "name")
+    role = form_text(form, "role")
     chosen = [a for a in form.getlist("apps") if isinstance(a, str) and a]
     password = form.get("password")
     try:
-        await _run(
+        await run_operation(
             auth,
             "operators.create",
             name=name,
@@ -989,7 +1014,7 @@ async def operators_create(request: Request) -> Response:
         )
     except VaultError as exc:
         if exc.code is ErrorCode.FORBIDDEN:
-            return _error_page(auth, exc)
+            return error_page(auth, exc)
         return await _operators_page(
             request,
             auth,
@@ -997,48 +1022,48 @@ async def operators_create(request: Request) -> Response:
             error=exc,
             form={"name": name, "role": role, "apps": chosen},
         )
-    return _redirect("/portal/operators?done=operator_created")
+    return see_other("/portal/operators?done=operator_created")
 
 
 async def _operator_page(
     request: Request, auth: Auth, name: str, *, status: int = 200, error: VaultError | None = None
 ) -> Response:
     try:
-        shown = await _run(auth, "operators.show", operator=name)
+        shown = await run_operation(auth, "operators.show", operator=name)
     except VaultError as exc:
-        return _error_page(auth, exc, back="/portal/operators")
-    apps_listed = await _run(auth, "apps.list")
+        return error_page(auth, exc, back="/portal/operators")
+    apps_listed = await run_operation(auth, "apps.list")
     names = {a["app_id"]: a["name"] for a in apps_listed["apps"]}
     op = shown["name"]
-    return _page(
+    return render(
         auth,
         "operator.html",
         section="operators",
         status=status,
         error=error,
-        notice=_notice(request),
+        notice=notice(request),
         operator=shown,
         app_names=names,
         all_apps=apps_listed["apps"],
         roles=ROLES,
         is_self=op == auth.principal.operator.name,
         cli=[
-            _automation(
+            automation(
                 "Show", f"grantvault operators show {op} --json", "operators.show", operator=op
             ),
-            _automation(
+            automation(
                 "Change role and apps",
                 f"grantvault operators update {op} --role admin --apps demo --json",
                 "operators.update",
                 operator=op,
             ),
-            _automation(
+            automation(
                 "Disable (or --enable)",
                 f"grantvault operators update {op} --disable --json",
                 "operators.update",
                 operator=op,
             ),
-            _automation(
+            automation(
                 "Lift a lockout",
                 f"grantvault operators unlock {op} --json",
                 "operators.unlock",
@@ -1050,7 +1075,7 @@ async def _operator_page(
 
 @router.get("/portal/operators/{name}")
 async def operator_page(request: Request, name: str) -> Response:
-    auth = await _auth(request)
+    auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
     return await _operator_page(request, auth, name)
@@ -1063,28 +1088,28 @@ async def _operator_act(
     done: str,
     params: Callable[[FormData], dict[str, Any]],
 ) -> Response:
-    posted = await _posted(request)
+    posted = await posted_form(request)
     if isinstance(posted, Response):
         return posted
     auth, form = posted
     values = params(form)
     try:
-        await _run(auth, operation, operator=name, **values)
+        await run_operation(auth, operation, operator=name, **values)
     except VaultError as exc:
         if exc.code in (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND):
-            return _error_page(auth, exc, back="/portal/operators")
+            return error_page(auth, exc, back="/portal/operators")
         return await _operator_page(request, auth, name, status=exc.status, error=exc)
     if (
         operation == "operators.update"
         and values.get("disabled")
         and name == auth.principal.operator.name
     ):
-        return _redirect("/portal/login?ended=disabled")
-    return _redirect(f"/portal/operators/{quote(name, safe='')}?done={done}")
+        return see_other("/portal/login?ended=disabled")
+    return see_other(f"/portal/operators/{quote(name, safe='')}?done={done}")
 
 
 def _role_and_apps(form: FormData) -> dict[str, Any]:
-    role = _text(form, "role")
+    role = form_text(form, "role")
     chosen = [a for a in form.getlist("apps") if isinstance(a, str) and a]
     if role == "owner" or not chosen:
         return {"role": role or None, "all_apps": True}
