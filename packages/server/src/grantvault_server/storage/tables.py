@@ -50,9 +50,23 @@ def _id() -> sa.Column[str]:
     return sa.Column("id", sa.String(36), primary_key=True)
 
 
-def _app_fk() -> sa.Column[str]:
+def _app_fk(*, primary_key: bool = False) -> sa.Column[str]:
     return sa.Column(
-        "app_id", sa.String(36), sa.ForeignKey("apps.id", ondelete="CASCADE"), nullable=False
+        "app_id",
+        sa.String(36),
+        sa.ForeignKey("apps.id", ondelete="CASCADE"),
+        nullable=False,
+        primary_key=primary_key,
+    )
+
+
+def _operator_fk() -> sa.Column[str]:
+    return sa.Column(
+        "operator_id",
+        sa.String(36),
+        sa.ForeignKey("operators.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
     )
 
 
@@ -539,12 +553,7 @@ policies = sa.Table(
 policy_versions = sa.Table(
     "policy_versions",
     metadata,
-    sa.Column(
-        "app_id",
-        sa.String(36),
-        sa.ForeignKey("apps.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _app_fk(primary_key=True),
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("policy_id", sa.String(36), nullable=False),
@@ -560,12 +569,7 @@ policy_versions = sa.Table(
 policy_counters = sa.Table(
     "policy_counters",
     metadata,
-    sa.Column(
-        "app_id",
-        sa.String(36),
-        sa.ForeignKey("apps.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _app_fk(primary_key=True),
     sa.Column("counter", sa.String(64), primary_key=True),
     sa.Column("window_start", UTCDateTime(), nullable=False),
     sa.Column("window_end", UTCDateTime(), nullable=False, index=True),
@@ -605,13 +609,7 @@ operator_tokens = sa.Table(
     "operator_tokens",
     metadata,
     _id(),
-    sa.Column(
-        "operator_id",
-        sa.String(36),
-        sa.ForeignKey("operators.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    _operator_fk(),
     sa.Column("name", sa.String(64), nullable=False),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("token_prefix", sa.String(16), nullable=False),
@@ -629,13 +627,7 @@ operator_sessions = sa.Table(
     "operator_sessions",
     metadata,
     sa.Column("id_hash", sa.String(64), primary_key=True),
-    sa.Column(
-        "operator_id",
-        sa.String(36),
-        sa.ForeignKey("operators.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    _operator_fk(),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("last_seen_at", UTCDateTime(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
