@@ -1,0 +1,138 @@
+"""The portal's data pages (issue 12, item 4) in process, on SQLite and PostgreSQL: managed
+secrets, grants, policies and the audit trail. Each page renders for an owner and an
+auditor; forms work through the admin operations; a form without its CSRF token changes
+nothing; an auditor sees no mutating control and is refused with an ``admin.refused`` row;
+no credential value ever appears in a page after it is set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from grantvault_server.services import apps as app_service
+from grantvault_server.services.vault import Vault
+from tests.conftest import OPERATOR
+from tests.test_portal import (
+    audit_rows,
+    browser,
+    cheap_argon2,  # noqa: F401  (an autouse fixture: imported, it applies here too)
+    make_operator,
+    mutating_forms,
+    post_form,
+    signed_in,
+)
+
+CREDENTIAL = "sk-portal-very-secret-value-1234567890"
+POLICY_OK = """description: Only GETs.
+rules:
+  methods: [GET]
+"""
+POLICY_BAD = """description: Broken.
+rules:
+  methods: [GET]
+  no_such_rule: true
+"""
+
+
+@pytest.fixture
+async def app(vault: Vault) -> Any:
+    from grantvault_server.app import create_app
+
+    return create_app(vault=vault)
+
+
+@pytest.fixture
+async def pair(
+    vault: Vault, app: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """App ``demo``; an owner's browser and an auditor's, both signed in."""
+    await app_service.register_app(vault, "demo", OPERATOR)
+    await make_operator(vault, "root", "owner")
+    await make_operator(vault, "eve", "auditor")
+    async with browser(app) as owner, browser(app) as auditor:
+        await signed_in(owner, "root")
+        await signed_in(auditor, "eve")
+        yield owner, auditor
+
+
+def _secret_id(location: str) -> str:
+    match = re.search(r"/secrets/([^/?]+)", location)
+    assert match, location
+    return match.group(1)
+
+
+async def _secret_with_credential(owner: httpx.AsyncClient) -> str:
+    r = await post_form(
+        owner,
+        "/portal/apps/demo/secrets",
+        "/portal/apps/demo/secrets",
+        {"kind": "template", "template": "openai"},
+    )
+    assert r.status_code == 303, r.text
+    secret = _secret_id(r.headers["location"])
+    page = f"/portal/apps/demo/secrets/{secret}"
+    r = await post_form(owner, page, f"{page}/credential", {"field_token": CREDENTIAL})
+    assert r.status_code == 303 and "credential_set" in r.headers["location"], r.text
+    return secret
+
+
+async def test_secrets_create_set_and_delete_without_echo(
+    vault: Vault, pair: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    owner, auditor = pair
+    empty = await owner.get("/portal/apps/demo/secrets")
+    assert empty.status_code == 200 and "No managed secrets yet" in empty.text
+    assert "grantvault secrets create" in empty.text
+    secret = await _secret_with_credential(owner)
+    page = await owner.get(f"/portal/apps/demo/secrets/{secret}?done=credential_set")
+    assert page.status_code == 200 and "Credential stored" in page.text
+    assert 'type="password"' in page.text and "Replace credential" in page.text
+    listed = await owner.get("/portal/apps/demo/secrets")
+    assert "openai" in listed.text and "Set" in listed.text
+    # The auditor sees it all and no form that changes anything.
+    seen = await auditor.get(f"/portal/apps/demo/secrets/{secret}")
+    assert seen.status_code == 200 and mutating_forms(seen.text) == []
+    assert mutating_forms((await auditor.get("/portal/apps/demo/secrets")).text) == []
+    for client in (owner, auditor):
+        for url in ("/portal/apps/demo/secrets", f"/portal/apps/demo/secrets/{secret}"):
+            assert CREDENTIAL not in (await client.get(url)).text
+    # Delete: a confirmation naming the secret, then the POST.
+    confirm = await owner.get(f"/portal/apps/demo/secrets/{secret}/delete")
+    assert "Delete secret <code>openai</code>?" in confirm.text
+    r = await post_form(
+        owner,
+        f"/portal/apps/demo/secrets/{secret}/delete",
+        f"/portal/apps/demo/secrets/{secret}/delete",
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("done=secret_deleted")
+    assert "No managed secrets yet" in (await owner.get("/portal/apps/demo/secrets")).text
+
+
+async def test_secret_forms_need_csrf_and_auditors_are_refused(
+    vault: Vault, pair: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    owner, auditor = pair
+    r = await owner.post("/portal/apps/demo/secrets", data={"template": "openai"})
+    assert r.status_code == 403 and "security token" in r.text
+    assert "No managed secrets yet" in (await owner.get("/portal/apps/demo/secrets")).text
+    secret = await _secret_with_credential(owner)
+    refused = await post_form(
+        auditor,
+        "/portal/apps/demo/secrets",
+        f"/portal/apps/demo/secrets/{secret}/credential",
+        {"field_token": "other"},
+    )
+    assert refused.status_code == 403
+    r = await post_form(
+        auditor, "/portal/apps/demo/secrets", "/portal/apps/demo/secrets", {"template": "openai"}
+    )
+    assert r.status_code == 403
+    operations = [r["details"]["operation"] for r in await audit_rows(vault, "admin.refused")]
+    assert operations == ["secrets.set-credential", "secrets.create"]
+    for row in await audit_rows(vault):
+        assert CREDENTIAL not in str(row) and "other" not in str(row.get("details"))
