@@ -9,6 +9,7 @@ appears in a page after it was set or first shown.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -19,6 +20,11 @@ from grantvault_server.app import create_app
 from grantvault_server.services import apps as app_service, operators as ops
 from grantvault_server.services.vault import Vault
 from tests.conftest import OPERATOR
+from tests.peer import BASIC_CLIENT
+from tests.test_identity_support import (
+    IdpPeer,
+    idp_peer_fixture,  # noqa: F401 - the fixture
+)
 from tests.test_portal import (
     audit_rows,
     browser,
@@ -113,3 +119,51 @@ async def test_providers_page_registers_replaces_and_removes_without_echoing_the
     assert "No OAuth provider is registered" in (await web.get(removed.headers["location"])).text
     rows = await audit_rows(vault)
     assert all(CLIENT_SECRET not in str(r) for r in rows)
+
+
+async def test_identity_page_discovers_saves_and_shows_the_webhook_secret_once(
+    vault: Vault, web: httpx.AsyncClient, idp_peer: IdpPeer
+) -> None:
+    await make_operator(vault, "root", "owner")
+    await app_service.register_app(vault, "demo", OPERATOR)
+    await signed_in(web, "root")
+    base = "/portal/apps/demo/identity"
+    page = await web.get(base)
+    assert page.status_code == 200, page.text
+    assert "No identity provider yet" in page.text and "Discover" in page.text
+    assert 'aria-current="page">Identity' in page.text
+
+    found = await post_form(web, base, f"{base}/discover", {"issuer": idp_peer.issuer})
+    assert found.status_code == 200, found.text
+    assert "What the vault found" in found.text and f"{idp_peer.issuer}/jwks" in found.text
+    assert "No identity provider yet" in found.text  # nothing saved by Discover
+    saved = await web.post(
+        base,
+        data={
+            "csrf": csrf_of(found.text),
+            "issuer": idp_peer.issuer,
+            "audience": BASIC_CLIENT[0],
+            "user_id_claim": "sub",
+            "groups_claim": "groups",
+            "email_claim": "email",
+            "name_claim": "name",
+            "client_id": BASIC_CLIENT[0],
+            "client_secret": BASIC_CLIENT[1],
+        },
+    )
+    assert saved.status_code == 303, saved.text
+    shown = await web.get(saved.headers["location"])
+    assert "identity provider is saved" in shown.text and idp_peer.issuer in shown.text
+    assert BASIC_CLIENT[1] not in shown.text and ">set<" in shown.text
+
+    created = await post_form(web, base, f"{base}/webhook-secret")
+    assert created.status_code == 200, created.text
+    secret = re.search(r'id="webhook-secret" class="secret-value">(whsec_[^<]+)<', created.text)
+    assert secret, created.text
+    assert 'data-copy="webhook-secret"' in created.text
+    again = await web.get(base)
+    assert secret.group(1) not in again.text and "Replace the signing secret" in again.text
+    bad = await post_form(web, base, f"{base}/discover", {"issuer": "not a url"})
+    assert bad.status_code == 400 and "idp_discovery_failed" in bad.text, bad.text
+    rows = await audit_rows(vault)
+    assert all(BASIC_CLIENT[1] not in str(r) and secret.group(1) not in str(r) for r in rows)
