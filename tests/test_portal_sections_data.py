@@ -136,3 +136,57 @@ async def test_secret_forms_need_csrf_and_auditors_are_refused(
     assert operations == ["secrets.set-credential", "secrets.create"]
     for row in await audit_rows(vault):
         assert CREDENTIAL not in str(row) and "other" not in str(row.get("details"))
+
+
+async def _grant(owner: httpx.AsyncClient, secret: str) -> str:
+    r = await post_form(
+        owner,
+        "/portal/apps/demo/grants",
+        "/portal/apps/demo/grants",
+        {"managed_secret_id": secret, "principal_type": "system", "label": "ci"},
+    )
+    assert r.status_code == 303, r.text
+    match = re.search(r"/grants/([^/?]+)\?done=grant_created", r.headers["location"])
+    assert match, r.headers["location"]
+    return match.group(1)
+
+
+async def test_grants_filter_detail_and_revoke(
+    vault: Vault, pair: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    owner, auditor = pair
+    empty = await owner.get("/portal/apps/demo/grants")
+    assert "No grants yet" in empty.text and "add a managed secret" in empty.text
+    secret = await _secret_with_credential(owner)
+    grant = await _grant(owner, secret)
+    listed = await owner.get("/portal/apps/demo/grants?status=active&principal=system")
+    assert grant[:14] in listed.text and "openai" in listed.text
+    none = await owner.get("/portal/apps/demo/grants?status=revoked")
+    assert "No grant matches these filters" in none.text
+    detail = await owner.get(f"/portal/apps/demo/grants/{grant}")
+    assert detail.status_code == 200 and "Last used" in detail.text and "never" in detail.text
+    assert f"/portal/apps/demo/audit?grant={grant}" in detail.text
+    assert "No policy applies" in detail.text
+    seen = await auditor.get(f"/portal/apps/demo/grants/{grant}")
+    assert seen.status_code == 200 and mutating_forms(seen.text) == []
+    assert mutating_forms((await auditor.get("/portal/apps/demo/grants")).text) == []
+    refused = await post_form(
+        auditor, f"/portal/apps/demo/grants/{grant}", f"/portal/apps/demo/grants/{grant}/revoke"
+    )
+    assert refused.status_code == 403
+    nocsrf = await owner.post(f"/portal/apps/demo/grants/{grant}/revoke", data={})
+    assert nocsrf.status_code == 403
+    confirm = await owner.get(f"/portal/apps/demo/grants/{grant}/revoke")
+    assert "Revoke the grant of <code>openai</code> to <code>system</code>?" in confirm.text
+    r = await post_form(
+        owner,
+        f"/portal/apps/demo/grants/{grant}/revoke",
+        f"/portal/apps/demo/grants/{grant}/revoke",
+        {"reason": "rotated"},
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("done=grant_revoked")
+    assert "Revoked" in (await owner.get(r.headers["location"])).text
+    operations = [r["details"]["operation"] for r in await audit_rows(vault, "admin.refused")]
+    assert operations == ["grants.revoke"]
+    for url in ("/portal/apps/demo/grants", f"/portal/apps/demo/grants/{grant}"):
+        assert CREDENTIAL not in (await owner.get(url)).text
