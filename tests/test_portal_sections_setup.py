@@ -21,8 +21,10 @@ from grantvault_server.services import apps as app_service, operators as ops
 from grantvault_server.services.vault import Vault
 from tests.conftest import OPERATOR
 from tests.peer import BASIC_CLIENT
+from tests.test_admin_identity_audit import a_user
 from tests.test_identity_support import (
     IdpPeer,
+    configure,
     idp_peer_fixture,  # noqa: F401 - the fixture
 )
 from tests.test_portal import (
@@ -167,3 +169,41 @@ async def test_identity_page_discovers_saves_and_shows_the_webhook_secret_once(
     assert bad.status_code == 400 and "idp_discovery_failed" in bad.text, bad.text
     rows = await audit_rows(vault)
     assert all(BASIC_CLIENT[1] not in str(r) and secret.group(1) not in str(r) for r in rows)
+
+
+async def test_users_page_lists_filters_disables_and_enables_with_a_confirmation(
+    vault: Vault, web: httpx.AsyncClient, idp_peer: IdpPeer
+) -> None:
+    await make_operator(vault, "root", "owner")
+    demo = await app_service.register_app(vault, "demo", OPERATOR)
+    await signed_in(web, "root")
+    base = "/portal/apps/demo/users"
+    empty = await web.get(base)
+    assert empty.status_code == 200 and "Configure the identity provider" in empty.text
+    await configure(vault, demo, idp_peer)
+    none_yet = await web.get(base)
+    assert "No users yet" in none_yet.text, none_yet.text
+    await a_user(vault, demo, idp_peer, "lena", ["eng"])
+    await a_user(vault, demo, idp_peer, "auth0|team/ivan", ["eng", "ops"])
+    listed = (await web.get(base)).text
+    assert "lena" in listed and "auth0|team/ivan" in listed and "ops" in listed
+    filtered = (await web.get(f"{base}?q=ivan")).text
+    assert "auth0|team/ivan" in filtered and ">lena<" not in filtered
+
+    subject = "auth0|team/ivan"
+    confirm = await web.get(f"{base}/disable", params={"subject": subject})
+    assert confirm.status_code == 200 and "Disable" in confirm.text and subject in confirm.text
+    no_token = await web.post(f"{base}/disable", data={"subject": subject})
+    assert no_token.status_code == 403
+    done = await web.post(
+        f"{base}/disable",
+        data={"subject": subject, "reason": "left", "csrf": csrf_of(confirm.text)},
+    )
+    assert done.status_code == 303, done.text
+    disabled = (await web.get(f"{base}?status=disabled")).text
+    assert subject in disabled and ">lena<" not in disabled and "left" in disabled
+    enable = await web.get(f"{base}/enable", params={"subject": subject})
+    back = await web.post(f"{base}/enable", data={"subject": subject, "csrf": csrf_of(enable.text)})
+    assert back.status_code == 303
+    events = [r["event"] for r in await audit_rows(vault) if r["event"].startswith("user.")]
+    assert events[-2:] == ["user.disabled", "user.enabled"], events
