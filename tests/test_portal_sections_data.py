@@ -190,3 +190,106 @@ async def test_grants_filter_detail_and_revoke(
     assert operations == ["grants.revoke"]
     for url in ("/portal/apps/demo/grants", f"/portal/apps/demo/grants/{grant}"):
         assert CREDENTIAL not in (await owner.get(url)).text
+
+
+async def test_policies_edit_with_errors_at_their_line_test_and_delete(
+    vault: Vault, pair: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    owner, auditor = pair
+    empty = await owner.get("/portal/apps/demo/policies")
+    assert "No policies yet" in empty.text and "grantvault policies put" in empty.text
+    bad = await post_form(
+        owner,
+        "/portal/apps/demo/policies",
+        "/portal/apps/demo/policies",
+        {"name": "gets", "source": POLICY_BAD},
+    )
+    assert bad.status_code == 422 and "line 4" in bad.text and "no_such_rule" in bad.text
+    assert 'aria-invalid="true"' in bad.text and "Broken." in bad.text  # the text is kept
+    syntax = await post_form(
+        owner,
+        "/portal/apps/demo/policies",
+        "/portal/apps/demo/policies",
+        {"name": "gets", "source": "rules: [\n  methods: ["},
+    )
+    assert syntax.status_code == 422 and "line " in syntax.text
+    r = await post_form(
+        owner,
+        "/portal/apps/demo/policies",
+        "/portal/apps/demo/policies",
+        {"name": "gets", "source": POLICY_OK},
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("/gets?done=policy_saved")
+    page = await owner.get("/portal/apps/demo/policies/gets")
+    assert "Only GETs." in page.text and "version 1" in page.text
+    assert "Create a grant" in page.text  # no grant to test with yet
+    # A second version through the editor; an invalid edit keeps what was typed.
+    edit = await post_form(
+        owner,
+        "/portal/apps/demo/policies/gets",
+        "/portal/apps/demo/policies/gets",
+        {"source": POLICY_BAD},
+    )
+    assert edit.status_code == 422 and "line 4" in edit.text
+    saved = await post_form(
+        owner,
+        "/portal/apps/demo/policies/gets",
+        "/portal/apps/demo/policies/gets",
+        {"source": POLICY_OK.replace("[GET]", "[GET, HEAD]")},
+    )
+    assert saved.status_code == 303
+    page = await owner.get("/portal/apps/demo/policies/gets?version=1")
+    assert "version 1 of 2" in page.text and "?version=" not in page.text.split("Versions")[0]
+    # Test a request (the auditor may: a read), with the editor's text as the candidate.
+    grant = await _grant(owner, await _secret_with_credential(owner))
+    for client in (owner, auditor):
+        judged = await post_form(
+            client,
+            "/portal/apps/demo/policies/gets",
+            "/portal/apps/demo/policies/gets/test",
+            {
+                "source": POLICY_OK,
+                "grant_id": grant,
+                "method": "POST",
+                "url": "https://api.openai.com/v1/chat/completions",
+            },
+        )
+        assert judged.status_code == 200 and "Denied" in judged.text, judged.text
+        allowed = await post_form(
+            client,
+            "/portal/apps/demo/policies/gets",
+            "/portal/apps/demo/policies/gets/test",
+            {
+                "source": POLICY_OK,
+                "grant_id": grant,
+                "method": "GET",
+                "url": "https://api.openai.com/v1/models",
+            },
+        )
+        assert allowed.status_code == 200 and "Allowed" in allowed.text
+    # The auditor: a read-only editor, no save or delete; refused anyway.
+    seen = await auditor.get("/portal/apps/demo/policies/gets")
+    assert "readonly" in seen.text and "Save as version" not in seen.text
+    assert [a for a in mutating_forms(seen.text) if not a.endswith("/test")] == [
+        "/portal/apps/demo/policies/gets"
+    ]  # the one form: its only button is "Test this request" (formaction)
+    refused = await post_form(
+        auditor,
+        "/portal/apps/demo/policies/gets",
+        "/portal/apps/demo/policies/gets",
+        {"source": POLICY_OK},
+    )
+    assert refused.status_code == 403
+    nocsrf = await owner.post("/portal/apps/demo/policies/gets/delete", data={})
+    assert nocsrf.status_code == 403
+    confirm = await owner.get("/portal/apps/demo/policies/gets/delete")
+    assert "Delete policy <code>gets</code>?" in confirm.text
+    r = await post_form(
+        owner,
+        "/portal/apps/demo/policies/gets/delete",
+        "/portal/apps/demo/policies/gets/delete",
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("done=policy_deleted")
+    assert "No policies yet" in (await owner.get("/portal/apps/demo/policies")).text
+    operations = [r["details"]["operation"] for r in await audit_rows(vault, "admin.refused")]
+    assert operations == ["policies.put"]
