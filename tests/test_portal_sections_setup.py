@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +33,7 @@ from tests.test_portal import (
     browser,
     csrf_of,
     make_operator,
+    mutating_forms,
     post_form,
     signed_in,
 )
@@ -48,8 +50,13 @@ def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def web(vault: Vault) -> AsyncIterator[httpx.AsyncClient]:
-    async with browser(create_app(vault=vault)) as client:
+async def app(vault: Vault) -> Any:
+    return create_app(vault=vault)
+
+
+@pytest.fixture
+async def web(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with browser(app) as client:
         yield client
 
 
@@ -207,3 +214,101 @@ async def test_users_page_lists_filters_disables_and_enables_with_a_confirmation
     assert back.status_code == 303
     events = [r["event"] for r in await audit_rows(vault) if r["event"].startswith("user.")]
     assert events[-2:] == ["user.disabled", "user.enabled"], events
+
+
+async def test_tokens_page_creates_once_lists_prefixes_and_revokes(
+    vault: Vault, web: httpx.AsyncClient, app: Any
+) -> None:
+    await make_operator(vault, "root", "owner")
+    await make_operator(vault, "ann", "admin")
+    await ops.create_token(vault, "ann", "laptop", actor=OPERATOR)
+    await signed_in(web, "root")
+    base = "/portal/account/tokens"
+    page = await web.get(base)
+    assert page.status_code == 200, page.text
+    assert "No personal tokens yet" in page.text
+    assert "Other operators" in page.text and "laptop" in page.text  # an owner sees all
+
+    created = await post_form(web, base, base, {"name": "ci", "expires_in": "90d"})
+    assert created.status_code == 200, created.text
+    token = re.search(r'id="new-token" class="secret-value">(gvat_[^<]+)<', created.text)
+    assert token, created.text
+    assert "export GRANTVAULT_SERVER=http://127.0.0.1:" in created.text
+    assert f"GRANTVAULT_TOKEN={token.group(1)}</code>" in created.text
+    assert 'data-copy="new-token"' in created.text
+    # The token works against the admin API, and the page never shows it again.
+    async with browser(app) as api:
+        r = await api.get("/admin/v1/apps", headers={"Authorization": f"Bearer {token.group(1)}"})
+        assert r.status_code == 200, r.text
+    (mine,) = [t for t in await ops.list_tokens(vault) if t.name == "ci"]
+    listed = await web.get(base)
+    assert token.group(1) not in listed.text and f"{mine.prefix}…" in listed.text
+    confirm = await web.get(f"{base}/{mine.id}/revoke")
+    assert confirm.status_code == 200 and mine.prefix in confirm.text and "ci" in confirm.text
+    assert (await web.post(f"{base}/{mine.id}/revoke", data={})).status_code == 403
+    revoked = await web.post(f"{base}/{mine.id}/revoke", data={"csrf": csrf_of(confirm.text)})
+    assert revoked.status_code == 303
+    assert "token is revoked" in (await web.get(revoked.headers["location"])).text
+    async with browser(app) as api:
+        r = await api.get("/admin/v1/apps", headers={"Authorization": f"Bearer {token.group(1)}"})
+        assert r.status_code == 401
+    rows = await audit_rows(vault)
+    assert all(token.group(1) not in str(r) for r in rows)
+
+
+async def test_an_auditor_sees_the_set_up_pages_and_can_change_nothing(
+    vault: Vault, web: httpx.AsyncClient, idp_peer: IdpPeer
+) -> None:
+    await make_operator(vault, "root", "owner")
+    await make_operator(vault, "eve", "auditor")
+    demo = await app_service.register_app(vault, "demo", OPERATOR)
+    await configure(vault, demo, idp_peer)
+    await a_user(vault, demo, idp_peer, "lena", ["eng"])
+    info, _ = await ops.create_token(vault, "root", "deploy", actor=OPERATOR)
+    # root registers a provider through the portal, then eve looks.
+    await signed_in(web, "root")
+    added = await post_form(
+        web,
+        "/portal/apps/demo/providers",
+        "/portal/apps/demo/providers",
+        {"provider": "github", "client_id": "gh-1", "client_secret": CLIENT_SECRET},
+    )
+    assert added.status_code == 303, added.text
+    await post_form(web, "/portal/", "/portal/logout")
+    await signed_in(web, "eve")
+    for path in (
+        "/portal/apps/demo/providers",
+        "/portal/apps/demo/providers/github/remove",
+        "/portal/apps/demo/identity",
+        "/portal/apps/demo/users",
+        "/portal/apps/demo/users/disable?subject=lena",
+    ):
+        r = await web.get(path)
+        assert r.status_code == 200, (path, r.text)
+        assert mutating_forms(r.text) == [], path
+        assert CLIENT_SECRET not in r.text
+    tokens = await web.get("/portal/account/tokens")
+    assert tokens.status_code == 200 and "deploy" not in tokens.text  # only an owner sees all
+    assert mutating_forms(tokens.text) == ["/portal/account/tokens"]  # one's own, as the API
+
+    token = csrf_of(tokens.text)
+    refused = [
+        ("/portal/apps/demo/providers", {"provider": "x", "client_id": "y"}, "providers.add"),
+        ("/portal/apps/demo/providers/github/remove", {}, "providers.remove"),
+        ("/portal/apps/demo/identity/discover", {"issuer": idp_peer.issuer}, "idp.discover"),
+        ("/portal/apps/demo/identity", {"issuer": idp_peer.issuer}, "idp.set"),
+        ("/portal/apps/demo/identity/webhook-secret", {}, "idp.webhook-secret"),
+        ("/portal/apps/demo/users/disable", {"subject": "lena"}, "users.disable"),
+        ("/portal/apps/demo/users/enable", {"subject": "lena"}, "users.enable"),
+        (f"/portal/account/tokens/{info.id}/revoke", {}, "operators.token.revoke"),
+    ]
+    for action, data, _ in refused:
+        r = await web.post(action, data={**data, "csrf": token})
+        assert r.status_code == 403 and "forbidden" in r.text, (action, r.text)
+    rows = await audit_rows(vault, "admin.refused")
+    assert [r["details"]["operation"] for r in rows] == [op for *_, op in refused]
+    assert all(r["actor"]["name"] == "eve" for r in rows)
+    assert "gh-1" in (await web.get("/portal/apps/demo/providers")).text
+    assert "No user matches" in (await web.get("/portal/apps/demo/users?status=disabled")).text
+    (still,) = [t for t in await ops.list_tokens(vault) if t.name == "deploy"]
+    assert still.revoked_at is None
