@@ -148,6 +148,35 @@ class Settings(BaseSettings):
         le=720,
         description="Hours after sign-in after which a portal session ends, however active.",
     )
+    operator_sso_issuer: str | None = Field(
+        default=None,
+        description="OIDC issuer through which operators sign in to the portal (single "
+        "sign-on); unset: no single sign-on.",
+    )
+    operator_sso_client_id: str | None = Field(
+        default=None, description="The portal's client id at the operators' OIDC provider."
+    )
+    operator_sso_client_secret: SecretStr | None = Field(
+        default=None, description="The portal's client secret at the operators' OIDC provider."
+    )
+    operator_sso_client_secret_file: Path | None = Field(
+        default=None, description="File holding that client secret (instead of the variable)."
+    )
+    operator_sso_groups_claim: str = Field(
+        default="groups",
+        min_length=1,
+        description="ID-token claim listing the operator's groups at the IdP.",
+    )
+    operator_sso_role_map: dict[str, Literal["owner", "admin", "auditor"]] = Field(
+        default_factory=dict,
+        description="JSON object mapping an IdP group to an operator role, e.g. "
+        '{"vault-owners": "owner", "vault-auditors": "auditor"}; the highest role wins.',
+    )
+    operator_sso_allowed_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="If set, only operators whose verified email is in one of these domains "
+        "may sign in by single sign-on (comma-separated or a JSON list).",
+    )
     ca_bundle: Path | None = Field(
         default=None,
         description="PEM file of extra CA certificates trusted for every outbound call "
@@ -155,7 +184,7 @@ class Settings(BaseSettings):
         "GitHub Enterprise Server or IdP behind an internal CA. SSL_CERT_FILE is not read.",
     )
 
-    @field_validator("allow_http_hosts", mode="before")
+    @field_validator("allow_http_hosts", "operator_sso_allowed_domains", mode="before")
     @classmethod
     def _host_list(cls, value: object) -> object:
         """Accept a JSON list or a comma-separated string."""
@@ -169,7 +198,7 @@ class Settings(BaseSettings):
             return [h.strip() for h in text.split(",") if h.strip()]
         return value
 
-    @field_validator("ca_bundle", mode="before")
+    @field_validator("ca_bundle", "operator_sso_client_secret_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``GRANTVAULT_CA_BUNDLE=""`` (a variable cleared in a compose file) means unset."""

@@ -56,6 +56,9 @@ UNAUTHENTICATED_PATHS = frozenset(
         # The operator portal's sign-in (password, then the second factor).
         "/portal/login",
         "/portal/login/totp",
+        # Operators' single sign-on (each start discovers the IdP; each callback exchanges).
+        "/portal/sso/start",
+        "/portal/sso/callback",
     }
 )
 UNAUTHENTICATED_PREFIXES = ("/connect/", "/webhooks/")

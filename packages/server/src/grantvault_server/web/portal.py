@@ -38,6 +38,7 @@ from starlette.responses import Response
 from grantvault.types.errors import ErrorCode
 from grantvault_server.errors import InvalidInput, VaultError
 from grantvault_server.services import (
+    operator_sso,
     operators as operator_service,
     portal_overview,
     portal_sessions,
@@ -384,6 +385,7 @@ def _login_page(
         csrf_login=csrf_token(browser, "portal-login"),
         typed_name=name,
         message=message,
+        sso=operator_sso.configured(vault_for(request).settings),
         cli=[
             automation(
                 "Create an operator (on the server host, the first owner)",
