@@ -196,6 +196,31 @@ class SignedClient:
         )
 
 
+#: The password of operators made by the tests (long, not common, without the name).
+OPERATOR_PASSWORD = "correct-stapler-orbit-47"
+
+
+async def token_for(vault: Vault, name: str, role: str, apps: list[str] | None = None) -> str:
+    """A new operator ``name`` with ``role`` (and app limit), and a personal token of theirs."""
+    from grantvault_server.services import operators
+
+    await operators.create_operator(
+        vault, name, role, actor=OPERATOR, password=OPERATOR_PASSWORD, apps=apps
+    )
+    _, token = await operators.create_token(vault, name, "test", actor=OPERATOR)
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def admin(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The in-process app, for admin API calls (``headers=bearer(token)``)."""
+    return client
+
+
 async def make_app(vault: Vault, name: str | None = None) -> tuple[app_service.App, str]:
     """An app and a fresh API key for it."""
     app = await app_service.register_app(vault, name or f"app-{uuid.uuid4().hex[:8]}", OPERATOR)

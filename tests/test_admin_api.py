@@ -5,7 +5,6 @@ Each area's operations have their own tests; these cover what every route shares
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,26 +17,9 @@ from grantvault_server.services import operators as ops
 from grantvault_server.services.vault import Vault
 from grantvault_server.services.vault_time import FakeClock
 from grantvault_server.storage.tables import audit_events
-from tests.conftest import OPERATOR, make_app
+from tests.conftest import OPERATOR, OPERATOR_PASSWORD, bearer, make_app, token_for
 
-PASSWORD = "correct-stapler-orbit-47"
-
-
-@pytest.fixture
-async def admin(vault: Vault) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(vault=vault))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
-
-
-async def token_for(vault: Vault, name: str, role: str, apps: list[str] | None = None) -> str:
-    await ops.create_operator(vault, name, role, actor=OPERATOR, password=PASSWORD, apps=apps)
-    _, token = await ops.create_token(vault, name, "test", actor=OPERATOR)
-    return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+PASSWORD = OPERATOR_PASSWORD
 
 
 async def test_an_owner_manages_apps_and_keys(vault: Vault, admin: httpx.AsyncClient) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,15 @@ from grantvault_server.cli.main import cli
 from grantvault_server.config import Settings
 from grantvault_server.services import (
     grants as grant_service,
-    operators as ops,
     policies as policy_service,
     secrets as secret_service,
 )
 from grantvault_server.services.apps import App
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import audit_events
-from tests.conftest import OPERATOR, make_app
+from tests.conftest import OPERATOR, OPERATOR_PASSWORD, bearer, make_app, token_for
 
-PASSWORD = "correct-stapler-orbit-47"
+PASSWORD = OPERATOR_PASSWORD
 URL = "https://api.openai.com/v1/models"
 OFFICE_HOURS = """\
 description: OpenAI calls during Berlin office hours.
@@ -58,23 +56,6 @@ INVALID = (
 INVALID_LOCS = {"descripton", "rules.ip_allow[1]", "rules.quota.limit", "rules.quota.window"}
 MONDAY_EVENING = "2026-12-07T22:00:00+01:00"
 MONDAY_MORNING = "2026-12-07T10:00:00+01:00"
-
-
-@pytest.fixture
-async def admin(vault: Vault) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(vault=vault))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
-
-
-async def token_for(vault: Vault, name: str, role: str, apps: list[str] | None = None) -> str:
-    await ops.create_operator(vault, name, role, actor=OPERATOR, password=PASSWORD, apps=apps)
-    _, token = await ops.create_token(vault, name, "test", actor=OPERATOR)
-    return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def _app_with_grant(vault: Vault, name: str) -> tuple[App, str, str]:

@@ -11,7 +11,6 @@ audit trail.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,13 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from grantvault_server.app import create_app
 from grantvault_server.cli.main import cli
-from grantvault_server.services import operators as ops
 from grantvault_server.services.apps import App
 from grantvault_server.services.identity import service as identity
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import audit_events
 
-from .conftest import OPERATOR, make_app
+from .conftest import bearer, make_app, token_for
 from .peer import BASIC_CLIENT
 from .test_identity_support import (
     IdpPeer,
@@ -36,25 +33,7 @@ from .test_identity_support import (
     idp_peer_fixture,  # noqa: F401 - the fixture
 )
 
-PASSWORD = "correct-stapler-orbit-47"
 IMPORTED_WEBHOOK_SECRET = "whsec_" + "QkJD" * 11
-
-
-@pytest.fixture
-async def admin(vault: Vault) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(vault=vault))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
-
-
-async def token_for(vault: Vault, name: str, role: str, apps: list[str] | None = None) -> str:
-    await ops.create_operator(vault, name, role, actor=OPERATOR, password=PASSWORD, apps=apps)
-    _, token = await ops.create_token(vault, name, "test", actor=OPERATOR)
-    return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def _json(value: Any) -> Any:

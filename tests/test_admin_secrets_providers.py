@@ -9,36 +9,27 @@ secret comes back in an answer or lands in an audit row.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from grantvault_server.app import create_app
 from grantvault_server.cli._invoke import local_principal
 from grantvault_server.services import operators as ops
 from grantvault_server.services.admin.catalog import find
 from grantvault_server.services.admin.registry import OpContext
 from grantvault_server.services.vault import Vault
 from grantvault_server.storage.tables import audit_events
-from tests.conftest import OPERATOR, make_app
+from tests.conftest import OPERATOR, OPERATOR_PASSWORD, make_app
 from tests.peer import Peer
 
-PASSWORD = "correct-stapler-orbit-47"
+PASSWORD = OPERATOR_PASSWORD
 API_KEY = "sk-admin-api-0123456789"
 BASIC_PASSWORD = "twilio-pass-9876543210"
 CLIENT_SECRET = "oauth-client-secret-5550123"
 #: Every secret value these tests send; none may come back or be audited.
 SECRET_VALUES = (API_KEY, BASIC_PASSWORD, CLIENT_SECRET)
-
-
-@pytest.fixture
-async def admin(vault: Vault) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(vault=vault))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
 
 
 class Api:
