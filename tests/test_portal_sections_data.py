@@ -293,3 +293,69 @@ async def test_policies_edit_with_errors_at_their_line_test_and_delete(
     assert "No policies yet" in (await owner.get("/portal/apps/demo/policies")).text
     operations = [r["details"]["operation"] for r in await audit_rows(vault, "admin.refused")]
     assert operations == ["policies.put"]
+
+
+async def test_audit_filters_detail_csv_and_verify(
+    vault: Vault, pair: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    owner, auditor = pair
+    secret = await _secret_with_credential(owner)
+    grant = await _grant(owner, secret)
+    refused = await post_form(
+        auditor, "/portal/apps/demo/grants", f"/portal/apps/demo/grants/{grant}/revoke"
+    )
+    assert refused.status_code == 403
+    for client in (owner, auditor):
+        page = await client.get("/portal/audit")
+        assert page.status_code == 200 and "<code>secret.created</code>" in page.text
+        assert 'value="system"' in page.text  # unscoped: the system chain is offered
+        assert CREDENTIAL not in page.text
+        denied = await client.get("/portal/audit?chain=system&outcome=denied")
+        assert (
+            "<code>admin.refused</code>" in denied.text
+            and "<code>secret.created</code>" not in denied.text
+        )
+        by_actor = await client.get("/portal/audit?actor=eve")
+        assert (
+            "<code>admin.refused</code>" in by_actor.text
+            and "<code>secret.created</code>" not in by_actor.text
+        )
+        app_page = await client.get(f"/portal/apps/demo/audit?grant={grant}")
+        assert app_page.status_code == 200 and "<code>grant.created</code>" in app_page.text
+        assert "<code>secret.created</code>" not in app_page.text
+        nothing = await client.get("/portal/apps/demo/audit?from=2000-01-01&to=2000-01-02")
+        assert "No event matches these filters" in nothing.text
+        exported = await client.get("/portal/apps/demo/audit/export.csv?event=grant.created")
+        assert exported.status_code == 200
+        assert exported.headers["content-type"].startswith("text/csv")
+        assert exported.headers["content-disposition"].startswith("attachment;")
+        lines = exported.text.strip().splitlines()
+        assert lines[0].startswith("occurred_at,app,seq,event") and len(lines) == 2
+        assert "grant.created" in lines[1] and CREDENTIAL not in exported.text
+        verified = await post_form(client, "/portal/audit", "/portal/audit/verify")
+        assert verified.status_code == 200 and "The chain is intact" in verified.text
+        one = await post_form(client, "/portal/apps/demo/audit", "/portal/apps/demo/audit/verify")
+        assert "The chain is intact" in one.text and "demo" in one.text
+    assert (await owner.post("/portal/audit/verify", data={})).status_code == 403
+    # A row's own page.
+    rows = [r for r in await audit_rows(vault, "grant.created")]
+    detail = await owner.get(f"/portal/audit/{rows[0]['chain']}/{rows[0]['seq']}")
+    assert detail.status_code == 200 and "grant.created" in detail.text and grant in detail.text
+    missing = await owner.get(f"/portal/audit/{rows[0]['chain']}/9999")
+    assert missing.status_code == 404
+    # Reading and verifying is the auditor's job: no refusal but the revoke above.
+    operations = [r["details"]["operation"] for r in await audit_rows(vault, "admin.refused")]
+    assert operations == ["grants.revoke"]
+
+
+async def test_an_app_scoped_admin_reads_only_its_apps_audit(vault: Vault, app: Any) -> None:
+    await app_service.register_app(vault, "demo", OPERATOR)
+    await app_service.register_app(vault, "other", OPERATOR)
+    await make_operator(vault, "ann", "admin", apps=["demo"])
+    async with browser(app) as ann:
+        await signed_in(ann, "ann")
+        page = await ann.get("/portal/audit")
+        assert page.status_code == 200 and 'value="system"' not in page.text
+        assert (await ann.get("/portal/audit?chain=system")).status_code == 403
+        for url in ("/portal/apps/other/secrets", "/portal/apps/other/audit"):
+            assert (await ann.get(url)).status_code == 404
