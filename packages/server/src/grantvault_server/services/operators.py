@@ -874,3 +874,10 @@ async def verify_second_factor(
         return op
     await _record_failure(vault, row, now, address, "second_factor")
     raise VaultError(ErrorCode.LOGIN_FAILED, _LOGIN_FAILED)
+
+
+# The password check and its failure bookkeeping, for the portal's sudo mode
+# (``services.portal_sessions.reauthenticate``): the same Argon2 check, the same lockout.
+LOGIN_FAILED_MESSAGE = _LOGIN_FAILED
+password_matches = _verify_password
+record_failure = _record_failure

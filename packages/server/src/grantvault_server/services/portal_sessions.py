@@ -11,6 +11,13 @@
 * **Dead sessions.** Revoked (signed out), idle, expired, of a disabled or deleted operator,
   or older than the operator's ``sessions_valid_after`` ("sign out everywhere", a password
   change, disabling): each is refused with the reason the sign-in page shows.
+* **Sudo mode.** Dangerous actions (minting or revoking API keys, managing operators) need
+  the password or a TOTP code re-entered within :data:`SUDO_WINDOW` (:func:`sudo_active`,
+  :func:`reauthenticate`); signing in counts as entering it. An operator who signs in only by
+  single sign-on has no password or code here to re-enter: the IdP is their authenticator,
+  and a fresh round-trip to it would usually pass silently on the IdP's own session, so it
+  would prove nothing more than the live session does; their sessions are always in sudo
+  mode (the IdP's session and this session's timeouts bound them).
 * **Audit.** Signing in is audited by ``services.operators``; signing out and signing out
   everywhere are audited here (``operator.signed_out``), never with the session id.
 """
@@ -26,8 +33,10 @@ from typing import Any, Literal
 import pyotp
 import sqlalchemy as sa
 
+from grantvault.types.errors import ErrorCode
 from grantvault_server.audit.chain import AuditRecord
 from grantvault_server.audit.events import SYSTEM_CHAIN, AuditEvent, Outcome
+from grantvault_server.errors import VaultError
 from grantvault_server.services import operators as operator_service
 from grantvault_server.services.operators import Operator, Principal
 from grantvault_server.services.vault import Vault
@@ -40,6 +49,8 @@ PENDING_TTL = timedelta(minutes=5)
 TOUCH_EVERY = timedelta(seconds=30)
 #: Longest session id accepted from a cookie (ids are 43 characters).
 MAX_ID = 128
+#: How long a re-entered password or code unlocks dangerous actions.
+SUDO_WINDOW = timedelta(minutes=10)
 
 Ended = Literal["missing", "unknown", "revoked", "idle", "expired", "signed_out", "disabled"]
 
@@ -69,6 +80,7 @@ class PortalSession:
     last_seen_at: datetime
     expires_at: datetime
     pending_mfa: bool
+    reauthenticated_at: datetime | None = None
 
     @property
     def principal(self) -> Principal:
@@ -124,9 +136,12 @@ async def start(
                 last_seen_at=now,
                 expires_at=expires_at,
                 pending_mfa=pending_mfa,
+                reauthenticated_at=None if pending_mfa else now,
             )
         )
-    return session_id, PortalSession(id_hash, operator, now, now, expires_at, pending_mfa)
+    return session_id, PortalSession(
+        id_hash, operator, now, now, expires_at, pending_mfa, None if pending_mfa else now
+    )
 
 
 async def resolve(vault: Vault, presented: str | None) -> PortalSession:
@@ -148,6 +163,7 @@ async def resolve(vault: Vault, presented: str | None) -> PortalSession:
                     operator_sessions.c.expires_at,
                     operator_sessions.c.pending_mfa,
                     operator_sessions.c.revoked_at,
+                    operator_sessions.c.reauthenticated_at,
                     operators,
                 )
                 .join(operators, operators.c.id == operator_sessions.c.operator_id)
@@ -172,7 +188,13 @@ async def resolve(vault: Vault, presented: str | None) -> PortalSession:
             )
         last_seen = now
     return PortalSession(
-        id_hash, op, row.session_created_at, last_seen, row.expires_at, bool(row.pending_mfa)
+        id_hash,
+        op,
+        row.session_created_at,
+        last_seen,
+        row.expires_at,
+        bool(row.pending_mfa),
+        row.reauthenticated_at,
     )
 
 
@@ -268,3 +290,91 @@ async def pending_totp_uri(vault: Vault, operator_id: str) -> str | None:
     if row is None or seed is None:
         return None
     return pyotp.TOTP(seed).provisioning_uri(name=row.name, issuer_name="Grantvault")
+
+
+# --------------------------------------------------------------------------- sudo mode
+
+
+def sso_only(op: Operator) -> bool:
+    """Signs in only by single sign-on: no password and no code to re-enter here."""
+    return op.sso_subject is not None and not op.has_password and not op.totp_enabled
+
+
+def sudo_active(vault: Vault, session: PortalSession) -> bool:
+    """May this session take a dangerous action now (password or code re-entered within
+    :data:`SUDO_WINDOW`, or an SSO-only operator)?"""
+    if session.pending_mfa:
+        return False
+    if sso_only(session.operator):
+        return True
+    at = session.reauthenticated_at
+    return at is not None and vault.clock.now() - at < SUDO_WINDOW
+
+
+def sudo_until(vault: Vault, session: PortalSession) -> datetime | None:
+    at = session.reauthenticated_at
+    return at + SUDO_WINDOW if at is not None and sudo_active(vault, session) else None
+
+
+async def reauthenticate(
+    vault: Vault,
+    session: PortalSession,
+    *,
+    password: str | None = None,
+    code: str | None = None,
+    address: str | None = None,
+) -> PortalSession:
+    """Check the operator's password (or TOTP / recovery code) again and open the sudo
+    window. Failures count towards the account's lockout like a failed sign-in."""
+    op = session.operator
+    now = vault.clock.now()
+    if code:
+        if not op.totp_enabled:
+            raise VaultError(ErrorCode.LOGIN_FAILED, "This account has no second factor.")
+        await operator_service.verify_second_factor(vault, op.id, code, address=address)
+    elif password:
+        async with vault.db.read() as conn:
+            row = (await conn.execute(sa.select(operators).where(operators.c.id == op.id))).first()
+        if row is None:
+            raise VaultError(ErrorCode.LOGIN_FAILED, operator_service.LOGIN_FAILED_MESSAGE)
+        if row.locked_until is not None and row.locked_until > now:
+            raise operator_service.locked_error(row.locked_until, now)
+        if not operator_service.password_matches(row.password_hash, password):
+            await operator_service.record_failure(vault, row, now, address, "reauthenticate")
+            raise VaultError(ErrorCode.LOGIN_FAILED, operator_service.LOGIN_FAILED_MESSAGE)
+        async with vault.db.write() as conn:
+            await conn.execute(
+                sa.update(operators)
+                .where(operators.c.id == op.id)
+                .values(failed_logins=0, locked_until=None)
+            )
+            await vault.audit.append(
+                conn,
+                [
+                    AuditRecord(
+                        chain=SYSTEM_CHAIN,
+                        event=AuditEvent.OPERATOR_SIGNED_IN,
+                        outcome=Outcome.SUCCESS,
+                        actor=_actor(op),
+                        details={"operator_id": op.id, "method": "password", "step": "sudo"},
+                        occurred_at=now,
+                    )
+                ],
+            )
+    else:
+        raise VaultError(ErrorCode.LOGIN_FAILED, "Enter your password or a code.")
+    async with vault.db.write() as conn:
+        await conn.execute(
+            sa.update(operator_sessions)
+            .where(operator_sessions.c.id_hash == session.id_hash)
+            .values(reauthenticated_at=now)
+        )
+    return PortalSession(
+        session.id_hash,
+        op,
+        session.created_at,
+        session.last_seen_at,
+        session.expires_at,
+        session.pending_mfa,
+        now,
+    )

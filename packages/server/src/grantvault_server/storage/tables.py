@@ -634,6 +634,9 @@ operator_sessions = sa.Table(
     # Password checked but the second factor not yet: only the TOTP step is allowed.
     sa.Column("pending_mfa", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    # Sudo mode: when the operator last re-entered a password or code in this session (or
+    # signed in); dangerous portal actions need it within the last few minutes.
+    sa.Column("reauthenticated_at", UTCDateTime(), nullable=True),
 )
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import segno
 from fastapi import APIRouter, Request
@@ -253,8 +253,11 @@ def csrf_refused(auth: Auth | None = None) -> Response:
     )
 
 
-async def posted_form(request: Request) -> tuple[Auth, FormData] | Response:
-    """A form post from a signed-in browser with the right CSRF token."""
+async def posted_form(
+    request: Request, *, sudo_back: str | None = None
+) -> tuple[Auth, FormData] | Response:
+    """A form post from a signed-in browser with the right CSRF token; with ``sudo_back`` (the
+    page to return to) a dangerous one, which needs sudo mode (``/portal/sudo``)."""
     auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
@@ -262,6 +265,8 @@ async def posted_form(request: Request) -> tuple[Auth, FormData] | Response:
     sent = form.get("csrf")
     if not isinstance(sent, str) or not csrf_ok(sent, auth.cookie, CSRF_PURPOSE):
         return csrf_refused(auth)
+    if sudo_back is not None and not portal_sessions.sudo_active(auth.vault, auth.session):
+        return see_other("/portal/sudo?" + urlencode({"next": sudo_back}))
     return auth, form
 
 
@@ -816,10 +821,12 @@ async def app_page(request: Request, app: str) -> Response:
 
 
 async def act(
-    request: Request, app: str, operation: str, **params: Any
+    request: Request, app: str, operation: str, *, sudo: bool = False, **params: Any
 ) -> tuple[Auth, dict[str, Any]] | Response:
     """Post a form that runs ``operation`` on ``app``; an error re-renders the app page."""
-    posted = await posted_form(request)
+    posted = await posted_form(
+        request, sudo_back=f"/portal/apps/{quote(app, safe='')}" if sudo else None
+    )
     if isinstance(posted, Response):
         return posted
     auth, form = posted
@@ -843,7 +850,12 @@ def form_field(name: str, *, empty_is_none: bool = True) -> Callable[[FormData],
 @router.post("/portal/apps/{app}/keys")
 async def key_create(request: Request, app: str) -> Response:
     done = await act(
-        request, app, "keys.create", name=form_field("name"), expires_in=form_field("expires_in")
+        request,
+        app,
+        "keys.create",
+        sudo=True,
+        name=form_field("name"),
+        expires_in=form_field("expires_in"),
     )
     if isinstance(done, Response):
         return done
@@ -888,6 +900,7 @@ async def key_rotate(request: Request, app: str, key_id: str) -> Response:
         request,
         app,
         "keys.rotate",
+        sudo=True,
         key_id=key_id,
         overlap=form_field("overlap", empty_is_none=False),
     )
@@ -935,7 +948,7 @@ async def key_revoke_confirm(request: Request, app: str, key_id: str) -> Respons
 
 @router.post("/portal/apps/{app}/keys/{key_id}/revoke")
 async def key_revoke(request: Request, app: str, key_id: str) -> Response:
-    done = await act(request, app, "keys.revoke", key_id=key_id)
+    done = await act(request, app, "keys.revoke", sudo=True, key_id=key_id)
     if isinstance(done, Response):
         return done
     return see_other(f"/portal/apps/{quote(app, safe='')}?done=key_revoked")
@@ -997,7 +1010,7 @@ async def operators_list(request: Request) -> Response:
 
 @router.post("/portal/operators")
 async def operators_create(request: Request) -> Response:
-    posted = await posted_form(request)
+    posted = await posted_form(request, sudo_back="/portal/operators")
     if isinstance(posted, Response):
         return posted
     auth, form = posted
@@ -1090,7 +1103,7 @@ async def _operator_act(
     done: str,
     params: Callable[[FormData], dict[str, Any]],
 ) -> Response:
-    posted = await posted_form(request)
+    posted = await posted_form(request, sudo_back=f"/portal/operators/{quote(name, safe='')}")
     if isinstance(posted, Response):
         return posted
     auth, form = posted
