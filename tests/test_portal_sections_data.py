@@ -307,22 +307,27 @@ async def test_audit_filters_detail_csv_and_verify(
     assert refused.status_code == 403
     for client in (owner, auditor):
         page = await client.get("/portal/audit")
-        assert page.status_code == 200 and "<code>secret.created</code>" in page.text
+        assert (
+            page.status_code == 200 and '<code class="ev-name">secret.created</code>' in page.text
+        )
         assert 'value="system"' in page.text  # unscoped: the system chain is offered
         assert CREDENTIAL not in page.text
         denied = await client.get("/portal/audit?chain=system&outcome=denied")
         assert (
-            "<code>admin.refused</code>" in denied.text
-            and "<code>secret.created</code>" not in denied.text
+            '<code class="ev-name">admin.refused</code>' in denied.text
+            and '<code class="ev-name">secret.created</code>' not in denied.text
         )
         by_actor = await client.get("/portal/audit?actor=eve")
         assert (
-            "<code>admin.refused</code>" in by_actor.text
-            and "<code>secret.created</code>" not in by_actor.text
+            '<code class="ev-name">admin.refused</code>' in by_actor.text
+            and '<code class="ev-name">secret.created</code>' not in by_actor.text
         )
         app_page = await client.get(f"/portal/apps/demo/audit?grant={grant}")
-        assert app_page.status_code == 200 and "<code>grant.created</code>" in app_page.text
-        assert "<code>secret.created</code>" not in app_page.text
+        assert (
+            app_page.status_code == 200
+            and '<code class="ev-name">grant.created</code>' in app_page.text
+        )
+        assert '<code class="ev-name">secret.created</code>' not in app_page.text
         nothing = await client.get("/portal/apps/demo/audit?from=2000-01-01&to=2000-01-02")
         assert "No event matches these filters" in nothing.text
         exported = await client.get("/portal/apps/demo/audit/export.csv?event=grant.created")

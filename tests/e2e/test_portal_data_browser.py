@@ -77,7 +77,7 @@ async def create_from_template(page: Page, app: str, hosts: str) -> str:
     """Add the OpenAI template's secret (its hosts replaced by ``hosts``); its id."""
     await page.goto(f"/portal/apps/{app}/secrets")
     await page.get_by_label("Template", exact=True).select_option("openai")
-    await page.get_by_label(re.compile("^Allowed hosts .*replaces")).fill(hosts)
+    await page.get_by_label(re.compile("^Allowed hosts .*added")).fill(hosts)
     await page.get_by_role("button", name="Add secret", exact=True).click()
     match = re.search(r"/secrets/([^/?]+)\?done=secret_created", page.url)
     assert match, page.url

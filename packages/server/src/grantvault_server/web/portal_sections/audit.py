@@ -80,6 +80,19 @@ def _cli(app: str | None) -> list[Automation]:
     ]
 
 
+def actor_of(actor: Any) -> str:
+    """An event's actor in words: who did it (an operator, an API key, the CLI ...)."""
+    if not isinstance(actor, dict):
+        return str(actor or "—")
+    kind = str(actor.get("type", "actor"))
+    if kind == "operator_account":
+        return f"operator {actor.get('name')} ({actor.get('role')})"
+    if kind == "api_key":
+        return f"API key {actor.get('key_prefix')}…"
+    named = actor.get("name") or actor.get("id") or actor.get("sub")
+    return f"{kind.replace('_', ' ')} {named}" if named else kind.replace("_", " ")
+
+
 def _filters(request: Request) -> dict[str, str]:
     return {k: request.query_params.get(k, "").strip() for k in FILTERS}
 
@@ -114,7 +127,8 @@ async def _events(auth: Auth, chain: str | None, f: dict[str, str]) -> tuple[lis
     while True:
         page = await run_operation(auth, "audit.export", limit=PAGE, cursor=cursor, **params)
         for event in page["events"]:
-            if actor and actor not in str(event["actor"] or "").lower():
+            said = f"{actor_of(event['actor'])} {event['actor']}".lower()
+            if actor and actor not in said:
                 continue
             if end is not None and event["occurred_at"] >= (end + timedelta(days=1)).isoformat():
                 continue
@@ -184,6 +198,7 @@ async def _page(
         verified=verified,
         verified_json=json.dumps(verified, indent=2) if verified else None,
         pretty=lambda value: json.dumps(value, indent=2, sort_keys=True),
+        actor_of=actor_of,
         cli=_cli(info["name"] if info else None),
     )
 
@@ -222,6 +237,7 @@ async def _csv(request: Request, app: str | None) -> Response:
     for e in events:
         row = [e.get(c) for c in CSV_COLUMNS]
         row[CSV_COLUMNS.index("details")] = json.dumps(e.get("details"), sort_keys=True)
+        row[CSV_COLUMNS.index("actor")] = json.dumps(e.get("actor"), sort_keys=True)
         writer.writerow(["" if v is None else v for v in row])
     stamp = auth.vault.clock.now().strftime("%Y%m%dT%H%M%SZ")
     name = f"grantvault-audit-{info['name'] if info else 'all'}-{stamp}.csv"
@@ -298,6 +314,7 @@ async def audit_event(request: Request, chain: str, seq: int) -> Response:
         event=found,
         chain_name=names.get(chain, found["app"]),
         pretty=lambda value: json.dumps(value, indent=2, sort_keys=True),
+        actor_of=actor_of,
         cli=[
             automation(
                 "This chain's events",
