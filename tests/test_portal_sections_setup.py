@@ -20,6 +20,7 @@ from argon2 import PasswordHasher
 from grantvault_server.app import create_app
 from grantvault_server.services import apps as app_service, operators as ops
 from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import FakeClock
 from tests.conftest import OPERATOR
 from tests.peer import BASIC_CLIENT
 from tests.test_admin_identity_audit import a_user
@@ -312,3 +313,29 @@ async def test_an_auditor_sees_the_set_up_pages_and_can_change_nothing(
     assert "No user matches" in (await web.get("/portal/apps/demo/users?status=disabled")).text
     (still,) = [t for t in await ops.list_tokens(vault) if t.name == "deploy"]
     assert still.revoked_at is None
+
+
+async def test_changing_the_idp_and_minting_or_revoking_tokens_need_sudo_mode(
+    vault: Vault, web: httpx.AsyncClient, clock: FakeClock, idp_peer: IdpPeer
+) -> None:
+    await make_operator(vault, "root", "owner")
+    demo = await app_service.register_app(vault, "demo", OPERATOR)
+    await configure(vault, demo, idp_peer)
+    info, _ = await ops.create_token(vault, "root", "deploy", actor=OPERATOR)
+    await signed_in(web, "root")
+    clock.advance(11 * 60)  # signing in counted as sudo for 10 minutes
+    identity, tokens = "/portal/apps/demo/identity", "/portal/account/tokens"
+    for page, action, data in [
+        (identity, identity, {"issuer": idp_peer.issuer, "audience": "other"}),
+        (identity, f"{identity}/webhook-secret", {}),
+        (tokens, tokens, {"name": "ci"}),
+        (tokens, f"{tokens}/{info.id}/revoke", {}),
+    ]:
+        asked = await post_form(web, page, action, data)
+        assert asked.status_code == 303, (action, asked.text)
+        assert asked.headers["location"].startswith("/portal/sudo?next="), action
+    assert [t.name for t in await ops.list_tokens(vault)] == ["deploy"]
+    assert "other" not in (await web.get(identity)).text.split("Audience</dt>")[1][:80]
+    # Discovering saves nothing, and reading needs no sudo.
+    found = await post_form(web, identity, f"{identity}/discover", {"issuer": idp_peer.issuer})
+    assert found.status_code == 200 and "What the vault found" in found.text

@@ -151,7 +151,8 @@ async def identity_discover(request: Request, app: str) -> Response:
 
 @router.post("/portal/apps/{app}/identity")
 async def identity_save(request: Request, app: str) -> Response:
-    posted = await posted_form(request)
+    # Changing the IdP is a dangerous act: it needs sudo mode (password or code, recently).
+    posted = await posted_form(request, sudo_back=app_url(app, "/identity"))
     if isinstance(posted, Response):
         return posted
     auth, form = posted
@@ -180,7 +181,7 @@ async def identity_save(request: Request, app: str) -> Response:
 @router.post("/portal/apps/{app}/identity/webhook-secret")
 async def identity_webhook_secret(request: Request, app: str) -> Response:
     """Create the webhook's signing secret: the answer shows it once, never again."""
-    posted = await posted_form(request)
+    posted = await posted_form(request, sudo_back=app_url(app, "/identity"))
     if isinstance(posted, Response):
         return posted
     auth, _form = posted

@@ -117,7 +117,8 @@ async def tokens_page(request: Request) -> Response:
 
 @router.post(BASE)
 async def token_create(request: Request) -> Response:
-    posted = await posted_form(request)
+    # Minting or revoking a credential needs sudo mode, as API keys do.
+    posted = await posted_form(request, sudo_back=BASE)
     if isinstance(posted, Response):
         return posted
     auth, form = posted
@@ -169,7 +170,7 @@ async def token_revoke_confirm(request: Request, token_id: str) -> Response:
 
 @router.post(BASE + "/{token_id}/revoke")
 async def token_revoke(request: Request, token_id: str) -> Response:
-    posted = await posted_form(request)
+    posted = await posted_form(request, sudo_back=BASE)
     if isinstance(posted, Response):
         return posted
     auth, _form = posted
