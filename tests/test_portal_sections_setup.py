@@ -73,6 +73,9 @@ async def test_providers_page_registers_replaces_and_removes_without_echoing_the
     assert 'data-copy="redirect-uri"' in page.text
     assert "No OAuth provider is registered" in page.text
     assert 'aria-current="page">OAuth providers' in page.text
+    assert re.search(r"Page 1 of [2-9]", page.text)  # the catalog comes in pages
+    second = await web.get("/portal/apps/demo/providers?q=&page=2")
+    assert second.status_code == 200 and "Page 2 of" in second.text
     searched = await web.get("/portal/apps/demo/providers?q=github")
     assert "GitHub" in searched.text and "Salesforce" not in searched.text
 

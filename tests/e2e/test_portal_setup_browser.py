@@ -241,7 +241,7 @@ async def test_a_personal_token_drives_the_cli_and_the_admin_api(
 
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
 async def test_every_set_up_page_passes_axe(
-    world: World, chromium: Browser, viewport: dict[str, int], tmp_path: Path
+    world: World, chromium: Browser, viewport: dict[str, int], tmp_path: Path, shots: Shots
 ) -> None:
     assert AXE.exists(), "axe-core is missing: run scripts/bootstrap (npm ci in tests/axe)"
     tag = "d" if viewport is DESKTOP else "p"
@@ -267,6 +267,7 @@ async def test_every_set_up_page_passes_axe(
     await page.get_by_label("Client id").fill("x")
     await page.get_by_role("button", name="Save provider").click()
     await check("providers (one)")
+    await shots.take(page, f"setup-providers-{tag}")
     await page.get_by_label("Provider id").fill("github")
     await page.get_by_label("Client id").fill("y")
     await page.get_by_role("button", name="Save provider").click()
@@ -288,6 +289,7 @@ async def test_every_set_up_page_passes_axe(
     await a_user_signs_in(world, app, f"bob-{tag}", tmp_path)
     await page.goto(f"{base}/users")
     await check("users")
+    await shots.take(page, f"setup-users-{tag}")
     await page.goto(f"{base}/users/disable?subject=bob-{tag}")
     await check("user confirmation")
     await page.goto("/portal/account/tokens")

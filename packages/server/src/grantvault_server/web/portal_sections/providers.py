@@ -9,6 +9,7 @@ admin API's.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +25,6 @@ from grantvault_server.web.portal import (
     automation,
     error_page,
     form_text,
-    paginate,
     posted_form,
     render,
     run_operation,
@@ -66,6 +66,19 @@ def redirect_uri(auth: Auth) -> str | None:
     if not settings.public_base_url and settings.host.strip() in {"", "0.0.0.0", "::", "*"}:  # noqa: S104
         return None
     return f"{settings.effective_public_base_url}{CALLBACK_PATH}"
+
+
+#: Catalog rows a page shows: short, since the search box is the way in (and phones scroll).
+CATALOG_PAGE = 10
+
+
+def _page_of(items: list[Any], request: Request) -> tuple[list[Any], dict[str, Any]]:
+    """One page (``?page=``, 1-based) of the catalog, as ``paginate`` answers it."""
+    raw = request.query_params.get("page", "1")
+    pages = max(1, math.ceil(len(items) / CATALOG_PAGE))
+    number = min(max(int(raw) if raw.isdigit() else 1, 1), pages)
+    start = (number - 1) * CATALOG_PAGE
+    return items[start : start + CATALOG_PAGE], {"page": number, "pages": pages}
 
 
 def _cli(app: str, provider: str = "PROVIDER") -> list[Automation]:
@@ -122,7 +135,7 @@ async def _page(
         or needle in str(p["display_name"]).lower()
         or needle in str(p.get("category") or "").lower()
     ]
-    shown, pager = paginate(matching, request)
+    shown, pager = _page_of(matching, request)
     registered = {p["provider_id"] for p in listed["providers"]}
     chosen = request.query_params.get("provider", "")
     filled = {k: form_text(form, k) for k in form} if form is not None else {}
