@@ -342,3 +342,24 @@ async def test_changing_the_idp_and_minting_or_revoking_tokens_need_sudo_mode(
     # Discovering saves nothing, and reading needs no sudo.
     found = await post_form(web, identity, f"{identity}/discover", {"issuer": idp_peer.issuer})
     assert found.status_code == 200 and "What the vault found" in found.text
+
+
+async def test_an_app_scoped_admin_does_not_see_another_apps_set_up(
+    vault: Vault, web: httpx.AsyncClient
+) -> None:
+    await app_service.register_app(vault, "mine", OPERATOR)
+    await app_service.register_app(vault, "theirs", OPERATOR)
+    await make_operator(vault, "ann", "admin", apps=["mine"])
+    await signed_in(web, "ann")
+    for tab in ("providers", "identity", "users"):
+        assert (await web.get(f"/portal/apps/mine/{tab}")).status_code == 200, tab
+        hidden = await web.get(f"/portal/apps/theirs/{tab}")
+        assert hidden.status_code == 404 and "not_found" in hidden.text, tab
+    token = csrf_of((await web.get("/portal/apps/mine/providers")).text)
+    r = await web.post(
+        "/portal/apps/theirs/providers",
+        data={"provider": "github", "client_id": "x", "csrf": token},
+    )
+    assert r.status_code in (403, 404), r.text
+    tokens = await web.get("/portal/account/tokens")
+    assert tokens.status_code == 200 and "Other operators" not in tokens.text
