@@ -16,6 +16,7 @@ import pytest
 
 from grantvault_server.services import apps as app_service
 from grantvault_server.services.vault import Vault
+from grantvault_server.services.vault_time import FakeClock
 from tests.conftest import OPERATOR
 from tests.test_portal import (
     audit_rows,
@@ -364,3 +365,21 @@ async def test_an_app_scoped_admin_reads_only_its_apps_audit(vault: Vault, app: 
         assert (await ann.get("/portal/audit?chain=system")).status_code == 403
         for url in ("/portal/apps/other/secrets", "/portal/apps/other/audit"):
             assert (await ann.get(url)).status_code == 404
+
+
+async def test_replacing_a_credential_or_deleting_a_secret_needs_sudo_mode(
+    vault: Vault, pair: tuple[httpx.AsyncClient, httpx.AsyncClient], clock: FakeClock
+) -> None:
+    owner, _ = pair
+    secret = await _secret_with_credential(owner)  # just signed in: the window is open
+    page = f"/portal/apps/demo/secrets/{secret}"
+    clock.advance(11 * 60)
+    for action in (f"{page}/credential", f"{page}/delete"):
+        asked = await post_form(owner, page, action, {"field_token": "tok-later-1234"})
+        assert asked.status_code == 303, asked.text
+        assert asked.headers["location"].startswith("/portal/sudo?next=%2Fportal%2Fapps%2Fdemo")
+    still = await owner.get(page)
+    assert still.status_code == 200 and "Replace credential" in still.text
+    assert [r["event"] for r in await audit_rows(vault, "secret.credential_set")] == [
+        "secret.credential_set"
+    ]

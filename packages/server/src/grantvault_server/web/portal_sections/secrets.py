@@ -226,8 +226,11 @@ async def secret_page(request: Request, app: str, secret_id: str) -> Response:
 
 @router.post("/portal/apps/{app}/secrets/{secret_id}/credential")
 async def credential_set(request: Request, app: str, secret_id: str) -> Response:
-    """Write-only: the values go to the operation and nowhere else (not back to the page)."""
-    posted = await posted_form(request)
+    """Write-only: the values go to the operation and nowhere else (not back to the page).
+    Dangerous (it changes what every grant of the secret sends): needs sudo mode."""
+    posted = await posted_form(
+        request, sudo_back=f"{app_base(app)}/secrets/{quote(secret_id, safe='')}"
+    )
     if isinstance(posted, Response):
         return posted
     auth, form = posted
@@ -262,7 +265,9 @@ async def secret_delete_confirm(request: Request, app: str, secret_id: str) -> R
 
 @router.post("/portal/apps/{app}/secrets/{secret_id}/delete")
 async def secret_delete(request: Request, app: str, secret_id: str) -> Response:
-    posted = await posted_form(request)
+    """Dangerous (the credentials and grants go too): needs sudo mode."""
+    back = f"{app_base(app)}/secrets/{quote(secret_id, safe='')}/delete"
+    posted = await posted_form(request, sudo_back=back)
     if isinstance(posted, Response):
         return posted
     auth, _ = posted
