@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from grantvault.types.errors import ErrorCode
@@ -80,7 +80,7 @@ def _endpoint(op: Operation) -> Any:
     model = _input_model(op)
     uses_query = op.method in {"GET", "DELETE"}
 
-    async def endpoint(request: Request, principal: Principal, **kwargs: Any) -> JSONResponse:
+    async def endpoint(request: Request, principal: Principal, **kwargs: Any) -> Response:
         vault: Vault = await get_vault(request)
         values: dict[str, Any] = {k: kwargs[k] for k in op.path_fields}
         given = kwargs.get("inputs")
@@ -99,7 +99,10 @@ def _endpoint(op: Operation) -> Any:
             if exc.code is ErrorCode.FORBIDDEN:
                 await audit_refusal(vault, principal, op.name, values, exc)
             raise
-        return JSONResponse(json.loads(json.dumps(result, default=str)))
+        # Serialised once, with the CLI's rule for anything not JSON (``default=str``, as
+        # ``cli._common.emit``), so the remote and local --json outputs stay identical.
+        body = json.dumps(result, default=str, separators=(",", ":"), ensure_ascii=False)
+        return Response(body.encode(), media_type="application/json")
 
     parameters = [
         inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),

@@ -872,8 +872,10 @@ async def _key(auth: Auth, app: str, key_id: str) -> dict[str, Any]:
     raise VaultError(ErrorCode.NOT_FOUND, f"No key {key_id!r} in this app.")
 
 
-@router.get("/portal/apps/{app}/keys/{key_id}")
-async def key_page(request: Request, app: str, key_id: str) -> Response:
+async def _key_view(
+    request: Request, app: str, key_id: str, template: str, cli_from: int, **context: Any
+) -> Response:
+    """A page about one key (its detail, its revoke confirmation), or the error page."""
     auth = await session_auth(request)
     if isinstance(auth, Response):
         return auth
@@ -883,14 +885,26 @@ async def key_page(request: Request, app: str, key_id: str) -> Response:
         return error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
     return render(
         auth,
-        "key.html",
+        template,
         section="apps",
         app=await _app_info(auth, app),
         key=key,
+        cli=_key_cli(app, key_id)[cli_from:],
+        **context,
+    )
+
+
+@router.get("/portal/apps/{app}/keys/{key_id}")
+async def key_page(request: Request, app: str, key_id: str) -> Response:
+    return await _key_view(
+        request,
+        app,
+        key_id,
+        "key.html",
+        2,
         statuses=KEY_STATUS,
         overlaps=OVERLAPS,
         expiries=EXPIRIES,
-        cli=_key_cli(app, key_id)[2:],
     )
 
 
@@ -929,21 +943,7 @@ async def key_expire(request: Request, app: str, key_id: str) -> Response:
 @router.get("/portal/apps/{app}/keys/{key_id}/revoke")
 async def key_revoke_confirm(request: Request, app: str, key_id: str) -> Response:
     """The confirmation step: names the key; the POST below revokes it."""
-    auth = await session_auth(request)
-    if isinstance(auth, Response):
-        return auth
-    try:
-        key = await _key(auth, app, key_id)
-    except VaultError as exc:
-        return error_page(auth, exc, back=f"/portal/apps/{quote(app, safe='')}")
-    return render(
-        auth,
-        "revoke.html",
-        section="apps",
-        app=await _app_info(auth, app),
-        key=key,
-        cli=_key_cli(app, key_id)[4:],
-    )
+    return await _key_view(request, app, key_id, "revoke.html", 4)
 
 
 @router.post("/portal/apps/{app}/keys/{key_id}/revoke")
